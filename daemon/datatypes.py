@@ -1,0 +1,132 @@
+"""Typed values that cross stage boundaries.
+
+The stages (media, transcribe, subtitles, notify, queue) never import each
+other; they take and return these plain frozen dataclasses, and the pipeline
+module wires them together. Times are seconds on the media's own timeline
+(0 = the first sample the player shows).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Word:
+    """One word (or, for languages without spaces, one token) with its timing.
+
+    `text` keeps Whisper's leading space where there is one, so joining the
+    texts of consecutive words reproduces the segment text.
+    """
+
+    start: float
+    end: float
+    text: str
+    probability: float = 1.0
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A stretch of decoded text; `words` is empty when no alignment was run."""
+
+    start: float
+    end: float
+    text: str
+    words: tuple[Word, ...] = ()
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """What the transcription stage returns for one media file."""
+
+    segments: tuple[Segment, ...]
+    language: str  # ISO 639-1 code of the text (English for task=translate)
+    language_probability: float | None  # None when the language was given, not detected
+    duration: float  # seconds of audio that were transcribed
+
+
+@dataclass(frozen=True)
+class Cue:
+    """One subtitle cue: at most a few short lines shown from start to end."""
+
+    start: float
+    end: float
+    lines: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class AudioStream:
+    index: int  # ffmpeg stream index inside the container
+    codec: str
+    language: str | None
+    title: str | None
+    default: bool
+    channels: int
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    """What ffprobe says about a file, before any decoding."""
+
+    path: Path
+    duration: float  # seconds; 0.0 when the container does not say
+    start_time: float  # container start offset in seconds (non-zero in many web downloads)
+    audio_streams: tuple[AudioStream, ...]
+    format_name: str
+
+
+@dataclass(frozen=True)
+class Audio:
+    """Decoded audio: mono float32 samples at `sample_rate`, in memory."""
+
+    samples: "object"  # numpy.ndarray[float32]; typed loosely so this module needs no numpy
+    sample_rate: int
+
+    @property
+    def duration(self) -> float:
+        return len(self.samples) / self.sample_rate  # type: ignore[arg-type]
+
+
+class JobState(str, Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One row of the queue."""
+
+    id: int
+    path: Path
+    folder: Path  # the watched folder whose rules apply
+    state: JobState
+    size: int
+    mtime: float
+    fingerprint: str
+    attempts: int = 0
+    error: str | None = None
+    language: str | None = None
+    language_probability: float | None = None
+    outputs: tuple[Path, ...] = ()
+    media_duration: float | None = None
+    elapsed: float | None = None  # seconds the last run took
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    next_attempt_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """What the pipeline reports after working on one job."""
+
+    language: str
+    language_probability: float | None
+    media_duration: float
+    elapsed: float
+    outputs: tuple[Path, ...] = ()
+    kept: tuple[Path, ...] = field(default=())  # sidecars left alone because the user owns them

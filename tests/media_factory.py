@@ -1,0 +1,72 @@
+"""Make real media files for tests with ffmpeg (lavfi sources) and espeak-ng speech."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+
+def _run(cmd: list[str]) -> None:
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} failed ({done.returncode}): {done.stderr[-800:]}")
+
+
+def speak(text: str, wav: Path, voice: str = "en", speed: int = 160) -> Path:
+    """Given a sentence, write espeak-ng's spoken version of it to `wav` and return the path."""
+    wav.parent.mkdir(parents=True, exist_ok=True)
+    _run(["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(wav), text])
+    return wav
+
+
+def make_media(
+    path: Path,
+    *,
+    speech: str | None = None,
+    seconds: float = 4.0,
+    video: bool = True,
+    audio: bool = True,
+    start_time: float = 0.0,
+    voice: str = "en",
+) -> Path:
+    """Write a media file at `path` (container from the suffix) and return the path.
+
+    With `speech`, the audio is espeak-ng saying it, padded with silence to
+    `seconds` (or longer if the speech is longer); otherwise a quiet tone.
+    `start_time` shifts the container's timestamps, as web downloads often do.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cmd = ["ffmpeg", "-nostdin", "-y", "-loglevel", "error"]
+    if audio and speech is not None:
+        wav = speak(speech, path.with_name(path.name + ".speech.wav"), voice=voice)
+        cmd += ["-i", str(wav)]
+        audio_filter = ["-af", f"apad=whole_dur={seconds}"]
+    elif audio:
+        cmd += ["-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=16000:duration={seconds}"]
+        audio_filter = ["-af", "volume=0.1"]
+    else:
+        audio_filter = []
+    if video:
+        cmd += ["-f", "lavfi", "-i", f"testsrc=size=160x120:rate=10:duration={seconds}"]
+    cmd += audio_filter
+    if video:
+        cmd += ["-c:v", "mpeg4" if path.suffix != ".webm" else "libvpx", "-pix_fmt", "yuv420p"]
+    if audio:
+        cmd += ["-c:a", {".mp3": "libmp3lame", ".webm": "libopus", ".ogg": "libopus", ".flac": "flac",
+                         ".wav": "pcm_s16le"}.get(path.suffix, "aac")]
+    if start_time:
+        cmd += ["-output_ts_offset", str(start_time)]
+    cmd.append(str(path))
+    _run(cmd)
+    if audio and speech is not None:
+        path.with_name(path.name + ".speech.wav").unlink()
+    return path
+
+
+def duration_of(path: Path) -> float:
+    """Return the container duration ffprobe reports for `path`, in seconds."""
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", str(path)],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    return float(out)
