@@ -81,7 +81,7 @@ class MediaInfo:
 class Audio:
     """Decoded audio: mono float32 samples at `sample_rate`, in memory."""
 
-    samples: "object"  # numpy.ndarray[float32]; typed loosely so this module needs no numpy
+    samples: object  # numpy.ndarray[float32]; typed loosely so this module needs no numpy
     sample_rate: int
 
     @property
