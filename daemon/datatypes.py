@@ -64,6 +64,9 @@ class AudioStream:
     title: str | None
     default: bool
     channels: int
+    start_time: float = 0.0  # seconds on the container's clock where this stream's first sample sits
+    duration: float = 0.0  # the stream's own duration when the container records one, else 0
+    secondary: bool = False  # commentary or audio description, by disposition
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,7 @@ class MediaInfo:
     start_time: float  # container start offset in seconds (non-zero in many web downloads)
     audio_streams: tuple[AudioStream, ...]
     format_name: str
+    text_subtitle_languages: tuple[str, ...] = ()  # embedded text subtitle streams ("und" if untagged)
 
 
 @dataclass(frozen=True)

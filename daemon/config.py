@@ -1,0 +1,433 @@
+"""Configuration: one YAML file, validated once into frozen dataclasses.
+
+pydantic checks the shape; this module turns its errors into lines that name
+the file and the key path (`folders[0].langauge`) and say what is allowed,
+all of them at once, so a user fixes a config in one go. Everything else in
+the daemon receives `Config` / `FolderRules` as arguments.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+# Whisper's own tables, copied so that loading a config does not import torch.
+# tests/test_config.py asserts they equal whisper.available_models() / tokenizer.LANGUAGES.
+WHISPER_MODELS = (
+    "tiny.en", "tiny", "base.en", "base", "small.en", "small", "medium.en", "medium",
+    "large-v1", "large-v2", "large-v3", "large", "large-v3-turbo", "turbo",
+)
+WHISPER_LANGUAGES = frozenset(
+    "af am ar as az ba be bg bn bo br bs ca cs cy da de el en es et eu fa fi fo fr gl gu ha haw he "
+    "hi hr ht hu hy id is it ja jw ka kk km kn ko la lb ln lo lt lv mg mi mk ml mn mr ms mt my ne nl "
+    "nn no oc pa pl ps pt ro ru sa sd si sk sl sn so sq sr su sv sw ta te tg th tk tl tr tt uk ur uz "
+    "vi yi yo yue zh".split()
+)
+FORMATS = ("srt", "vtt", "txt", "json")
+EVENTS = ("done", "failed", "digest")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(Exception):
+    """The config file is missing, unreadable, not YAML, or breaks the contract.
+
+    `problems` holds one line per problem; str() gives them all, prefixed by the file.
+    """
+
+    def __init__(self, path: Path, problems: list[str]) -> None:
+        self.path = path
+        self.problems = problems
+        head = f"{path}: " if len(problems) == 1 else f"{path}: {len(problems)} problems:\n  "
+        super().__init__(head + "\n  ".join(problems))
+
+
+# ---------------------------------------------------------------- the frozen result
+
+
+@dataclass(frozen=True)
+class FolderNotify:
+    urls: tuple[str, ...] = ()
+    replace: bool = False  # True: only these targets; False: in addition to notify.urls
+
+
+@dataclass(frozen=True)
+class FolderRules:
+    """The effective rules of one watched folder: its own keys over `defaults`."""
+
+    path: Path
+    recursive: bool
+    model: str
+    language: str | None  # None = detect
+    task: str
+    prompt: str | None
+    device: str
+    formats: tuple[str, ...]
+    settle_seconds: float
+    poll: bool | None  # None = decide from the filesystem type
+    poll_interval: float
+    include: tuple[str, ...]
+    exclude: tuple[str, ...]
+    min_duration_seconds: float
+    skip_if_embedded: bool
+    audio_language: str | None
+    max_line_chars: int
+    max_lines: int
+    lang_code: str
+    sdh: bool
+    forced: bool
+    name_template: str | None
+    notify: FolderNotify
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    urls: tuple[str, ...] = ()
+    on: frozenset[str] = frozenset({"done", "failed", "digest"})
+    burst: int = 5
+    window_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
+class Config:
+    source: Path  # the file this was read from
+    state_dir: Path
+    models_dir: Path
+    log_level: str
+    max_attempts: int
+    unload_after_seconds: float
+    notify: NotifyConfig
+    folders: tuple[FolderRules, ...]
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "jobs.sqlite3"
+
+    def folder_for(self, path: Path) -> FolderRules | None:
+        """Given a media path, return the rules of the most specific watched folder holding it."""
+        matches = [f for f in self.folders if path == f.path or f.path in path.parents]
+        return max(matches, key=lambda f: len(f.path.parts), default=None)
+
+
+# ---------------------------------------------------------------- the schema
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+
+class _FolderNotifyModel(_Strict):
+    urls: list[str] = Field(default_factory=list)
+    replace: bool = False
+
+
+class _RulesModel(_Strict):
+    """Keys allowed both under `defaults` and in each folder; None = not set here."""
+
+    model: str | None = None
+    language: str | None = None
+    task: Literal["transcribe", "translate"] | None = None
+    prompt: str | None = None
+    device: str | None = None
+    formats: list[Literal["srt", "vtt", "txt", "json"]] | None = Field(default=None, min_length=1)
+    settle_seconds: float | None = Field(default=None, ge=0)
+    recursive: bool | None = None
+    poll: bool | Literal["auto"] | None = None
+    poll_interval: float | None = Field(default=None, gt=0)
+    include: list[str] | None = None
+    exclude: list[str] | None = None
+    min_duration_seconds: float | None = Field(default=None, ge=0)
+    skip_if_embedded: bool | None = None
+    audio_language: str | None = None
+    max_line_chars: int | None = Field(default=None, ge=10, le=200)
+    max_lines: int | None = Field(default=None, ge=1, le=4)
+    lang_code: Literal["iso639-1", "iso639-2"] | None = None
+    sdh: bool | None = None
+    forced: bool | None = None
+    name_template: str | None = None
+    notify: _FolderNotifyModel | None = None
+
+    @field_validator("model")
+    @classmethod
+    def _model_known(cls, value: str | None) -> str | None:
+        if value is None or value in WHISPER_MODELS or value.endswith(".pt") or "/" in value:
+            return value
+        raise ValueError(
+            f"unknown model {value!r}{_did_you_mean(value, WHISPER_MODELS)}; use one of "
+            f"{', '.join(WHISPER_MODELS)}, or a path to a .pt checkpoint"
+        )
+
+    @field_validator("language")
+    @classmethod
+    def _language_known(cls, value: str | None) -> str | None:
+        if value is None or value == "auto" or value in WHISPER_LANGUAGES:
+            return value
+        raise ValueError(
+            f"unknown language {value!r}{_language_hint(value)}; use an ISO 639-1 "
+            "code Whisper knows (en, de, ja, …) or auto"
+        )
+
+    @field_validator("poll", mode="before")
+    @classmethod
+    def _poll_form(cls, value: Any) -> Any:
+        if value is None or isinstance(value, bool) or value == "auto":
+            return value
+        raise ValueError(f"got {value!r}; use true, false or auto")
+
+    @field_validator("device")
+    @classmethod
+    def _device_form(cls, value: str | None) -> str | None:
+        if value is None or value in ("auto", "cpu", "cuda"):
+            return value
+        if value.startswith("cuda:") and value[5:].isdigit():
+            return value
+        raise ValueError(f"unknown device {value!r}; use auto, cpu, cuda or cuda:N")
+
+    @field_validator("name_template")
+    @classmethod
+    def _template_stays_beside(cls, value: str | None) -> str | None:
+        if value is not None and (".." in Path(value).parts or value.startswith("/")):
+            raise ValueError("name_template must stay inside the video's folder (no '..', no absolute path)")
+        return value
+
+
+class _FolderModel(_RulesModel):
+    path: str
+
+
+class _NotifyModel(_Strict):
+    urls: list[str] = Field(default_factory=list)
+    on: list[Literal["done", "failed", "digest"]] = Field(default_factory=lambda: list(EVENTS))
+    burst: int = Field(default=5, ge=1)
+    window_seconds: float = Field(default=60.0, gt=0)
+
+
+class _ConfigModel(_Strict):
+    state_dir: str = "/var/lib/subwatch"
+    models_dir: str | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    max_attempts: int = Field(default=3, ge=1)
+    unload_after_seconds: float = Field(default=300.0, ge=0)
+    defaults: _RulesModel = Field(default_factory=_RulesModel)
+    notify: _NotifyModel = Field(default_factory=_NotifyModel)
+    folders: list[_FolderModel] = Field(min_length=1)
+
+
+# What a folder gets when neither it nor `defaults` sets a key.
+BUILTIN_DEFAULTS: dict[str, Any] = {
+    "model": "turbo",
+    "language": "auto",
+    "task": "transcribe",
+    "prompt": None,
+    "device": "auto",
+    "formats": ["srt", "vtt"],
+    "settle_seconds": 10.0,
+    "recursive": True,
+    "poll": "auto",
+    "poll_interval": 30.0,
+    "include": [],
+    "exclude": [],
+    "min_duration_seconds": 0.0,
+    "skip_if_embedded": False,
+    "audio_language": None,
+    "max_line_chars": 42,
+    "max_lines": 2,
+    "lang_code": "iso639-1",
+    "sdh": False,
+    "forced": False,
+    "name_template": None,
+    "notify": None,
+}
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_config(path: Path) -> Config:
+    """Given the path of a YAML config, return the validated Config.
+
+    Raise ConfigError listing every problem, each with its key path, if the file
+    cannot be read, is not YAML, or breaks the schema.
+    """
+    raw = _read_yaml(path)
+    try:
+        parsed = _ConfigModel.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(path, [_describe(error) for error in exc.errors()]) from None
+    return _freeze(parsed, path)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(path, ["no such file; copy config.example.yaml there and edit it"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, [f"cannot read it: {exc}"]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(path, [f"{where}not valid YAML: {problem}"]) from None
+    if raw is None:
+        raise ConfigError(path, ["the file is empty; at least `folders:` is required"])
+    if not isinstance(raw, dict):
+        raise ConfigError(path, ["the top level must be a mapping of keys (state_dir, folders, …)"])
+    return raw
+
+
+def _freeze(parsed: _ConfigModel, source: Path) -> Config:
+    base = source.resolve().parent  # relative paths are relative to the config file
+    state_dir = _absolute(parsed.state_dir, base)
+    defaults = {**BUILTIN_DEFAULTS, **_set_fields(parsed.defaults)}
+    problems = _null_problems("defaults", _set_fields(parsed.defaults))
+    for index, folder in enumerate(parsed.folders):
+        problems += _null_problems(f"folders[{index}]", _set_fields(folder))
+    if problems:
+        raise ConfigError(source, problems)
+    folders = tuple(_folder(f, defaults, base) for f in parsed.folders)
+    _check_duplicate_folders(folders, source)
+    return Config(
+        source=source,
+        state_dir=state_dir,
+        models_dir=_absolute(parsed.models_dir, base) if parsed.models_dir else state_dir / "models",
+        log_level=parsed.log_level,
+        max_attempts=parsed.max_attempts,
+        unload_after_seconds=parsed.unload_after_seconds,
+        notify=NotifyConfig(
+            urls=tuple(parsed.notify.urls),
+            on=frozenset(parsed.notify.on),
+            burst=parsed.notify.burst,
+            window_seconds=parsed.notify.window_seconds,
+        ),
+        folders=folders,
+    )
+
+
+# Keys where an explicit `null` means something (no prompt, no template, …).
+NULLABLE = frozenset({"prompt", "audio_language", "name_template", "notify"})
+
+
+def _null_problems(where: str, written: dict[str, Any]) -> list[str]:
+    return [
+        f"at '{where}.{key}': must not be empty (remove the line to use the default)"
+        for key, value in written.items()
+        if value is None and key not in NULLABLE
+    ]
+
+
+def _folder(model: _FolderModel, defaults: dict[str, Any], base: Path) -> FolderRules:
+    rules = {**defaults, **_set_fields(model)}
+    rules.pop("path")
+    notify = rules.pop("notify")
+    poll = rules.pop("poll")
+    language = rules.pop("language")
+    model_spec = rules.pop("model")
+    if model_spec.endswith(".pt") or "/" in model_spec:
+        model_spec = str(_absolute(model_spec, base))
+    return FolderRules(
+        path=_absolute(model.path, base),
+        model=model_spec,
+        language=None if language == "auto" else language,
+        poll=None if poll == "auto" else poll,
+        notify=FolderNotify(tuple(notify.urls), notify.replace) if notify else FolderNotify(),
+        formats=tuple(dict.fromkeys(rules.pop("formats"))),
+        include=tuple(rules.pop("include")),
+        exclude=tuple(rules.pop("exclude")),
+        **rules,
+    )
+
+
+def _set_fields(model: BaseModel) -> dict[str, Any]:
+    """Return only the keys the user actually wrote (so a folder inherits the rest)."""
+    return {name: getattr(model, name) for name in model.model_fields_set}
+
+
+def _absolute(value: str, base: Path) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (base / path).resolve()
+
+
+def _check_duplicate_folders(folders: tuple[FolderRules, ...], source: Path) -> None:
+    seen: dict[Path, int] = {}
+    problems = []
+    for index, folder in enumerate(folders):
+        if folder.path in seen:
+            first = seen[folder.path]
+            problems.append(f"at 'folders[{index}].path': {folder.path} is listed twice (folders[{first}])")
+        seen.setdefault(folder.path, index)
+    if problems:
+        raise ConfigError(source, problems)
+
+
+# ---------------------------------------------------------------- error wording
+
+
+def _describe(error: Any) -> str:
+    loc = _key_path(error["loc"])
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(error["loc"])
+        return f"at '{loc}': unknown key{_did_you_mean(str(error['loc'][-1]), allowed)}"
+    if kind == "missing":
+        return f"at '{loc}': required key is missing"
+    message = error["msg"].removeprefix("Value error, ")
+    message = message[0].lower() + message[1:]
+    if kind in ("literal_error", "enum"):
+        message = f"got {error.get('input')!r}; {message}"
+    return f"at '{loc}': {message}"
+
+
+def _key_path(loc: tuple[Any, ...]) -> str:
+    """Turn pydantic's ('folders', 0, 'langauge') into folders[0].langauge."""
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif part in ("bool", "str", "float", "int", "literal['auto']") or str(part).startswith("literal["):
+            continue  # union branch names pydantic adds; the user never wrote them
+        else:
+            text += f".{part}" if text else str(part)
+    return text
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> tuple[str, ...]:
+    parents = [p for p in loc[:-1] if not isinstance(p, int)]
+    model: type[BaseModel] = _ConfigModel
+    for name in parents:
+        annotation = model.model_fields[name].annotation
+        model = _model_in(annotation) or model
+    return tuple(model.model_fields)
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found:
+            return found
+    return None
+
+
+# Country codes people write for languages (jp for Japanese, …).
+COUNTRY_NOT_LANGUAGE = {"jp": "ja", "cn": "zh", "kr": "ko", "ua": "uk", "gr": "el", "dk": "da", "se": "sv",
+                        "cz": "cs", "il": "he", "ir": "fa", "vn": "vi", "br": "pt", "us": "en", "gb": "en",
+                        "uk-en": "en", "eng": "en", "ger": "de", "deu": "de", "fre": "fr", "fra": "fr",
+                        "spa": "es", "jpn": "ja", "chi": "zh", "zho": "zh"}
+
+
+def _language_hint(value: str) -> str:
+    code = COUNTRY_NOT_LANGUAGE.get(value.lower())
+    return f"; did you mean '{code}'?" if code else _did_you_mean(value, WHISPER_LANGUAGES)
+
+
+def _did_you_mean(word: str, choices: Any) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""

@@ -1,0 +1,259 @@
+"""Media stage: ask ffprobe what a file holds, and decode its audio with ffmpeg into memory.
+
+Audio comes out as 16 kHz mono float32 through a pipe (no temporary WAV files),
+exactly what Whisper's log-mel front end expects. Every ffmpeg/ffprobe call goes
+through `run_tool`, which logs the command and keeps the end of stderr for the
+error message.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+import ffmpeg
+import numpy as np
+
+from daemon.datatypes import Audio, AudioStream, MediaInfo
+
+log = logging.getLogger("subwatch.media")
+_DEMUXER_PREFIX = re.compile(r"\[[^\]]+ @ 0x[0-9a-f]+\]\s*")
+
+SAMPLE_RATE = 16000
+# Streams whose title or disposition says they are not the main programme.
+NOT_MAIN_AUDIO = ("commentary", "comment", "description", "descriptive", "audio description", "karaoke")
+TEXT_SUBTITLE_CODECS = frozenset({"subrip", "srt", "ass", "ssa", "mov_text", "webvtt", "text", "ttml"})
+# A decode that yields less than this share of the probed duration is a truncated file.
+TRUNCATION_RATIO = 0.9
+
+
+class MediaError(Exception):
+    """A file could not be probed or decoded.
+
+    `permanent` is True when trying again cannot help (not media, no audio, corrupt);
+    False for transient trouble (ffmpeg killed, out of memory, disk) worth a retry.
+    """
+
+    def __init__(self, path: Path, message: str, *, permanent: bool) -> None:
+        self.path = path
+        self.permanent = permanent
+        super().__init__(message)
+
+
+class MediaGone(MediaError):
+    """The file disappeared before or while it was read (deleted or moved away)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, "the file is gone (deleted or moved before it was read)", permanent=True)
+
+
+def run_tool(args: list[str], path: Path, *, timeout: float | None = None) -> bytes:
+    """Given an ffmpeg/ffprobe argument list, run it and return its stdout.
+
+    Raise MediaError with the last lines of stderr if it fails; a run killed by a
+    signal or a timeout is transient, a non-zero exit is treated as permanent.
+    """
+    log.debug("running %s", shlex.join(args))
+    try:
+        done = subprocess.run(args, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except FileNotFoundError:
+        raise MediaError(path, f"{args[0]} is not installed; install ffmpeg (apt install ffmpeg)",
+                         permanent=False) from None
+    except subprocess.TimeoutExpired:
+        raise MediaError(path, f"{args[0]} took longer than {timeout:.0f} s", permanent=False) from None
+    if done.returncode == 0:
+        return done.stdout
+    reason = _stderr_reason(done.stderr, path)
+    if done.returncode < 0:
+        raise MediaError(path, f"{args[0]} was killed by signal {-done.returncode}: {reason}",
+                         permanent=False)
+    raise MediaError(path, reason, permanent=True)
+
+
+def _stderr_reason(stderr: bytes, path: Path) -> str:
+    text = stderr.decode("utf-8", "replace").replace(f"{path}: ", "")
+    # ffmpeg prefixes lines with "[matroska,webm @ 0x55…]"; the address means nothing to a reader.
+    lines = [_DEMUXER_PREFIX.sub("", line).strip() for line in text.splitlines()]
+    lines = list(dict.fromkeys(line for line in lines if line))
+    return ("; ".join(lines[-3:]) if lines else "no error output")[-500:]
+
+
+def check_readable(path: Path) -> int:
+    """Given a path, return its size. Raise MediaError (or MediaGone) for cheap, certain failures."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb"):
+            pass
+    except FileNotFoundError:
+        raise MediaGone(path) from None
+    except PermissionError:
+        raise MediaError(path, "permission denied; make the file readable by the user subwatch runs as",
+                         permanent=True) from None
+    except IsADirectoryError:
+        raise MediaError(path, "is a directory, not a media file", permanent=True) from None
+    except OSError as exc:
+        raise MediaError(path, f"cannot read it: {exc.strerror}", permanent=False) from None
+    if size == 0:
+        raise MediaError(path, "the file is empty (0 bytes)", permanent=True)
+    return size
+
+
+def probe(path: Path) -> MediaInfo:
+    """Given a media path, return what ffprobe reports about it.
+
+    Raise MediaError if it is not a media file (or is corrupt), or has no audio stream.
+    """
+    check_readable(path)
+    try:
+        out = run_tool(
+            ["ffprobe", "-v", "error", "-print_format", "json", "-show_format", "-show_streams", str(path)],
+            path, timeout=120,
+        )
+    except MediaError as exc:
+        if not path.exists():
+            raise MediaGone(path) from None
+        if not exc.permanent:
+            raise
+        raise MediaError(path, f"not a media file, or corrupt: {exc}", permanent=True) from None
+    data = json.loads(out or b"{}")
+    fmt = data.get("format") or {}
+    streams = data.get("streams") or []
+    audio = tuple(_audio_stream(s) for s in streams if s.get("codec_type") == "audio")
+    if not audio:
+        kinds = sorted({s.get("codec_type", "?") for s in streams}) or ["none"]
+        raise MediaError(path, f"no audio stream (streams: {', '.join(kinds)}); nothing to transcribe",
+                         permanent=True)
+    return MediaInfo(
+        path=path,
+        duration=_float(fmt.get("duration")),
+        start_time=_float(fmt.get("start_time")),
+        audio_streams=audio,
+        format_name=fmt.get("format_name", "?"),
+        text_subtitle_languages=tuple(
+            _language(s) or "und" for s in streams
+            if s.get("codec_type") == "subtitle" and s.get("codec_name") in TEXT_SUBTITLE_CODECS
+        ),
+    )
+
+
+def _audio_stream(raw: dict) -> AudioStream:
+    disposition = raw.get("disposition") or {}
+    return AudioStream(
+        index=int(raw["index"]),
+        codec=raw.get("codec_name", "?"),
+        language=_language(raw),
+        title=(raw.get("tags") or {}).get("title"),
+        default=bool(disposition.get("default")),
+        channels=int(raw.get("channels") or 0),
+        start_time=_float(raw.get("start_time")),
+        duration=_float(raw.get("duration")),
+        secondary=bool(disposition.get("comment") or disposition.get("visual_impaired")
+                       or disposition.get("descriptions")),
+    )
+
+
+def _language(raw: dict) -> str | None:
+    tags = {k.lower(): v for k, v in (raw.get("tags") or {}).items()}
+    value = tags.get("language")
+    return None if value in (None, "", "und") else str(value).lower()
+
+
+def _float(value: object) -> float:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def choose_audio_stream(info: MediaInfo, language: str | None = None) -> AudioStream:
+    """Given a probed file, return the stream to transcribe.
+
+    The one tagged `language` when asked (ISO 639-1 or -2 tags both match), else
+    the container's default; commentary and audio-description streams only
+    when nothing else exists.
+    """
+    main = [s for s in info.audio_streams if not _is_secondary(s)] or list(info.audio_streams)
+    if language:
+        tagged = [s for s in main if s.language and _same_language(s.language, language)]
+        if tagged:
+            main = tagged
+    return next((s for s in main if s.default), main[0])
+
+
+def _is_secondary(stream: AudioStream) -> bool:
+    title = (stream.title or "").lower()
+    return stream.secondary or any(word in title for word in NOT_MAIN_AUDIO)
+
+
+# ISO 639-2 tags that containers carry, for the languages people most often pick.
+_ISO639_2 = {"eng": "en", "jpn": "ja", "ger": "de", "deu": "de", "fre": "fr", "fra": "fr", "spa": "es",
+             "ita": "it", "por": "pt", "rus": "ru", "chi": "zh", "zho": "zh", "kor": "ko", "dut": "nl",
+             "nld": "nl", "swe": "sv", "nor": "no", "dan": "da", "fin": "fi", "pol": "pl", "tur": "tr",
+             "ara": "ar", "heb": "he", "hin": "hi", "tha": "th", "vie": "vi", "ukr": "uk", "ces": "cs",
+             "cze": "cs", "hun": "hu", "gre": "el", "ell": "el", "ind": "id", "may": "ms", "msa": "ms"}
+
+
+def _same_language(tag: str, code: str) -> bool:
+    return tag == code or _ISO639_2.get(tag) == code
+
+
+def load_audio(path: Path, info: MediaInfo, stream: AudioStream) -> Audio:
+    """Given a probed file and one of its audio streams, return that stream as 16 kHz mono float32.
+
+    The samples are placed on the timeline the player shows (time 0 = the
+    container's start), so subtitle times match even when the audio starts late.
+    Raise MediaError if ffmpeg cannot decode it, or it is clearly truncated.
+    """
+    args = (
+        ffmpeg.input(str(path))
+        .output("pipe:", format="f32le", acodec="pcm_f32le", ac=1, ar=SAMPLE_RATE,
+                map=f"0:{stream.index}", vn=None, sn=None, dn=None)
+        .global_args("-nostdin", "-hide_banner", "-loglevel", "error", "-xerror")
+        .compile()
+    )
+    try:
+        raw = run_tool(args, path)
+    except MediaError as exc:
+        if not path.exists():
+            raise MediaGone(path) from None
+        raise MediaError(path, f"ffmpeg could not decode the audio: {exc}", permanent=exc.permanent) from None
+    samples = np.frombuffer(raw, dtype=np.float32)
+    if samples.size == 0:
+        raise MediaError(path, "ffmpeg decoded no audio samples (unsupported or broken audio codec "
+                         f"{stream.codec!r})", permanent=True)
+    _check_not_truncated(path, info, stream, len(samples) / SAMPLE_RATE)
+    samples = _pad_to_container_start(samples, info, stream)
+    return Audio(samples=samples, sample_rate=SAMPLE_RATE)
+
+
+def _pad_to_container_start(samples: np.ndarray, info: MediaInfo, stream: AudioStream) -> np.ndarray:
+    offset = stream.start_time - info.start_time
+    if offset <= 0.001:
+        return samples
+    # Players show time 0 at the container start; audio that begins later is shifted by silence.
+    return np.concatenate([np.zeros(int(round(offset * SAMPLE_RATE)), dtype=np.float32), samples])
+
+
+def _check_not_truncated(path: Path, info: MediaInfo, stream: AudioStream, decoded: float) -> None:
+    # The stream's own duration is the honest yardstick; some muxers report the
+    # format duration as an end time that includes the start offset.
+    expected = stream.duration or (info.duration - max(stream.start_time - info.start_time, 0.0))
+    if expected - decoded > 2.0 and decoded < expected * TRUNCATION_RATIO:
+        raise MediaError(
+            path,
+            f"truncated or corrupt: the container says {format_duration(expected)} but the audio "
+            f"ends at {format_duration(decoded)}; replace the file with a complete copy",
+            permanent=True,
+        )
+
+
+def format_duration(seconds: float) -> str:
+    """Return H:MM:SS (or M:SS under an hour), the way people read media lengths."""
+    total = int(round(seconds))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
