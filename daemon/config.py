@@ -9,6 +9,7 @@ the daemon receives `Config` / `FolderRules` as arguments.
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -61,6 +62,7 @@ class FolderRules:
 
     path: Path
     recursive: bool
+    create_if_missing: bool
     model: str
     language: str | None  # None = detect
     task: str
@@ -197,6 +199,7 @@ class _RulesModel(_Strict):
 
 class _FolderModel(_RulesModel):
     path: str
+    create_if_missing: bool = False
 
 
 class _NotifyModel(_Strict):
@@ -269,7 +272,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(path, [f"cannot read it: {exc}"]) from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_Yaml12BoolLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -280,6 +283,23 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ConfigError(path, ["the top level must be a mapping of keys (state_dir, folders, …)"])
     return raw
+
+
+class _Yaml12BoolLoader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans: only true/false.
+
+    YAML 1.1 reads `on:` (our notify key), `yes`, `no` and `off` as booleans,
+    which turns `notify: {on: [done]}` into a mapping keyed by True.
+    """
+
+
+_Yaml12BoolLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12BoolLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 
 
 def _freeze(parsed: _ConfigModel, source: Path) -> Config:
@@ -325,6 +345,7 @@ def _null_problems(where: str, written: dict[str, Any]) -> list[str]:
 def _folder(model: _FolderModel, defaults: dict[str, Any], base: Path) -> FolderRules:
     rules = {**defaults, **_set_fields(model)}
     rules.pop("path")
+    rules["create_if_missing"] = model.create_if_missing
     notify = rules.pop("notify")
     poll = rules.pop("poll")
     language = rules.pop("language")

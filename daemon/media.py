@@ -197,8 +197,13 @@ _ISO639_2 = {"eng": "en", "jpn": "ja", "ger": "de", "deu": "de", "fre": "fr", "f
              "cze": "cs", "hun": "hu", "gre": "el", "ell": "el", "ind": "id", "may": "ms", "msa": "ms"}
 
 
+def to_iso639_1(tag: str) -> str:
+    """Given a container language tag (ISO 639-1 or -2), return the 639-1 code where known."""
+    return _ISO639_2.get(tag.lower(), tag.lower())
+
+
 def _same_language(tag: str, code: str) -> bool:
-    return tag == code or _ISO639_2.get(tag) == code
+    return to_iso639_1(tag) == code
 
 
 def load_audio(path: Path, info: MediaInfo, stream: AudioStream) -> Audio:

@@ -1,0 +1,334 @@
+"""The `subwatch` command line: run the daemon, transcribe files once, inspect and edit the queue.
+
+Exit codes: 0 success; 1 a file failed or an operation could not be done; 2 wrong
+usage (argparse); 78 (EX_CONFIG) the config is invalid, which the systemd unit
+lists in RestartPreventExitStatus so a typo does not cause a restart loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from daemon import __version__
+from daemon.config import BUILTIN_DEFAULTS, Config, ConfigError, FolderNotify, FolderRules, load_config
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 78
+DEFAULT_CONFIG = Path(os.environ.get("SUBWATCH_CONFIG", "/etc/subwatch/config.yaml"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except ConfigError as exc:
+        print(f"subwatch: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="subwatch",
+        description="Watch media folders and write Whisper subtitles (.srt/.vtt) beside new files.",
+    )
+    parser.add_argument("--version", action="version", version=f"subwatch {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the daemon in the foreground (systemd runs this)",
+                              description="Watch the configured folders until SIGTERM or Ctrl-C; "
+                              "SIGHUP reloads the config.")
+    _config_arg(run)
+    run.set_defaults(handler=cmd_run)
+
+    one = commands.add_parser("transcribe", help="write subtitles for the given files now",
+                              description="Transcribe files once with the same pipeline and sidecars as "
+                              "the daemon, showing a progress bar.")
+    one.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    one.add_argument("--config", type=Path, help="take defaults (and the folder rules for files inside "
+                     "a watched folder) from this config")
+    one.add_argument("--model", help="Whisper model name or .pt path (default: turbo)")
+    one.add_argument("--language", help="ISO 639-1 code, or auto (default)")
+    one.add_argument("--task", choices=("transcribe", "translate"))
+    one.add_argument("--prompt", help="initial prompt: names, jargon, spelling")
+    one.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    one.add_argument("--formats", help="comma-separated: srt,vtt,txt,json")
+    one.add_argument("--models-dir", type=Path, help="where Whisper checkpoints are kept "
+                     "(default: ~/.cache/whisper, or models_dir from --config)")
+    one.add_argument("--overwrite", action="store_true",
+                     help="replace existing subtitles at the target names (never done otherwise)")
+    one.set_defaults(handler=cmd_transcribe)
+
+    status = commands.add_parser("status", help="show the queue", description="List the jobs in the queue.")
+    _config_arg(status)
+    status.add_argument("--json", action="store_true", help="print a JSON array of jobs")
+    status.add_argument("--state", choices=("pending", "running", "done", "failed", "skipped"),
+                        help="only jobs in this state")
+    status.set_defaults(handler=cmd_status)
+
+    check = commands.add_parser("check-config", help="validate the config and show each folder's rules",
+                                description="Validate the config; print each folder's effective rules.")
+    _config_arg(check)
+    check.set_defaults(handler=cmd_check_config)
+
+    scan = commands.add_parser("scan", help="queue existing media that lacks subtitles",
+                               description="Queue media under the watched folders (or PATH) that has no "
+                               "subtitles yet; a running daemon picks the jobs up.")
+    _config_arg(scan)
+    scan.add_argument("path", nargs="?", type=Path, help="only this folder or file (inside a watched folder)")
+    scan.set_defaults(handler=cmd_scan)
+
+    retry = commands.add_parser("retry", help="queue failed jobs again",
+                                description="Put failed jobs back in the queue with their attempts reset.")
+    _config_arg(retry)
+    which = retry.add_mutually_exclusive_group(required=True)
+    which.add_argument("path", nargs="?", type=Path, help="the media file whose job to retry")
+    which.add_argument("--all-failed", action="store_true", help="retry every failed job")
+    retry.set_defaults(handler=cmd_retry)
+
+    forget = commands.add_parser("forget", help="remove a file's job so it can be queued fresh",
+                                 description="Delete the job (and subwatch's record of its sidecars).")
+    _config_arg(forget)
+    forget.add_argument("path", type=Path)
+    forget.set_defaults(handler=cmd_forget)
+    return parser
+
+
+def _config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", type=Path, default=DEFAULT_CONFIG,
+                        help=f"config file (default: {DEFAULT_CONFIG}, or $SUBWATCH_CONFIG)")
+
+
+# ---------------------------------------------------------------- run
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    from daemon.logs import setup_logging
+    from daemon.service import Service
+
+    setup_logging(config.log_level)
+    return Service(config).run()
+
+
+# ---------------------------------------------------------------- transcribe
+
+
+def cmd_transcribe(args: argparse.Namespace) -> int:
+    from daemon.logs import setup_logging
+
+    config = load_config(args.config) if args.config else None
+    setup_logging(config.log_level if config else "warning")
+    models_dir = args.models_dir or (config.models_dir if config else _whisper_cache())
+    failures = 0
+    for path in args.files:
+        rules = _one_shot_rules(path.resolve(), config, args)
+        failures += not _transcribe_file(path.resolve(), rules, models_dir, args.overwrite)
+    return EXIT_FAILED if failures else EXIT_OK
+
+
+def _whisper_cache() -> Path:
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return default / "whisper"
+
+
+def _one_shot_rules(path: Path, config: Config | None, args: argparse.Namespace) -> FolderRules:
+    base = (config.folder_for(path) if config else None) or _default_rules(path.parent)
+    overrides = {
+        "model": args.model and _model_arg(args.model),
+        "task": args.task,
+        "prompt": args.prompt,
+        "device": args.device,
+        "formats": tuple(args.formats.split(",")) if args.formats else None,
+    }
+    rules = replace(base, **{k: v for k, v in overrides.items() if v is not None})
+    if args.language:
+        rules = replace(rules, language=None if args.language == "auto" else args.language)
+    return _validated(rules)
+
+
+def _model_arg(value: str) -> str:
+    return str(Path(value).resolve()) if value.endswith(".pt") or os.sep in value else value
+
+
+def _default_rules(folder: Path) -> FolderRules:
+    d = BUILTIN_DEFAULTS
+    return FolderRules(
+        path=folder, recursive=False, create_if_missing=False, model=d["model"], language=None, task=d["task"], prompt=None,
+        device=d["device"], formats=tuple(d["formats"]), settle_seconds=0.0, poll=None,
+        poll_interval=d["poll_interval"], include=(), exclude=(), min_duration_seconds=0.0,
+        skip_if_embedded=False, audio_language=None, max_line_chars=d["max_line_chars"],
+        max_lines=d["max_lines"], lang_code=d["lang_code"], sdh=False, forced=False, name_template=None,
+        notify=FolderNotify(),
+    )
+
+
+def _validated(rules: FolderRules) -> FolderRules:
+    """Check command-line values with the config's own validators, so errors read the same."""
+    from pydantic import ValidationError
+
+    from daemon.config import _RulesModel
+
+    try:
+        _RulesModel(model=rules.model, language=rules.language, device=rules.device,
+                    formats=list(rules.formats))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        message = first["msg"].removeprefix("Value error, ")
+        raise SystemExit(f"subwatch: --{first['loc'][0]}: {message}") from None
+    return rules
+
+
+def _transcribe_file(path: Path, rules: FolderRules, models_dir: Path, overwrite: bool) -> bool:
+    from daemon import media, pipeline
+    from daemon.transcribe import DeviceUnavailable, ModelNotFound, ModelStore, resolve_device, transcribe
+
+    owned = (lambda _p: True) if overwrite else (lambda _p: False)
+    try:
+        prepared = pipeline.prepare(path, rules, owned)
+        model = ModelStore(models_dir).get(rules.model, resolve_device(rules.device))
+        length = media.format_duration(prepared.audio.duration)
+        print(f"{path.name}: transcribing {length} with {rules.model}", file=sys.stderr)
+        transcript = transcribe(prepared.audio, pipeline.options_for(rules), model, show_progress_bar=True)
+        result = pipeline.complete(prepared, transcript, owned)
+    except pipeline.Skip as exc:
+        print(f"{path}: skipped: {exc}", file=sys.stderr)
+        return True
+    except (media.MediaError, ModelNotFound, DeviceUnavailable) as exc:
+        print(f"{path}: {exc}", file=sys.stderr)
+        return False
+    for kept in result.kept:
+        print(f"{kept}: exists and was kept (use --overwrite to replace it)", file=sys.stderr)
+    for output in result.outputs:
+        print(output)
+    speed = result.media_duration / result.elapsed if result.elapsed else 0
+    print(f"{path.name}: done  {result.language}  {media.format_duration(result.media_duration)} in "
+          f"{result.elapsed:.0f} s ({speed:.0f}x)", file=sys.stderr)
+    return True
+
+
+# ---------------------------------------------------------------- queue commands
+
+
+def _open_queue(config: Config):  # type: ignore[no-untyped-def]
+    from daemon.queue import JobQueue
+
+    return JobQueue(config.db_path)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from daemon.datatypes import JobState
+
+    config = load_config(args.config)
+    if not config.db_path.exists():
+        jobs = []
+    else:
+        jobs = _open_queue(config).jobs([JobState(args.state)] if args.state else None)
+    if args.json:
+        print(json.dumps([_job_json(job) for job in jobs], indent=2, ensure_ascii=False))
+        return EXIT_OK
+    if not jobs:
+        print("no jobs")
+        return EXIT_OK
+    for job in jobs:
+        detail = job.error or (", ".join(p.name for p in job.outputs) if job.outputs else "")
+        line = f"{job.state.value:<8} {job.attempts:>2}  {os.fsdecode(job.path)}"
+        print(line + (f"  — {detail}" if detail else ""))
+    return EXIT_OK
+
+
+def _job_json(job) -> dict:  # type: ignore[no-untyped-def]
+    return {
+        "id": job.id,
+        "path": os.fsdecode(job.path),
+        "folder": str(job.folder),
+        "state": job.state.value,
+        "attempts": job.attempts,
+        "error": job.error,
+        "language": job.language,
+        "language_probability": job.language_probability,
+        "outputs": [str(p) for p in job.outputs],
+        "media_duration": job.media_duration,
+        "elapsed": job.elapsed,
+        "size": job.size,
+        "updated_at": job.updated_at,
+    }
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    print(f"{config.source}: OK")
+    print(f"  state_dir: {config.state_dir}\n  models_dir: {config.models_dir}")
+    print(f"  log_level: {config.log_level}")
+    print(f"  notify: {len(config.notify.urls)} url(s), on {', '.join(sorted(config.notify.on))}")
+    for rules in config.folders:
+        exists = "" if rules.path.is_dir() else "  (does not exist yet: watched when it appears)"
+        print(f"\n{rules.path}{exists}")
+        for key, value in vars(rules).items():
+            if key != "path":
+                print(f"  {key}: {_show(key, value)}")
+    return EXIT_OK
+
+
+def _show(key: str, value: object) -> str:
+    if value is None:
+        return "auto" if key in ("language", "poll") else "none"
+    if isinstance(value, tuple):
+        return "[" + ", ".join(map(str, value)) + "]"
+    return str(value)
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    from daemon import pipeline, subtitles
+    from daemon.service import watch_spec
+    from daemon.watch import scan
+
+    config = load_config(args.config)
+    queue = _open_queue(config)
+    target = args.path.resolve() if args.path else None
+    queued = 0
+    for rules in config.folders:
+        if target and not _overlaps(target, rules.path):
+            continue
+        for path in scan(watch_spec(rules)):
+            if target and not (path == target or target in path.parents):
+                continue
+            if subtitles.existing_subtitles(path, pipeline.output_language(rules)):
+                continue
+            outcome = queue.enqueue(path, rules.path)
+            if outcome.queued:
+                queued += 1
+                print(f"queued {path}")
+    print(f"{queued} file(s) queued", file=sys.stderr)
+    return EXIT_OK
+
+
+def _overlaps(a: Path, b: Path) -> bool:
+    return a == b or a in b.parents or b in a.parents
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    count = _open_queue(config).retry(args.path.resolve() if args.path else None, all_failed=args.all_failed)
+    print(f"{count} job(s) queued again")
+    return EXIT_OK if count else EXIT_FAILED
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    if _open_queue(config).forget(args.path.resolve()):
+        print(f"forgot {args.path}")
+        return EXIT_OK
+    print(f"subwatch: no job for {args.path}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

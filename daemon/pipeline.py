@@ -1,0 +1,120 @@
+"""One file through the stages: media → transcribe → subtitles.
+
+The work is split in two so the service can overlap them: `prepare` (probe,
+cheap checks, ffmpeg decode: CPU) and `complete` (write cues: CPU) around the
+GPU's `transcribe`. Both the daemon and `subwatch transcribe` use these
+functions, so a one-shot run and the service write identical sidecars.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from daemon import media, subtitles
+from daemon.config import FolderRules
+from daemon.datatypes import Audio, AudioStream, JobResult, MediaInfo, Transcript
+from daemon.transcribe import TranscribeOptions
+
+log = logging.getLogger("subwatch.pipeline")
+
+
+class Skip(Exception):
+    """The file needs no work (already has subtitles, too short, …); the message says why."""
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A file that passed the cheap checks and whose audio is decoded, ready for the model."""
+
+    path: Path
+    rules: FolderRules
+    info: MediaInfo
+    stream: AudioStream
+    audio: Audio
+    started: float  # time.monotonic() when preparation began, for the elapsed time
+
+
+def options_for(rules: FolderRules) -> TranscribeOptions:
+    """Given a folder's rules, return the decoding options for its files."""
+    return TranscribeOptions(model=rules.model, language=rules.language, task=rules.task, prompt=rules.prompt)
+
+
+def output_language(rules: FolderRules) -> str | None:
+    """Return the language the subtitles will be in, when it is known before transcribing."""
+    return "en" if rules.task == "translate" else rules.language
+
+
+def naming_for(rules: FolderRules) -> subtitles.NamingRules:
+    return subtitles.NamingRules(
+        lang_code=rules.lang_code, sdh=rules.sdh, forced=rules.forced, name_template=rules.name_template
+    )
+
+
+def cue_rules_for(rules: FolderRules) -> subtitles.CueRules:
+    return subtitles.CueRules(max_line_chars=rules.max_line_chars, max_lines=rules.max_lines)
+
+
+def prepare(path: Path, rules: FolderRules, owned: Callable[[Path], bool]) -> Prepared:
+    """Given a queued file and its folder's rules, return it decoded and ready to transcribe.
+
+    Raise Skip if it needs no work, media.MediaError (or MediaGone) if it cannot be read.
+    """
+    started = time.monotonic()
+    info = media.probe(path)
+    if info.duration and info.duration < rules.min_duration_seconds:
+        limit = rules.min_duration_seconds
+        raise Skip(f"shorter than min_duration_seconds ({info.duration:.0f} s < {limit:.0f} s)")
+    _skip_if_subtitled(path, rules, info, owned)
+    stream = media.choose_audio_stream(info, rules.audio_language)
+    audio = media.load_audio(path, info, stream)
+    return Prepared(path, rules, info, stream, audio, started)
+
+
+def _skip_if_subtitled(
+    path: Path, rules: FolderRules, info: MediaInfo, owned: Callable[[Path], bool]
+) -> None:
+    language = output_language(rules)
+    if rules.skip_if_embedded and language and language in _embedded_codes(info):
+        raise Skip(f"has an embedded {language} text subtitle stream (skip_if_embedded)")
+    if language is None:
+        return  # decided after detection, when the sidecars are written
+    targets = [subtitles.sidecar_path(path, language, fmt, naming_for(rules)) for fmt in rules.formats]
+    if all(t.exists() and not owned(t) for t in targets):
+        raise Skip(f"already has {language} subtitles: {', '.join(t.name for t in targets)}")
+
+
+def _embedded_codes(info: MediaInfo) -> set[str]:
+    return {media.to_iso639_1(tag) for tag in info.text_subtitle_languages}
+
+
+def complete(prepared: Prepared, transcript: Transcript, owned: Callable[[Path], bool]) -> JobResult:
+    """Given a prepared file and its transcript, write the sidecars and return the job's result.
+
+    A sidecar path that holds a subtitle subwatch did not write (or one the user
+    edited) is left untouched and reported in `kept`.
+    """
+    rules = prepared.rules
+    cues = subtitles.build_cues(
+        transcript.segments, cue_rules_for(rules), media_duration=prepared.audio.duration,
+    )
+    written, kept = [], []
+    for fmt in rules.formats:
+        target = subtitles.sidecar_path(prepared.path, transcript.language, fmt, naming_for(rules))
+        text = subtitles.RENDERERS[fmt](cues, transcript)
+        if subtitles.write_sidecar(target, text, may_replace=owned):
+            written.append(target)
+        else:
+            log.warning("kept %s: it is not a subtitle subwatch wrote", target)
+            kept.append(target)
+    return JobResult(
+        language=transcript.language,
+        language_probability=transcript.language_probability,
+        media_duration=prepared.info.duration or prepared.audio.duration,
+        elapsed=time.monotonic() - prepared.started,
+        outputs=tuple(written),
+        kept=tuple(kept),
+    )
