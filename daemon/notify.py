@@ -1,0 +1,492 @@
+"""Apprise notifications for finished and failed jobs, without spam.
+
+The pipeline hands each finished job to `Notifier.send`, which only puts it on
+a queue: one background thread formats and delivers the messages, so a slow or
+dead endpoint never holds up transcription and a failed delivery never fails
+a job (borgmatic's rule: notifications wrap the work, they are not part of it).
+
+During a backlog the daemon can finish dozens of files in an hour. Per set of
+targets, at most `burst` single messages go out within any `window_seconds`;
+the events after that are held and summed up in one digest at the end of the
+window (see `BurstGate` for the exact rules).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import unicodedata
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+logger = logging.getLogger("subwatch.notify")
+
+EVENTS = frozenset({"done", "failed", "digest"})
+DIGEST_LISTED = 10  # names per section of a digest before "… and N more"
+REASON_CHARS = 300  # a failure reason longer than this is cut
+QUEUE_LIMIT = 10_000  # events waiting for delivery before new ones are dropped
+RETRY_DELAY_MAX = 60.0
+
+# Names for the languages people most often get from Whisper; other codes are shown as they are.
+LANGUAGE_NAMES: dict[str, str] = {
+    "ar": "Arabic", "ca": "Catalan", "cs": "Czech", "da": "Danish", "de": "German",
+    "el": "Greek", "en": "English", "es": "Spanish", "fa": "Persian", "fi": "Finnish",
+    "fr": "French", "he": "Hebrew", "hi": "Hindi", "hr": "Croatian", "hu": "Hungarian",
+    "id": "Indonesian", "it": "Italian", "ja": "Japanese", "ko": "Korean", "ms": "Malay",
+    "nl": "Dutch", "no": "Norwegian", "pl": "Polish", "pt": "Portuguese", "ro": "Romanian",
+    "ru": "Russian", "sk": "Slovak", "sr": "Serbian", "sv": "Swedish", "th": "Thai",
+    "tl": "Tagalog", "tr": "Turkish", "uk": "Ukrainian", "vi": "Vietnamese", "zh": "Chinese",
+}  # fmt: skip
+
+# Characters that must not reach a title or body as they are: they would break a
+# line, reorder the text shown (bidi overrides) or fail to encode as UTF-8.
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+@dataclass(frozen=True)
+class NotifyRules:
+    """Where notifications go and how many may be sent.
+
+    `on` holds the events to notify about: "done", "failed" and "digest" (the
+    summary sent instead of single messages during a burst).
+    """
+
+    urls: tuple[str, ...] = ()
+    on: frozenset[str] = frozenset({"done", "failed"})
+    burst: int = 5
+    window_seconds: float = 60.0
+    retries: int = 3
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.on) - EVENTS)
+        if unknown:
+            raise ValueError(f"unknown notify event(s) {unknown}; use some of {sorted(EVENTS)}")
+        if self.burst < 1 or self.window_seconds <= 0 or self.retries < 0:
+            raise ValueError("notify burst must be >= 1, window_seconds > 0 and retries >= 0")
+
+
+@dataclass(frozen=True)
+class Event:
+    """One finished job to notify about.
+
+    `urls` are the targets of the job's folder, resolved by the caller; when
+    empty the rules' urls are used.
+    """
+
+    kind: Literal["done", "failed"]
+    path: Path
+    language: str | None = None
+    media_duration: float | None = None  # seconds
+    elapsed: float | None = None  # seconds the job took
+    model: str | None = None
+    error: str | None = None
+    urls: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Message:
+    """A formatted notification and the Apprise URLs it goes to.
+
+    `kind` is an Apprise notify type: "success", "failure" or "warning".
+    """
+
+    title: str
+    body: str
+    kind: str
+    urls: tuple[str, ...]
+
+
+def printable(text: str) -> str:
+    """Given text from a filename or an error, return it with control characters escaped.
+
+    Newlines become a visible backslash-n, bytes that were not valid UTF-8 in
+    the filename (Python keeps them as lone surrogates) become backslash-x escapes.
+    """
+    if text.isprintable():
+        return text
+    return "".join(_escape_char(char) for char in text)
+
+
+def _escape_char(char: str) -> str:
+    if char in _ESCAPES:
+        return _ESCAPES[char]
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # os.fsdecode's stand-in for an undecodable byte
+        return f"\\x{code - 0xDC00:02x}"
+    if unicodedata.category(char) in ("Cc", "Cs", "Zl", "Zp") or char in _BIDI_CONTROLS:
+        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    return char
+
+
+def format_duration(seconds: float) -> str:
+    """Given a length in seconds, return it as H:MM:SS, e.g. "1:52:10"."""
+    total = max(0, round(seconds))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+def format_elapsed(seconds: float) -> str:
+    """Given how long a job took in seconds, return "41 s", "12 min 5 s" or "2 h 3 min"."""
+    total = max(0, round(seconds))
+    if total < 60:
+        return f"{total} s"
+    if total < 3600:
+        return f"{total // 60} min {total % 60} s"
+    return f"{total // 3600} h {total % 3600 // 60} min"
+
+
+def format_speed(media_duration: float, elapsed: float) -> str | None:
+    """Given media length and job time in seconds, return the speed like "164x", or None if unknown."""
+    if elapsed <= 0 or media_duration <= 0:
+        return None
+    factor = media_duration / elapsed
+    return f"{factor:.0f}x" if factor >= 10 else f"{factor:.1f}x"
+
+
+def language_label(code: str) -> str:
+    """Given an ISO 639-1 code, return "English (en)", or the code alone if its name is not known."""
+    name = LANGUAGE_NAMES.get(code.lower())
+    return f"{name} ({code})" if name else printable(code)
+
+
+def one_line(text: str | None, limit: int = REASON_CHARS) -> str:
+    """Given an error text of any number of lines, return it on one line of at most `limit` characters."""
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    joined = printable(" / ".join(lines)) or "unknown error"
+    return joined if len(joined) <= limit else joined[: limit - 1] + "…"
+
+
+def format_done(event: Event) -> tuple[str, str]:
+    """Given a done event, return the title and body of its message."""
+    details = []
+    if event.language:
+        details.append(f"Language: {language_label(event.language)}")
+    if event.media_duration is not None:
+        details.append(format_duration(event.media_duration))
+    if event.model:
+        details.append(f"model {printable(event.model)}")
+    lines = [printable(event.path.name)]
+    if details:
+        lines.append(" · ".join(details))
+    if event.elapsed is not None:
+        speed = format_speed(event.media_duration or 0.0, event.elapsed)
+        lines.append(f"Took {format_elapsed(event.elapsed)}" + (f" ({speed} realtime)" if speed else ""))
+    lines.append(printable(str(event.path)))
+    return f"Subtitles ready: {printable(event.path.stem)}", "\n".join(lines)
+
+
+def format_failed(event: Event) -> tuple[str, str]:
+    """Given a failed event, return the title and body of its message."""
+    body = "\n".join([printable(event.path.name), one_line(event.error), printable(str(event.path))])
+    return f"Subtitles failed: {printable(event.path.stem)}", body
+
+
+def format_digest(events: Sequence[Event]) -> tuple[str, str]:
+    """Given the events held back during a burst, return the title and body of one summary.
+
+    Failures come first, each with its reason, then the names of the files done.
+    """
+    failed = [event for event in events if event.kind == "failed"]
+    done = [event for event in events if event.kind == "done"]
+    counts = []
+    if done:
+        counts.append(f"{len(done)} {'file' if len(done) == 1 else 'files'} done")
+    if failed:
+        noun = "" if done else ("file " if len(failed) == 1 else "files ")
+        counts.append(f"{len(failed)} {noun}failed")
+    sections = []
+    if failed:
+        lines = [f"- {printable(e.path.name)}: {one_line(e.error)}" for e in failed]
+        sections.append("Failed:\n" + "\n".join(_truncated(lines)))
+    if done:
+        lines = [f"- {printable(e.path.name)}" for e in done]
+        sections.append("Done:\n" + "\n".join(_truncated(lines)))
+    return f"Subtitles: {', '.join(counts)}", "\n\n".join(sections)
+
+
+def _truncated(lines: list[str], limit: int = DIGEST_LISTED) -> list[str]:
+    if len(lines) <= limit:
+        return lines
+    return lines[:limit] + [f"… and {len(lines) - limit} more"]
+
+
+def message_for(event: Event, urls: tuple[str, ...]) -> Message:
+    """Given one event and its targets, return the single message for it."""
+    if event.kind == "failed":
+        return Message(*format_failed(event), kind="failure", urls=urls)
+    return Message(*format_done(event), kind="success", urls=urls)
+
+
+def url_label(url: str) -> str:
+    """Given an Apprise URL (best one already masked by Apprise), return "scheme://host[:port]" for logs.
+
+    User, password, path and query are dropped: with Apprise they often hold
+    tokens. Return "scheme://…" if the URL has no host that can be read.
+    """
+    parts = urlsplit(url)
+    try:
+        host = parts.hostname
+        port = parts.port
+    except ValueError:
+        host = port = None
+    if not host:
+        return f"{parts.scheme or '?'}://…"
+    return f"{parts.scheme}://{host}" + (f":{port}" if port else "")
+
+
+@dataclass
+class _Window:
+    """Burst state for one set of targets."""
+
+    sent: deque[float] = field(default_factory=deque)  # times of single messages in the window
+    held: list[Event] = field(default_factory=list)
+    digest_due: float | None = None  # set while in digest mode
+
+
+class BurstGate:
+    """Decide, for events and the times they happened, what is sent now and what is held.
+
+    The rules, kept separately for each set of target URLs:
+    - Events whose kind is not in `rules.on` are dropped and do not count.
+    - While fewer than `burst` single messages went out in the last
+      `window_seconds`, an event is sent on its own.
+    - The next event starts digest mode: it and every later event are held,
+      and at `window_seconds` after it they are released as one digest (a
+      single held event goes out as its own message). Without "digest" in
+      `rules.on` the held events are dropped, with a log line.
+    - Digest mode lasts while events keep arriving: each window that held
+      something ends in a digest; the first window that held nothing ends it,
+      and events are sent singly again.
+
+    So 12 events at once with burst=5 give 5 single messages and, a window
+    later, one digest of the other 7. Not thread-safe: only the delivery
+    thread uses it.
+    """
+
+    def __init__(self, rules: NotifyRules) -> None:
+        self._rules = rules
+        self._windows: dict[tuple[str, ...], _Window] = {}
+
+    def offer(self, event: Event, now: float) -> list[Message]:
+        """Given an event and when it happened, return the messages to send now (maybe none)."""
+        targets = event.urls or self._rules.urls
+        if event.kind not in self._rules.on or not targets:
+            return []
+        window = self._windows.setdefault(targets, _Window())
+        if window.digest_due is not None:
+            window.held.append(event)
+            return []
+        while window.sent and window.sent[0] <= now - self._rules.window_seconds:
+            window.sent.popleft()
+        if len(window.sent) < self._rules.burst:
+            window.sent.append(now)
+            return [message_for(event, targets)]
+        window.held.append(event)
+        window.digest_due = now + self._rules.window_seconds
+        return []
+
+    def due(self, now: float) -> list[Message]:
+        """Given the time now, return the digests whose window has ended."""
+        messages = []
+        for targets, window in list(self._windows.items()):
+            if window.digest_due is None or now < window.digest_due:
+                continue
+            if window.held:
+                messages += self._release(targets, window)
+                window.digest_due = now + self._rules.window_seconds
+            else:
+                del self._windows[targets]  # a quiet window: back to single messages
+        return messages
+
+    def flush(self) -> list[Message]:
+        """Return digests of everything held, whatever the time (for shutdown)."""
+        messages = []
+        for targets, window in self._windows.items():
+            messages += self._release(targets, window)
+        self._windows.clear()
+        return messages
+
+    def next_due(self) -> float | None:
+        """Return the earliest time a digest window ends, or None if nothing is pending."""
+        dues = [w.digest_due for w in self._windows.values() if w.digest_due is not None]
+        return min(dues, default=None)
+
+    def _release(self, targets: tuple[str, ...], window: _Window) -> list[Message]:
+        held, window.held = window.held, []
+        if not held:
+            return []
+        if len(held) == 1:
+            return [message_for(held[0], targets)]
+        if "digest" not in self._rules.on:
+            logger.info("not notifying about %d files from a burst: 'digest' is not in notify.on", len(held))
+            return []
+        title, body = format_digest(held)
+        kind = "warning" if any(e.kind == "failed" for e in held) else "success"
+        return [Message(title, body, kind, targets)]
+
+
+@dataclass(frozen=True)
+class _Queued:
+    at: float
+    event: Event
+
+
+_STOP = object()
+
+
+class Notifier:
+    """Deliver notifications from one background thread.
+
+    Call `start()` once, `send(event)` from any thread, and `stop(timeout)` at
+    shutdown. `clock` (monotonic seconds) times the burst windows; `retry_delay`
+    is the first pause before a retry, doubled for each further one.
+    """
+
+    def __init__(
+        self,
+        rules: NotifyRules,
+        clock: Callable[[], float] = time.monotonic,
+        retry_delay: float = 2.0,
+    ) -> None:
+        self._rules = rules
+        self._clock = clock
+        self._retry_delay = retry_delay
+        self._gate = BurstGate(rules)
+        self._queue: queue.Queue[Any] = queue.Queue(QUEUE_LIMIT)
+        self._stopping = threading.Event()
+        self._deadline: float | None = None  # time.monotonic() by which stop() wants to return
+        self._thread = threading.Thread(target=self._run, name="subwatch-notify", daemon=True)
+        self._targets: dict[str, Any] = {}  # Apprise URL -> (Apprise object or None, log label)
+
+    def start(self) -> None:
+        """Start the delivery thread."""
+        self._thread.start()
+
+    def send(self, event: Event) -> None:
+        """Given a finished job's event, queue it for delivery and return at once. Never raises."""
+        if self._stopping.is_set():
+            logger.debug("notifier stopped; not sending %s", event.kind)
+            return
+        try:
+            self._queue.put_nowait(_Queued(self._clock(), event))
+        except queue.Full:
+            logger.warning(
+                "notification queue is full; dropping the notification for %s", printable(str(event.path))
+            )
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Deliver what is queued or held within `timeout` seconds, then return.
+
+        A delivery still hanging after the timeout is abandoned (the thread is a
+        daemon thread, so it does not keep the process alive).
+        """
+        self._deadline = time.monotonic() + timeout
+        self._stopping.set()
+        if not self._thread.is_alive():
+            return
+        self._queue.put(_STOP)  # after everything already queued, so that is delivered first
+        self._thread.join(max(0.0, self._deadline - time.monotonic()))
+        if self._thread.is_alive():
+            logger.warning(
+                "notifications not all delivered within %.0f s of shutdown; giving up on them", timeout
+            )
+
+    def _run(self) -> None:
+        apprise = _import_apprise()
+        while True:
+            item = self._next_item()
+            if item is _STOP:
+                messages = self._gate.flush()
+            elif item is not None:
+                # Judge each event by when it was sent, not when this thread got to it,
+                # so a slow endpoint that delays the queue does not change what is a burst.
+                messages = self._gate.due(item.at) + self._gate.offer(item.event, item.at)
+            else:
+                messages = self._gate.due(self._clock())
+            for message in messages:
+                self._deliver(apprise, message)
+            if item is _STOP:
+                return
+
+    def _next_item(self) -> Any:
+        due = self._gate.next_due()
+        if due is None:
+            return self._queue.get()
+        # Wake at the end of the window, and at least every 0.25 s in case the clock is not time.monotonic.
+        wait = min(max(due - self._clock(), 0.0), 0.25)
+        try:
+            return self._queue.get(timeout=wait)
+        except queue.Empty:
+            return None
+
+    def _deliver(self, apprise: Any, message: Message) -> None:
+        if apprise is None:
+            return
+        for url in message.urls:
+            target, label = self._target(apprise, url)
+            if target is not None:
+                self._deliver_to(apprise, target, label, message)
+
+    def _target(self, apprise: Any, url: str) -> tuple[Any, str]:
+        if url not in self._targets:
+            target = apprise.Apprise(asset=apprise.AppriseAsset(app_id="subwatch", app_desc="subwatch"))
+            if target.add(url):
+                self._targets[url] = (target, url_label(target[0].url(privacy=True)))
+            else:
+                label = f"{urlsplit(url).scheme or '?'}://…"  # the host part may be a token
+                logger.error("notification URL %s is not one Apprise understands; skipping it", label)
+                self._targets[url] = (None, label)
+        return self._targets[url]
+
+    def _deliver_to(self, apprise: Any, target: Any, label: str, message: Message) -> None:
+        attempts = 1 + self._rules.retries
+        for attempt in range(1, attempts + 1):
+            if attempt > 1 and not self._pause_before_retry(attempt):
+                break
+            if self._past_deadline():
+                break
+            try:
+                sent = target.notify(
+                    title=message.title,
+                    body=message.body,
+                    body_format=apprise.NotifyFormat.TEXT,
+                    notify_type=apprise.NotifyType(message.kind),
+                )
+            except Exception:  # a plugin bug must not kill the delivery thread
+                logger.exception("notification to %s raised an error", label)
+                sent = False
+            if sent:
+                logger.debug("notified %s: %s", label, message.title)
+                return
+            logger.warning("notification to %s failed (attempt %d of %d)", label, attempt, attempts)
+        logger.error("gave up on notification %r to %s", message.title, label)
+
+    def _pause_before_retry(self, attempt: int) -> bool:
+        """Wait before retry number `attempt`; return False if shutdown leaves no time for it."""
+        delay = min(self._retry_delay * 2 ** (attempt - 2), RETRY_DELAY_MAX)
+        if self._deadline is not None and time.monotonic() + delay > self._deadline:
+            return False
+        if self._stopping.wait(delay):
+            # stop() came during the pause: retry at once if its timeout still allows.
+            return not self._past_deadline()
+        return True
+
+    def _past_deadline(self) -> bool:
+        return self._deadline is not None and time.monotonic() >= self._deadline
+
+
+def _import_apprise() -> Any:
+    try:
+        import apprise
+    except ImportError:
+        logger.error("Apprise is not installed, so no notifications will be sent (pip install apprise)")
+        return None
+    return apprise
