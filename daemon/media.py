@@ -216,7 +216,10 @@ def load_audio(path: Path, info: MediaInfo, stream: AudioStream) -> Audio:
     args = (
         ffmpeg.input(str(path))
         .output("pipe:", format="f32le", acodec="pcm_f32le", ac=1, ar=SAMPLE_RATE,
-                map=f"0:{stream.index}", vn=None, sn=None, dn=None)
+                map=f"0:{stream.index}", vn=None, sn=None, dn=None,
+                # Pad the start (and any gaps) with silence so sample 0 is the player's time 0,
+                # even when the audio starts after the video or the encoder added priming.
+                af="aresample=async=1:first_pts=0")
         .global_args("-nostdin", "-hide_banner", "-loglevel", "error", "-xerror")
         .compile()
     )
@@ -231,22 +234,14 @@ def load_audio(path: Path, info: MediaInfo, stream: AudioStream) -> Audio:
         raise MediaError(path, "ffmpeg decoded no audio samples (unsupported or broken audio codec "
                          f"{stream.codec!r})", permanent=True)
     _check_not_truncated(path, info, stream, len(samples) / SAMPLE_RATE)
-    samples = _pad_to_container_start(samples, info, stream)
     return Audio(samples=samples, sample_rate=SAMPLE_RATE)
-
-
-def _pad_to_container_start(samples: np.ndarray, info: MediaInfo, stream: AudioStream) -> np.ndarray:
-    offset = stream.start_time - info.start_time
-    if offset <= 0.001:
-        return samples
-    # Players show time 0 at the container start; audio that begins later is shifted by silence.
-    return np.concatenate([np.zeros(int(round(offset * SAMPLE_RATE)), dtype=np.float32), samples])
 
 
 def _check_not_truncated(path: Path, info: MediaInfo, stream: AudioStream, decoded: float) -> None:
     # The stream's own duration is the honest yardstick; some muxers report the
     # format duration as an end time that includes the start offset.
-    expected = stream.duration or (info.duration - max(stream.start_time - info.start_time, 0.0))
+    offset = max(stream.start_time - info.start_time, 0.0)
+    expected = offset + stream.duration if stream.duration else info.duration
     if expected - decoded > 2.0 and decoded < expected * TRUNCATION_RATIO:
         raise MediaError(
             path,

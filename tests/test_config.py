@@ -1,0 +1,164 @@
+"""Config: the contract's keys, inheritance, and errors that name the file and key path."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from daemon.config import WHISPER_LANGUAGES, WHISPER_MODELS, ConfigError, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def problems_of(path: Path) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+    return info.value.problems
+
+
+def test_tables_match_whisper() -> None:
+    import whisper
+    import whisper.tokenizer
+
+    assert set(WHISPER_MODELS) == set(whisper.available_models())
+    assert WHISPER_LANGUAGES == set(whisper.tokenizer.LANGUAGES)
+
+
+def test_folder_inherits_defaults_and_overrides(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, """
+        state_dir: state
+        defaults:
+          model: small
+          language: de
+          prompt: "Berlin"
+          formats: [srt]
+        notify:
+          urls: ["json://127.0.0.1:9/"]
+          on: [failed]
+        folders:
+          - path: a
+          - path: /srv/anime
+            language: ja
+            task: translate
+            model: large-v3
+            prompt: null
+            notify: {urls: ["json://127.0.0.1:8/"], replace: true}
+    """))
+    a, anime = config.folders
+    assert config.state_dir == tmp_path / "state"
+    assert config.models_dir == tmp_path / "state" / "models"
+    assert config.db_path == tmp_path / "state" / "jobs.sqlite3"
+    assert (a.path, a.model, a.language, a.prompt, a.formats, a.task) == (
+        tmp_path / "a", "small", "de", "Berlin", ("srt",), "transcribe")
+    assert a.settle_seconds == 10.0 and a.device == "auto" and a.recursive is True
+    assert (anime.path, anime.model, anime.language, anime.task, anime.prompt) == (
+        Path("/srv/anime"), "large-v3", "ja", "translate", None)
+    assert anime.notify.urls == ("json://127.0.0.1:8/",) and anime.notify.replace
+    assert config.notify.on == frozenset({"failed"})
+
+
+def test_auto_language_and_poll_become_none(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "folders: [{path: x, language: auto, poll: auto}]\n"))
+    assert config.folders[0].language is None and config.folders[0].poll is None
+
+
+def test_model_path_resolved_relative_to_config(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "folders: [{path: x, model: models/mine.pt}]\n"))
+    assert config.folders[0].model == str(tmp_path / "models" / "mine.pt")
+
+
+def test_typo_names_key_path_and_suggestion(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+        folders:
+          - path: /media
+            langauge: ja
+    """)
+    assert problems_of(path) == ["at 'folders[0].langauge': unknown key; did you mean 'language'?"]
+
+
+def test_all_problems_reported_at_once(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+        defaults:
+          model: turbo2
+          task: translat
+        notify:
+          on: [done, sometimes]
+        folders:
+          - path: /a
+            language: jp
+            settle_seconds: -1
+            poll: sometimes
+            formats: [srt, ass]
+          - path: /a
+    """)
+    problems = problems_of(path)
+    assert any(p.startswith("at 'defaults.model': unknown model 'turbo2'; did you mean 'turbo'?") for p in problems)
+    assert "at 'defaults.task': got 'translat'; input should be 'transcribe' or 'translate'" in problems
+    assert any(p.startswith("at 'folders[0].language': unknown language 'jp'; did you mean 'ja'?")
+               for p in problems)
+    assert any(p.startswith("at 'folders[0].settle_seconds'") for p in problems)
+    assert "at 'folders[0].poll': got 'sometimes'; use true, false or auto" in problems
+    assert any(p.startswith("at 'folders[0].formats[1]': got 'ass'") for p in problems)
+    assert any(p.startswith("at 'notify.on[1]': got 'sometimes'") for p in problems)
+    assert len(problems) == 7
+
+
+def test_duplicate_folder(tmp_path: Path) -> None:
+    path = write(tmp_path, "folders: [{path: /a}, {path: /a/}]\n")
+    assert problems_of(path) == ["at 'folders[1].path': /a is listed twice (folders[0])"]
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("state_dir: /x\n", "at 'folders': required key is missing"),
+    ("folders: []\n", "at 'folders': list should have at least 1 item after validation, not 0"),
+    ("", "the file is empty; at least `folders:` is required"),
+    ("- a\n- b\n", "the top level must be a mapping of keys (state_dir, folders, …)"),
+    ("folders: [{path: /a, model: null}]\n",
+     "at 'folders[0].model': must not be empty (remove the line to use the default)"),
+    ("folders: [{path: /a, device: gpu}]\n", "at 'folders[0].device': unknown device 'gpu'; "
+     "use auto, cpu, cuda or cuda:N"),
+    ("folders: [{path: /a, name_template: '../{stem}.srt'}]\n", "at 'folders[0].name_template': "
+     "name_template must stay inside the video's folder (no '..', no absolute path)"),
+])
+def test_single_problem_wording(tmp_path: Path, text: str, expected: str) -> None:
+    assert problems_of(write(tmp_path, text)) == [expected]
+
+
+def test_yaml_syntax_error_names_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "folders:\n  - path: /a\n   language: [en\n")
+    (problem,) = problems_of(path)
+    assert problem.startswith("line 3, column") and "not valid YAML" in problem
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    assert problems_of(tmp_path / "nope.yaml") == ["no such file; copy config.example.yaml there and edit it"]
+
+
+def test_yaml_on_key_is_not_a_boolean(tmp_path: Path) -> None:
+    # YAML 1.1 would read `on:` as True; the notify events must survive.
+    config = load_config(write(tmp_path, "notify: {on: [done]}\nfolders: [{path: /a}]\n"))
+    assert config.notify.on == frozenset({"done"})
+
+
+def test_example_config_is_valid_and_self_contained() -> None:
+    config = load_config(REPO / "config.example.yaml")
+    (folder,) = config.folders
+    assert folder.path == REPO / "inbox" and folder.create_if_missing
+    assert config.state_dir == REPO / ".subwatch-state"
+    assert folder.model == "turbo" and folder.formats == ("srt", "vtt") and folder.language is None
+
+
+def test_folder_for_picks_most_specific(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "folders: [{path: /m}, {path: /m/anime, language: ja}]\n"))
+    assert config.folder_for(Path("/m/anime/a/b.mkv")).language == "ja"
+    assert config.folder_for(Path("/m/film.mkv")).path == Path("/m")
+    assert config.folder_for(Path("/elsewhere/x.mkv")) is None

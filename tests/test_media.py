@@ -1,0 +1,167 @@
+"""Media stage on real files made by ffmpeg: probing, decoding, stream choice, bad input."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from daemon.datatypes import AudioStream, MediaInfo
+from daemon.media import (
+    SAMPLE_RATE,
+    MediaError,
+    MediaGone,
+    choose_audio_stream,
+    format_duration,
+    load_audio,
+    probe,
+)
+from tests.media_factory import make_media
+
+
+def decode(path: Path):  # noqa: ANN201
+    info = probe(path)
+    return info, load_audio(path, info, choose_audio_stream(info))
+
+
+def test_decodes_speech_to_16k_mono_float(tmp_path: Path) -> None:
+    path = make_media(tmp_path / "Movie (2009).mkv", speech="Hello there, general Kenobi.", seconds=5)
+    info, audio = decode(path)
+    assert audio.sample_rate == SAMPLE_RATE and audio.samples.dtype == np.float32
+    assert abs(audio.duration - info.duration) < 0.2 and abs(info.duration - 5.0) < 0.2
+    # espeak speech is at the start, the padding after it is silent
+    rms = lambda a: float(np.sqrt(np.mean(a**2)))  # noqa: E731
+    assert rms(audio.samples[: SAMPLE_RATE]) > 0.01
+    assert rms(audio.samples[-SAMPLE_RATE // 2:]) < 1e-4
+
+
+def test_audio_starting_after_container_start_is_shifted(tmp_path: Path) -> None:
+    # Audio 1.5 s after the video starts: the speech must land 1.5 s into the decoded timeline.
+    wav = tmp_path / "beep.wav"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
+                    "sine=frequency=440:sample_rate=16000:duration=2", str(wav)], check=True)
+    path = tmp_path / "late.mkv"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
+                    "testsrc=size=64x48:rate=10:duration=4", "-itsoffset", "1.5", "-i", str(wav),
+                    "-c:v", "mpeg4", "-c:a", "aac", str(path)], check=True)
+    info, audio = decode(path)
+    assert choose_audio_stream(info).start_time > 1.0  # the container really starts the audio late
+    energy = np.abs(audio.samples)
+    first_loud = int(np.argmax(energy > 0.05)) / SAMPLE_RATE
+    assert first_loud == pytest.approx(1.5, abs=0.05)
+
+
+def _zero(p: Path) -> Path:
+    p.write_bytes(b"")
+    return p
+
+
+def _text(p: Path) -> Path:
+    p.write_text("this is not a video\n" * 200)
+    return p
+
+
+def _truncated(p: Path) -> Path:
+    full = make_media(p.with_name("full" + p.suffix), speech="A sentence that runs for a while.", seconds=20)
+    data = full.read_bytes()
+    p.write_bytes(data[: len(data) // 2])
+    return p
+
+
+def _no_audio(p: Path) -> Path:
+    return make_media(p, audio=False)
+
+
+def _unreadable(p: Path) -> Path:
+    make_media(p, seconds=2)
+    p.chmod(0)
+    return p
+
+
+BAD_INPUT = [
+    ("zero.mkv", _zero, "the file is empty (0 bytes)"),
+    ("text.mkv", _text, "not a media file, or corrupt"),
+    ("truncated.mkv", _truncated, "truncated or corrupt: the container says 0:20 but the audio ends at 0:0"),
+    ("truncated.mp4", _truncated, "not a media file, or corrupt: moov atom not found"),
+    ("silent-film.mkv", _no_audio, "no audio stream (streams: video); nothing to transcribe"),
+]
+
+
+@pytest.mark.parametrize(("name", "make", "message"), BAD_INPUT, ids=[b[0] for b in BAD_INPUT])
+def test_bad_input_is_a_permanent_clear_error(tmp_path: Path, name: str, make, message: str) -> None:  # noqa: ANN001
+    path = make(tmp_path / name)
+    with pytest.raises(MediaError) as info:
+        decode(path)
+    assert str(info.value).startswith(message), str(info.value)
+    assert info.value.permanent and info.value.path == path
+    assert "0x" not in str(info.value)  # no ffmpeg pointer noise in the user's error
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_unreadable_file(tmp_path: Path) -> None:
+    with pytest.raises(MediaError, match="permission denied"):
+        decode(_unreadable(tmp_path / "locked.mkv"))
+
+
+def test_vanished_file_is_gone_not_failed(tmp_path: Path) -> None:
+    with pytest.raises(MediaGone):
+        probe(tmp_path / "deleted.mkv")
+
+
+def test_undecodable_codec_is_permanent(tmp_path: Path) -> None:
+    # A stream ffprobe lists but ffmpeg has no decoder for: raw bytes tagged as an unknown codec.
+    path = make_media(tmp_path / "good.mkv", seconds=2)
+    info = probe(path)
+    broken = AudioStream(index=7, codec="mystery", language=None, title=None, default=True, channels=1)
+    with pytest.raises(MediaError) as err:
+        load_audio(path, info, broken)
+    assert err.value.permanent and str(err.value).startswith("ffmpeg could not decode the audio")
+
+
+def _info(*streams: AudioStream) -> MediaInfo:
+    return MediaInfo(Path("x.mkv"), 10.0, 0.0, streams, "matroska")
+
+
+def stream(index: int, language: str | None = None, title: str | None = None, default: bool = False,
+           secondary: bool = False) -> AudioStream:
+    return AudioStream(index, "aac", language, title, default, 2, secondary=secondary)
+
+
+def test_choose_default_stream_over_first() -> None:
+    assert choose_audio_stream(_info(stream(1, "eng"), stream(2, "jpn", default=True))).index == 2
+
+
+def test_choose_requested_language_by_639_2_tag() -> None:
+    info = _info(stream(1, "eng", default=True), stream(2, "jpn"))
+    assert choose_audio_stream(info, "ja").index == 2
+    assert choose_audio_stream(info, "fr").index == 1  # no such stream: the default
+
+
+def test_commentary_and_description_skipped() -> None:
+    info = _info(stream(1, "eng", title="Director's Commentary", default=True),
+                 stream(2, "eng", secondary=True), stream(3, "eng"))
+    assert choose_audio_stream(info).index == 3
+    only = _info(stream(1, "eng", title="Commentary"))
+    assert choose_audio_stream(only).index == 1  # nothing else: better than nothing
+
+
+def test_real_multi_stream_file_tags(tmp_path: Path) -> None:
+    path = tmp_path / "dual.mkv"
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error",
+                    "-f", "lavfi", "-i", "sine=frequency=300:duration=2",
+                    "-f", "lavfi", "-i", "sine=frequency=900:duration=2",
+                    "-map", "0", "-map", "1", "-c:a", "aac",
+                    "-metadata:s:a:0", "language=eng", "-metadata:s:a:0", "title=Commentary",
+                    "-metadata:s:a:1", "language=jpn", "-disposition:a:0", "default",
+                    "-disposition:a:1", "0", str(path)], check=True)
+    info = probe(path)
+    assert [(s.language, s.title) for s in info.audio_streams] == [("eng", "Commentary"), ("jpn", None)]
+    assert choose_audio_stream(info).language == "jpn"
+
+
+@pytest.mark.parametrize(("seconds", "text"), [(0, "0:00"), (59.6, "1:00"), (6730, "1:52:10")])
+def test_format_duration(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
