@@ -275,6 +275,10 @@ class BurstGate:
         self._rules = rules
         self._windows: dict[tuple[str, ...], _Window] = {}
 
+    def update(self, rules: NotifyRules) -> None:
+        """Given new rules (a config reload), use them from now on; held events stay held."""
+        self._rules = rules
+
     def offer(self, event: Event, now: float) -> list[Message]:
         """Given an event and when it happened, return the messages to send now (maybe none)."""
         targets = event.urls or self._rules.urls
@@ -339,6 +343,11 @@ class _Queued:
     event: Event
 
 
+@dataclass(frozen=True)
+class _Update:
+    rules: NotifyRules
+
+
 _STOP = object()
 
 
@@ -382,6 +391,10 @@ class Notifier:
                 "notification queue is full; dropping the notification for %s", printable(str(event.path))
             )
 
+    def update(self, rules: NotifyRules) -> None:
+        """Given new rules (a config reload), apply them to events sent after this call."""
+        self._queue.put(_Update(rules))  # the delivery thread alone touches the rules in use
+
     def stop(self, timeout: float = 10.0) -> None:
         """Deliver what is queued or held within `timeout` seconds, then return.
 
@@ -405,6 +418,10 @@ class Notifier:
             item = self._next_item()
             if item is _STOP:
                 messages = self._gate.flush()
+            elif isinstance(item, _Update):
+                self._rules = item.rules
+                self._gate.update(item.rules)
+                messages = []
             elif item is not None:
                 # Judge each event by when it was sent, not when this thread got to it,
                 # so a slow endpoint that delays the queue does not change what is a burst.
