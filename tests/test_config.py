@@ -101,7 +101,8 @@ def test_all_problems_reported_at_once(tmp_path: Path) -> None:
           - path: /a
     """)
     problems = problems_of(path)
-    assert any(p.startswith("at 'defaults.model': unknown model 'turbo2'; did you mean 'turbo'?") for p in problems)
+    assert any(p.startswith("at 'defaults.model': unknown model 'turbo2'; did you mean 'turbo'?")
+               for p in problems)
     assert "at 'defaults.task': got 'translat'; input should be 'transcribe' or 'translate'" in problems
     assert any(p.startswith("at 'folders[0].language': unknown language 'jp'; did you mean 'ja'?")
                for p in problems)
