@@ -161,7 +161,8 @@ def _model_arg(value: str) -> str:
 def _default_rules(folder: Path) -> FolderRules:
     d = BUILTIN_DEFAULTS
     return FolderRules(
-        path=folder, recursive=False, create_if_missing=False, model=d["model"], language=None, task=d["task"], prompt=None,
+        path=folder, recursive=False, create_if_missing=False, model=d["model"], language=None,
+        task=d["task"], prompt=None,
         device=d["device"], formats=tuple(d["formats"]), settle_seconds=0.0, poll=None,
         poll_interval=d["poll_interval"], include=(), exclude=(), min_duration_seconds=0.0,
         skip_if_embedded=False, audio_language=None, max_line_chars=d["max_line_chars"],
