@@ -579,16 +579,16 @@ class JobQueue:
     def retry(self, path: Path | None = None, all_failed: bool = False) -> int:
         """Put the failed job at `path` (or every failed job) back to pending with attempts 0 and
         return how many were. Raise ValueError if neither a path nor all_failed is given."""
-        if path is None and not all_failed:
-            raise ValueError("retry needs a path or all_failed=True")
         sql = (
             "UPDATE jobs SET state = 'pending', attempts = 0, error = NULL, next_attempt_at = 0, "
             "started_at = NULL, finished_at = NULL, updated_at = ? WHERE state = 'failed'"
         )
         params: tuple[object, ...] = (time.time(),)
         if not all_failed:
+            if path is None:
+                raise ValueError("retry needs a path or all_failed=True")
             sql += " AND path = ?"
-            params += (_key(path),)  # type: ignore[arg-type]
+            params += (_key(path),)
         with self._write() as conn:
             return conn.execute(sql, params).rowcount
 
