@@ -17,6 +17,7 @@ from pathlib import Path
 
 from daemon import __version__
 from daemon.config import BUILTIN_DEFAULTS, Config, ConfigError, FolderNotify, FolderRules, load_config
+from daemon.queue import QueueError
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 78
 DEFAULT_CONFIG = Path(os.environ.get("SUBWATCH_CONFIG", "/etc/subwatch/config.yaml"))
@@ -30,6 +31,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"subwatch: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except (QueueError, ValueError) as exc:
+        print(f"subwatch: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
 
@@ -129,14 +133,19 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     models_dir = args.models_dir or (config.models_dir if config else _whisper_cache())
     failures = 0
     for path in args.files:
-        rules = _one_shot_rules(path.resolve(), config, args)
-        failures += not _transcribe_file(path.resolve(), rules, models_dir, args.overwrite)
+        rules = _one_shot_rules(absolute(path), config, args)
+        failures += not _transcribe_file(absolute(path), rules, models_dir, args.overwrite)
     return EXIT_FAILED if failures else EXIT_OK
 
 
 def _whisper_cache() -> Path:
     default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     return default / "whisper"
+
+
+def absolute(path: Path) -> Path:
+    """Make a path absolute the way the watcher reports paths: without resolving symlinks."""
+    return Path(os.path.abspath(path))
 
 
 def _one_shot_rules(path: Path, config: Config | None, args: argparse.Namespace) -> FolderRules:
@@ -155,7 +164,7 @@ def _one_shot_rules(path: Path, config: Config | None, args: argparse.Namespace)
 
 
 def _model_arg(value: str) -> str:
-    return str(Path(value).resolve()) if value.endswith(".pt") or os.sep in value else value
+    return str(absolute(Path(value))) if value.endswith(".pt") or os.sep in value else value
 
 
 def _default_rules(folder: Path) -> FolderRules:
@@ -259,6 +268,7 @@ def _job_json(job) -> dict:  # type: ignore[no-untyped-def]
         "media_duration": job.media_duration,
         "elapsed": job.elapsed,
         "size": job.size,
+        "created_at": job.created_at,
         "updated_at": job.updated_at,
     }
 
@@ -293,7 +303,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     queue = _open_queue(config)
-    target = args.path.resolve() if args.path else None
+    target = absolute(args.path) if args.path else None
     queued = 0
     for rules in config.folders:
         if target and not _overlaps(target, rules.path):
@@ -317,14 +327,14 @@ def _overlaps(a: Path, b: Path) -> bool:
 
 def cmd_retry(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    count = _open_queue(config).retry(args.path.resolve() if args.path else None, all_failed=args.all_failed)
+    count = _open_queue(config).retry(absolute(args.path) if args.path else None, all_failed=args.all_failed)
     print(f"{count} job(s) queued again")
     return EXIT_OK if count else EXIT_FAILED
 
 
 def cmd_forget(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    if _open_queue(config).forget(args.path.resolve()):
+    if _open_queue(config).forget(absolute(args.path)):
         print(f"forgot {args.path}")
         return EXIT_OK
     print(f"subwatch: no job for {args.path}", file=sys.stderr)

@@ -9,6 +9,7 @@ the daemon receives `Config` / `FolderRules` as arguments.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -372,7 +373,9 @@ def _set_fields(model: BaseModel) -> dict[str, Any]:
 
 def _absolute(value: str, base: Path) -> Path:
     path = Path(value).expanduser()
-    return path if path.is_absolute() else (base / path).resolve()
+    # normpath, not resolve(): the watcher reports paths under the folder as
+    # written, and jobs are looked up by those paths.
+    return Path(os.path.normpath(path if path.is_absolute() else base / path))
 
 
 def _check_duplicate_folders(folders: tuple[FolderRules, ...], source: Path) -> None:

@@ -547,14 +547,16 @@ class JobQueue:
 
     # -- edits from the watcher and the CLI -------------------------------------------------------
 
-    def drop(self, path: Path) -> Job | None:
+    def drop(self, path: Path, *, claimed: bool = False) -> Job | None:
         """Given a media path deleted before its turn, remove its pending job and return it.
 
-        Return None (and change nothing) if the path has no pending job.
+        With `claimed`, a running job is removed too: the worker that claimed it
+        found the file gone. Return None (and change nothing) if there is no such job.
         """
+        allowed = {JobState.PENDING, JobState.RUNNING} if claimed else {JobState.PENDING}
         with self._write() as conn:
             job = self._row_by_path(conn, path)
-            if job is None or job.state is not JobState.PENDING:
+            if job is None or job.state not in allowed:
                 return None
             conn.execute("DELETE FROM jobs WHERE id = ?", (job.id,))
             return job

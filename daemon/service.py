@@ -295,7 +295,7 @@ class Service:
             self.jobs.skip(job.id, str(exc))
             job_log(log, "skipped", job.path, f"skipped: {exc}", job.id)
         except media.MediaGone:
-            self.jobs.drop(job.path)
+            self.jobs.drop(job.path, claimed=True)
             job_log(log, "dropped", job.path, "gone before it was read; dropped", job.id)
         except media.MediaError as exc:
             self._failed(job, str(exc), permanent=exc.permanent, rules=rules)
@@ -333,7 +333,8 @@ class Service:
             self._failed(job, str(exc), permanent=True, rules=item.rules)
             return
         except media.MediaGone:
-            self.jobs.drop(item.path)
+            self.jobs.drop(item.path, claimed=True)
+            job_log(log, "dropped", item.path, "deleted while it was transcribed; dropped", job.id)
             return
         except Exception as exc:  # out of memory, disk full, bugs: retried with backoff
             log.debug("transcription of %s failed", item.path, exc_info=True)

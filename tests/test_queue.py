@@ -502,6 +502,14 @@ def test_drop_removes_only_pending_jobs(q: JobQueue, media: Path) -> None:
     assert q.drop(media / "never.mkv") is None
 
 
+def test_drop_claimed_removes_the_running_job_only_when_asked(q: JobQueue, media: Path) -> None:
+    a = write(media / "a.mkv", b"a")
+    q.enqueue(a, media)
+    running = q.claim()
+    assert q.drop(a) is None and q.find(a).state is JobState.RUNNING
+    assert q.drop(a, claimed=True).id == running.id and q.find(a) is None
+
+
 def test_move_over_an_existing_job_replaces_it(q: JobQueue, media: Path) -> None:
     a = q.enqueue(write(media / "a.mkv", b"a"), media).job
     b = q.enqueue(write(media / "b.mkv", b"b"), media).job

@@ -1,0 +1,125 @@
+"""Real-process test harness: an HTTP sink for Apprise and a running `subwatch run`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class NotificationSink:
+    """An HTTP server on 127.0.0.1 that records what Apprise's json:// posts to it."""
+
+    def __init__(self) -> None:
+        self.received: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        sink = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with sink._lock:
+                    sink.received.append(json.loads(body or b"{}"))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"json://127.0.0.1:{self.server.server_address[1]}/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def messages(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.received)
+
+    def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 60.0) -> dict[str, Any]:
+        """Return the first message matching `predicate`, waiting up to `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for message in self.messages():
+                if predicate(message):
+                    return message
+            time.sleep(0.1)
+        raise AssertionError(f"no matching notification within {timeout} s; got {self.messages()}")
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def write_config(path: Path, text: str) -> Path:
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+class Daemon:
+    """A real `python -m daemon run --config FILE` process with its stderr collected."""
+
+    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.log_path = config.with_suffix(".log")
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "daemon", "run", "--config", str(config)],
+            cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, text: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log():
+                return
+            if self.process.poll() is not None:
+                raise AssertionError(f"daemon exited ({self.process.returncode}):\n{self.log()}")
+            time.sleep(0.1)
+        raise AssertionError(f"{text!r} not logged within {timeout} s:\n{self.log()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout)
+        finally:
+            self._log.close()
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
+        self._log.close()
+
+
+def status(config: Path) -> list[dict[str, Any]]:
+    """Return `subwatch status --json` for `config`, parsed."""
+    done = subprocess.run([sys.executable, "-m", "daemon", "status", "--json", "--config", str(config)],
+                          cwd=REPO, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout)
+
+
+def wait_for_state(config: Path, name: str, states: set[str], timeout: float = 90.0) -> dict[str, Any]:
+    """Wait until the job whose path ends with `name` is in one of `states`; return it."""
+    deadline = time.monotonic() + timeout
+    jobs: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        jobs = [j for j in status(config) if j["path"].endswith(name)]
+        if jobs and jobs[0]["state"] in states:
+            return jobs[0]
+        time.sleep(0.3)
+    raise AssertionError(f"{name} not in {states} within {timeout} s: {jobs}")
+
