@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -119,7 +120,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from daemon.service import Service
 
     setup_logging(config.log_level)
-    return Service(config).run()
+    code = Service(config).run()
+    # Everything that matters is committed to SQLite by now. A model thread that
+    # is still inside torch would abort the interpreter's normal teardown, so
+    # leave directly with the intended code.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 # ---------------------------------------------------------------- transcribe

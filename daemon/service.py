@@ -47,6 +47,7 @@ class Activity:
     """What the transcriber is doing, for the systemd status line and the watchdog."""
 
     current: str | None = None
+    job_id: int | None = None
     progress: float | None = None
     heartbeat: float = 0.0
 
@@ -146,6 +147,11 @@ class Service:
         if transcriber.is_alive():
             self._abandon.set()  # the progress callback raises Cancelled; the job goes back to pending
             transcriber.join(5.0)
+        if transcriber.is_alive() and self.activity.job_id is not None:
+            # Stuck inside the model with no progress callback: give the job back
+            # ourselves; the caller ends the process without waiting for the thread.
+            self.jobs.release(self.activity.job_id)
+            log.info("returned %s to the queue", self.activity.current)
         for thread in self._threads:
             thread.join(2.0)
         self._release_prefetched()
@@ -320,7 +326,7 @@ class Service:
         job = self.jobs.find(item.path)
         if job is None or job.state != JobState.RUNNING:
             return  # forgotten or dropped while it waited
-        self.activity.current, self.activity.progress = item.path.name, 0.0
+        self.activity.current, self.activity.job_id, self.activity.progress = item.path.name, job.id, 0.0
         try:
             model = self.models.get(item.rules.model, resolve_device(item.rules.device))
             transcript = transcribe(item.audio, pipeline.options_for(item.rules), model, self._progress)
@@ -341,7 +347,7 @@ class Service:
             self._failed(job, _one_line(exc), permanent=False, rules=item.rules)
             return
         finally:
-            self.activity.current, self.activity.progress = None, None
+            self.activity.current, self.activity.job_id, self.activity.progress = None, None, None
         self._done(job, item, result)
 
     def _progress(self, fraction: float) -> None:
