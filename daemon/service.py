@@ -24,7 +24,7 @@ from pathlib import Path
 from daemon import media, pipeline, subtitles
 from daemon.config import Config, ConfigError, FolderRules, load_config
 from daemon.datatypes import Job, JobResult, JobState
-from daemon.logs import job_log
+from daemon.logs import done_details, job_log
 from daemon.notify import Event, Notifier, NotifyRules
 from daemon.queue import JobQueue
 from daemon.sdnotify import SystemdNotifier, WatchdogLoop, status_line
@@ -34,7 +34,9 @@ from daemon.watch import Watcher, WatchSpec
 log = logging.getLogger("subwatch")
 
 PREFETCH = 2  # decoded files waiting for the model: enough to hide ffmpeg, little RAM
-STOP_GRACE_SECONDS = 20.0  # a running job this close to done is finished on SIGTERM (unit: TimeoutStopSec=30)
+# On SIGTERM the running job gets this long to finish before it is returned to the queue;
+# with the joins after it this stays inside the unit's TimeoutStopSec=30.
+STOP_GRACE_SECONDS = 12.0
 WEDGED_AFTER_SECONDS = 3600.0  # a transcriber silent this long stops the watchdog pings
 
 
@@ -204,7 +206,7 @@ class Service:
         if outcome.action == "moved" and outcome.previous_path:
             self._follow_move(outcome.previous_path, path)
         if outcome.queued:
-            job_log(log, "queued", path, "queued", outcome.job.id if outcome.job else None)
+            job_log(log, "queued", path, "", outcome.job.id)
             self._wake.set()
 
     def _on_deleted(self, path: Path) -> None:
@@ -294,12 +296,12 @@ class Service:
         if rules is None:
             self.jobs.skip(job.id, "no longer inside a watched folder")
             return None
-        job_log(log, "started", job.path, f"started (attempt {job.attempts})", job.id)
+        job_log(log, "started", job.path, f"attempt {job.attempts}", job.id)
         try:
             return pipeline.prepare(job.path, rules, self._owned)
         except pipeline.Skip as exc:
             self.jobs.skip(job.id, str(exc))
-            job_log(log, "skipped", job.path, f"skipped: {exc}", job.id)
+            job_log(log, "skipped", job.path, str(exc), job.id)
         except media.MediaGone:
             self.jobs.drop(job.path, claimed=True)
             job_log(log, "dropped", job.path, "gone before it was read; dropped", job.id)
@@ -360,10 +362,8 @@ class Service:
         for output in result.outputs:
             self.jobs.record_sidecar(output, subtitles.file_sha256(output), job.id)
         done = self.jobs.finish(job.id, result)
-        speed = result.media_duration / result.elapsed if result.elapsed else 0.0
-        job_log(log, "done", job.path,
-                f"done  {result.language}  {media.format_duration(result.media_duration)} in "
-                f"{result.elapsed:.0f} s ({speed:.0f}x)", done.id)
+        details = done_details(result.language, result.media_duration, result.elapsed)
+        job_log(log, "done", job.path, details, done.id)
         self.notifier.send(Event(
             kind="done", path=job.path, language=result.language, media_duration=result.media_duration,
             elapsed=result.elapsed, model=item.rules.model, error=None, urls=self._targets(item.rules),
@@ -373,10 +373,10 @@ class Service:
         updated = self.jobs.fail(job.id, error, permanent=permanent, max_attempts=self.config.max_attempts)
         if updated.state == JobState.PENDING:
             wait = max(updated.next_attempt_at - time.time(), 0)
-            job_log(log, "retrying", job.path, f"failed, retrying in {wait:.0f} s: {error}", job.id,
+            job_log(log, "retrying", job.path, f"in {wait:.0f} s: {error}", job.id,
                     level=logging.WARNING)
             return
-        job_log(log, "failed", job.path, f"failed: {error}", job.id, level=logging.ERROR)
+        job_log(log, "failed", job.path, error, job.id, level=logging.ERROR)
         self.notifier.send(Event(
             kind="failed", path=job.path, language=None, media_duration=None, elapsed=None,
             model=rules.model, error=error, urls=self._targets(rules),
