@@ -104,6 +104,7 @@ _REMEMBERED_REPORTS = 10_000
 _PROBE_CACHE_SIZE = 4_096
 
 Signature = tuple[int, int]  # (size, mtime in ns) of a regular file
+Identity = tuple[int, int]  # (st_dev, st_ino) of a watched folder: it changes on re-creation or remount
 
 
 @dataclass(frozen=True)
@@ -454,7 +455,7 @@ class StabilityTracker:
     def touch(self, path: Path, spec: WatchSpec, *, force: bool = False) -> bool:
         """Given an event on `path`, start its quiet window again and return True if it was not tracked.
 
-        A path that is not a regular file now is dropped. An untracked file
+        A path that is not a regular file now is not taken. An untracked file
         whose size and mtime are those it had when it was reported is left
         alone unless `force`. Of two folders that both contain the file, the
         deeper one's spec is kept.
@@ -464,8 +465,8 @@ class StabilityTracker:
         with self._lock:
             entry = self._entries.get(path)
             if signature is None:
-                if entry is not None:
-                    del self._entries[path]
+                # Gone already (the event was queued before a delete). A tracked entry stays, so the
+                # delete event that follows finds it tracked; the end of its window drops it anyway.
                 return False
             if entry is not None:
                 entry.signature, entry.last_event = signature, now
@@ -503,10 +504,10 @@ class StabilityTracker:
                     self._reported[new] = remembered
                 return False
             self._entries.pop(new, None)  # a tracked file the rename replaced; its heap slot goes stale
-            if signature is not None:
-                entry.path, entry.signature, entry.last_event = new, signature, now
-                entry.version += 1
-                self._entries[new] = entry
+            entry.path, entry.last_event = new, now
+            entry.signature = signature or entry.signature  # gone again already: the window's end drops it
+            entry.version += 1
+            self._entries[new] = entry
             return True
 
     def replace_spec(self, old: WatchSpec, new: WatchSpec | None) -> None:
@@ -578,7 +579,7 @@ class StabilityTracker:
 # ---------------------------------------------------------------- one folder
 
 
-def _folder_identity(path: Path) -> tuple[int, int] | None:
+def _folder_identity(path: Path) -> Identity | None:
     """Given a folder path, return (st_dev, st_ino) of the folder there now, or None if there is none."""
     try:
         info = os.stat(path)
@@ -597,7 +598,7 @@ class _PollLister:
 
     def __init__(self, root: str) -> None:
         self._root = root
-        self._visited: set[tuple[int, int]] = set()
+        self._visited: set[Identity] = set()
         self._complained: set[str] = set()
 
     def __call__(self, folder: str | None) -> list[os.DirEntry[str]]:
@@ -636,17 +637,19 @@ class _PollLister:
 class _Relay(FileSystemEventHandler):
     """Hands a folder's watchdog events to it; an error is logged and never ends the observer thread."""
 
-    def __init__(self, folder: _Folder) -> None:
+    def __init__(self, folder: _Folder, identity: Identity) -> None:
         self._folder = folder
+        self._identity = identity
 
     def dispatch(self, event: FileSystemEvent) -> None:
         try:
-            self._folder.handle(event)
+            self._folder.handle(event, self._identity)
         except Exception:
             logger.exception("error handling %s %s; going on", event.event_type, _shown(event.src_path))
 
 
-FileEventSink = Callable[[WatchSpec, str, Path, "Path | None", bool], None]
+# (spec, identity of the folder the observer watched, event type, path, destination, is a folder)
+FileEventSink = Callable[[WatchSpec, Identity, str, Path, "Path | None", bool], None]
 BackfillSink = Callable[[WatchSpec, threading.Event], None]
 
 
@@ -667,7 +670,7 @@ class _Folder:
         self._poke = threading.Event()
         self.looked = threading.Event()  # set once the first attempt to watch is over
         self._observer: BaseObserver | None = None
-        self._identity: tuple[int, int] | None = None
+        self._identity: Identity | None = None
         self._real_root = os.path.realpath(spec.path)
         name = f"subwatch-folder:{spec.path.name}"
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -689,14 +692,10 @@ class _Folder:
         """Return whether an observer is running on the folder now."""
         return self._observer_alive()
 
-    def is_intact(self) -> bool:
-        """Return whether the folder is still the one being watched (not gone, re-created or unmounted)."""
-        return self._identity is not None and _folder_identity(self.spec.path) == self._identity
-
-    def handle(self, event: FileSystemEvent) -> None:
-        """Given a watchdog event, pass the file event on under the configured path."""
-        if self._stopped.is_set():
-            return
+    def handle(self, event: FileSystemEvent, identity: Identity) -> None:
+        """Given a watchdog event from the observer started on `identity`, pass it on under `spec.path`."""
+        if self._stopped.is_set() or identity != self._identity:
+            return  # a stopped or replaced observer's last events
         kind = event.event_type
         if kind not in (EVENT_TYPE_CREATED, EVENT_TYPE_MODIFIED, EVENT_TYPE_CLOSED, EVENT_TYPE_ATTRIB,
                         EVENT_TYPE_MOVED, EVENT_TYPE_DELETED):
@@ -708,12 +707,12 @@ class _Folder:
             if kind == EVENT_TYPE_DELETED and src == self.spec.path:
                 self._poke.set()  # the folder itself went: look now, not at the next recheck
             elif kind == EVENT_TYPE_DELETED:
-                self._on_event(self.spec, kind, src, None, True)
+                self._on_event(self.spec, identity, kind, src, None, True)
             return  # files in created or moved folders get events of their own
         dest = self._to_spec_path(event.dest_path) if kind == EVENT_TYPE_MOVED else None
         if kind == EVENT_TYPE_MOVED and dest is None:
             kind = EVENT_TYPE_DELETED
-        self._on_event(self.spec, kind, src, dest, False)
+        self._on_event(self.spec, identity, kind, src, dest, False)
 
     def _to_spec_path(self, raw: str | bytes) -> Path | None:
         text = os.fsdecode(raw)
@@ -763,24 +762,33 @@ class _Folder:
             return False
         return all(emitter.is_alive() for emitter in list(observer.emitters))
 
-    def _open_observer(self, identity: tuple[int, int]) -> None:
+    def _open_observer(self, identity: Identity) -> None:
         """Given the folder's identity now, start an observer on it. Raise OSError if it cannot be watched."""
+        # Both are set before the observer starts: its first events are translated and checked with them.
         self._real_root = os.path.realpath(self.spec.path)
+        self._identity = identity
+        try:
+            observer, poll = self._start_any_observer(identity)
+        except BaseException:
+            self._identity = None
+            raise
+        self._observer = observer
+        how = f"polling every {self.spec.poll_interval:g} s" if poll else "inotify"
+        logger.info("watching %s (%s, settle %g s)", _shown(self.spec.path), how, self.spec.settle_seconds)
+
+    def _start_any_observer(self, identity: Identity) -> tuple[BaseObserver, bool]:
+        """Return a started observer and whether it polls: as the spec or filesystem asks, else polling."""
         poll = self.spec.poll if self.spec.poll is not None else needs_polling(self._real_root)
         try:
-            observer = self._start_observer(poll)
+            return self._start_observer(poll, identity), poll
         except OSError as exc:
             if poll or self.spec.poll is False:
                 raise
             # Running out of inotify watches or instances must not leave the folder unwatched.
             logger.warning("cannot use inotify on %s (%s); polling it instead", _shown(self.spec.path), exc)
-            poll = True
-            observer = self._start_observer(poll)
-        self._observer, self._identity = observer, identity
-        how = f"polling every {self.spec.poll_interval:g} s" if poll else "inotify"
-        logger.info("watching %s (%s, settle %g s)", _shown(self.spec.path), how, self.spec.settle_seconds)
+            return self._start_observer(True, identity), True
 
-    def _start_observer(self, poll: bool) -> BaseObserver:
+    def _start_observer(self, poll: bool, identity: Identity) -> BaseObserver:
         observer: BaseObserver
         if poll:
             observer = PollingObserverVFS(os.stat, _PollLister(self._real_root),
@@ -788,7 +796,7 @@ class _Folder:
         else:
             observer = Observer()
         try:
-            observer.schedule(_Relay(self), self._real_root, recursive=self.spec.recursive)
+            observer.schedule(_Relay(self, identity), self._real_root, recursive=self.spec.recursive)
             observer.start()
         except BaseException:
             observer.stop()  # the inotify observer has a reader thread running from construction
@@ -804,7 +812,8 @@ class _Folder:
 
 # ---------------------------------------------------------------- the watcher
 
-_Notice = tuple[str, WatchSpec, Path, "Path | None"]
+# (kind, spec, path, destination, identity of the folder the event came from)
+_Notice = tuple[str, WatchSpec, Path, "Path | None", Identity]
 
 
 def _unique(specs: Sequence[WatchSpec]) -> tuple[WatchSpec, ...]:
@@ -933,14 +942,15 @@ class Watcher:
         folder.start()
         return folder
 
-    def _file_event(self, spec: WatchSpec, kind: str, src: Path, dest: Path | None, is_dir: bool) -> None:
+    def _file_event(self, spec: WatchSpec, identity: Identity, kind: str, src: Path, dest: Path | None,
+                    is_dir: bool) -> None:
         if kind == EVENT_TYPE_DELETED and is_dir:
             if not _is_ignored_folder(src, spec):
-                self._notify(("deleted", spec, src, None))
+                self._notify(("deleted", spec, src, None, identity))
         elif kind == EVENT_TYPE_DELETED:
-            self._deleted(spec, src)
+            self._deleted(spec, identity, src)
         elif kind == EVENT_TYPE_MOVED and dest is not None:
-            self._moved(spec, src, dest)
+            self._moved(spec, identity, src, dest)
         elif kind == EVENT_TYPE_ATTRIB:
             if src in self._tracker:  # chmod or utime at the end of a copy; alone it is no arrival
                 self._arrived(spec, src)
@@ -951,13 +961,13 @@ class Watcher:
         if _name_verdict(path, spec) is not False and self._tracker.touch(path, spec, force=force):
             self._wake.set()
 
-    def _deleted(self, spec: WatchSpec, path: Path) -> None:
+    def _deleted(self, spec: WatchSpec, identity: Identity, path: Path) -> None:
         if self._tracker.forget(path):
             return  # vanished while settling: never reported, so nothing to tell
         if _name_verdict(path, spec) is not False:
-            self._notify(("deleted", spec, path, None))
+            self._notify(("deleted", spec, path, None, identity))
 
-    def _moved(self, spec: WatchSpec, src: Path, dest: Path) -> None:
+    def _moved(self, spec: WatchSpec, identity: Identity, src: Path, dest: Path) -> None:
         dest_taken = _name_verdict(dest, spec) is not False
         if self._tracker.move(src, dest):
             if not dest_taken:
@@ -965,10 +975,10 @@ class Watcher:
             return
         if _name_verdict(src, spec) is False:
             self._arrived(spec, dest)  # "x.mkv.part" -> "x.mkv": the finished download arrives
-        elif not dest_taken:
-            self._notify(("deleted", spec, src, None))  # renamed to something not taken (a sample, a .bak)
+        elif not dest_taken:  # renamed to something not taken (a sample, a .bak): gone for the queue
+            self._notify(("deleted", spec, src, None, identity))
         elif self._on_moved is not None:
-            self._notify(("moved", spec, src, dest))
+            self._notify(("moved", spec, src, dest, identity))
         else:
             self._arrived(spec, dest, force=True)  # nobody to tell about the rename: report the new name
 
@@ -1001,28 +1011,28 @@ class Watcher:
             self._wake.wait(1.0 if wait is None else min(wait, 1.0))
 
     def _deliver_notices(self) -> None:
-        intact: dict[WatchSpec, bool] = {}
+        # An unmounted share reads as an empty folder to a poller (and a vanished sshfs as an
+        # error), which would look like every file being deleted. A deletion is passed on only
+        # while the folder is still the one the event came from.
+        intact: dict[tuple[Path, Identity], bool] = {}
         withheld: dict[Path, int] = {}
         while self._notices and not self._stopping.is_set():
-            kind, spec, path, dest = self._notices.popleft()
+            kind, spec, path, dest, identity = self._notices.popleft()
             if kind == "moved" and self._on_moved is not None and dest is not None:
                 self._call(self._on_moved, path, dest)
                 continue
             if self._on_deleted is None:
                 continue
-            if spec not in intact:
-                intact[spec] = self._folder_intact(spec)
-            if intact[spec]:
+            key = (spec.path, identity)
+            if key not in intact:
+                intact[key] = _folder_identity(spec.path) == identity
+            if intact[key]:
                 self._call(self._on_deleted, path)
             else:
                 withheld[spec.path] = withheld.get(spec.path, 0) + 1
         for root, count in withheld.items():
-            logger.warning("%s is unavailable; %d deletion(s) under it not passed on", _shown(root), count)
-
-    def _folder_intact(self, spec: WatchSpec) -> bool:
-        with self._lock:
-            folder = self._folders.get(spec)
-        return folder is not None and folder.is_intact()
+            logger.warning("%s is unavailable or was replaced; %d deletion(s) under it not passed on",
+                           _shown(root), count)
 
     def _deliver_ready(self) -> None:
         for path, tracked_spec in self._tracker.due():

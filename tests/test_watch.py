@@ -721,6 +721,27 @@ def test_a_folder_whose_mount_changes_underneath_reports_what_is_there_now(
     assert recorder.ready_paths()[1] == root / "new.mkv"  # reported under the configured path
 
 
+def test_an_unmounted_share_is_not_reported_as_deleted_files(
+        tmp_path: Path, start_watcher: Start, caplog: pytest.LogCaptureFixture) -> None:
+    # Unmounting leaves the empty mount point behind; a poller sees every file vanish.
+    root, away = tmp_path / "share", tmp_path / "server side"
+    root.mkdir()
+    films = [root / "one.mkv", root / "two.mkv"]
+    _, recorder = start_watcher([WatchSpec(root, poll=True, poll_interval=0.2, settle_seconds=0.2)],
+                                recheck_seconds=5.0)  # the deletions reach us before the supervisor looks
+    for film in films:
+        film.write_bytes(b"x" * 100)
+    assert recorder.wait_for(lambda r: len(r.ready) == 2)
+
+    with caplog.at_level(logging.WARNING, logger="subwatch.watch"):
+        root.rename(away)
+        root.mkdir()
+        assert wait_until(lambda: any("not passed on" in r.getMessage() for r in caplog.records))
+    assert recorder.deleted == []
+    (root / "three.mkv").write_bytes(b"x" * 100)  # and the empty mount point is watched in its place
+    assert recorder.wait_for(lambda r: len(r.ready) == 3, timeout=10)
+
+
 def test_update_adds_and_removes_folders_without_restarting_the_others(
         tmp_path: Path, start_watcher: Start) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
