@@ -1,0 +1,121 @@
+"""Speech detection on real recorded speech: chunks cover the talking, never silence or tone."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from daemon.datatypes import Audio
+from daemon.vad import SpeechChunk, VadOptions, find_speech, group_regions
+
+RATE = 16000
+
+
+def decode(path: Path) -> np.ndarray:
+    """Return `path` as 16 kHz mono float32 samples (ffmpeg, as the media stage does)."""
+    raw = subprocess.run(
+        ["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(path), "-ac", "1", "-ar", str(RATE),
+         "-f", "f32le", "-"],
+        capture_output=True, check=True,
+    ).stdout
+    return np.frombuffer(raw, np.float32).copy()
+
+
+def silence(seconds: float) -> np.ndarray:
+    return np.zeros(round(seconds * RATE), np.float32)
+
+
+def tone(seconds: float, hz: float = 440.0) -> np.ndarray:
+    t = np.arange(round(seconds * RATE)) / RATE
+    return (0.3 * np.sin(2 * np.pi * hz * t)).astype(np.float32)
+
+
+def test_speech_between_silence_and_tone_is_the_only_chunk(testdata: Path) -> None:
+    jfk = decode(testdata / "speech" / "jfk.flac")  # 11 s, speech from ~0.3 s to ~10.6 s
+    audio = Audio(np.concatenate([silence(10), jfk, tone(10)]), RATE)
+
+    chunks = find_speech(audio)
+
+    assert len(chunks) == 1
+    assert 10.0 <= chunks[0].start <= 10.6  # "And so my fellow Americans" starts 0.3 s into the clip
+    assert 20.0 <= chunks[0].end <= 21.3  # "...for your country" ends before the tone at 21 s
+    assert all(start < end for start, end in chunks[0].regions)
+
+
+def test_each_fleurs_sentence_is_found_and_the_gaps_are_skipped(testdata: Path) -> None:
+    clips = [decode(testdata / "speech" / "fleurs" / f"fleurs-en-00{i}.ogg") for i in range(6)]
+    pieces, spans, t = [], [], 0.0
+    for clip in clips:
+        pieces += [clip, silence(5)]
+        spans.append((t, t + len(clip) / RATE))
+        t += len(clip) / RATE + 5
+    audio = Audio(np.concatenate(pieces), RATE)
+
+    chunks = find_speech(audio)
+
+    assert len(chunks) == len(clips)  # 5 s pauses split the sentences; none is lost
+    for chunk, (clip_start, clip_end) in zip(chunks, spans, strict=True):
+        assert clip_start - 0.3 <= chunk.start and chunk.end <= clip_end + 0.3
+        assert chunk.duration >= 0.6 * (clip_end - clip_start)  # most of the sentence is speech
+
+
+def test_long_speech_is_cut_into_windows_of_at_most_30_seconds(testdata: Path) -> None:
+    # Five German sentences back to back: ~80 s of talking with only short breaths between.
+    fleurs = testdata / "speech" / "fleurs"
+    speech = np.concatenate([decode(fleurs / f"fleurs-de-00{i}.ogg") for i in range(5)])
+    audio = Audio(speech, RATE)
+
+    chunks = find_speech(audio)
+
+    assert len(chunks) >= 3
+    assert all(chunk.duration <= 30.0 for chunk in chunks)
+    assert all(a.end <= b.start for a, b in zip(chunks, chunks[1:], strict=False))
+    covered = sum(chunk.duration for chunk in chunks)
+    assert covered >= 0.7 * audio.duration
+
+
+def test_silence_and_tone_alone_have_no_speech() -> None:
+    assert find_speech(Audio(np.concatenate([silence(5), tone(20, 1000.0)]), RATE)) == []
+    assert find_speech(Audio(silence(0), RATE)) == []
+
+
+def test_neighbours_merge_until_the_window_or_a_long_pause() -> None:
+    options = VadOptions(max_chunk_s=30.0, max_merge_gap_s=3.0)
+    regions = [(0.0, 5.0), (6.0, 12.0), (14.0, 28.0), (29.0, 35.0), (45.0, 50.0)]
+
+    chunks = group_regions(regions, options)
+
+    assert [(c.start, c.end) for c in chunks] == [(0.0, 28.0), (29.0, 35.0), (45.0, 50.0)]
+    assert chunks[0].regions == ((0.0, 5.0), (6.0, 12.0), (14.0, 28.0))
+
+
+def test_chunk_times_map_back_to_the_file_and_stay_inside_the_chunk() -> None:
+    chunk = SpeechChunk(12.5, 40.0)
+    samples = np.arange(60 * RATE, dtype=np.float32)
+
+    assert chunk.to_timeline(0.0) == 12.5
+    assert chunk.to_timeline(3.25) == 15.75
+    assert chunk.to_timeline(29.9) == 40.0  # past the chunk's end is padding: clamp
+    assert chunk.to_timeline(-1.0) == 12.5
+    assert chunk.samples(Audio(samples, RATE))[0] == 12.5 * RATE
+    assert len(chunk.samples(Audio(samples, RATE))) == 27.5 * RATE
+
+
+def test_other_sample_rates_are_refused() -> None:
+    with pytest.raises(ValueError, match="16000 Hz"):
+        find_speech(Audio(np.zeros(44100, np.float32), 44100))
+
+
+def test_loading_silero_keeps_torch_threads() -> None:
+    # silero_vad sets torch to one thread when first imported; that would halve Whisper on CPU.
+    script = (
+        "import torch; torch.set_num_threads(3)\n"
+        "from daemon.vad import _silero_model; _silero_model()\n"
+        "print(torch.get_num_threads())"
+    )
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(["python", "-c", script], cwd=root, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "3"
