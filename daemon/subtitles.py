@@ -1072,7 +1072,10 @@ def _fsync_folder(folder: Path) -> None:
 
 
 def _publish_new(tmp: str, path: Path) -> bool:
-    """Given a finished temp file, give it the name `path` if nothing has it; return False if taken."""
+    """Given a finished temp file, give it the name `path` if nothing has it; return False if taken.
+
+    The temp name may remain (as a second link); the caller removes it.
+    """
     try:
         os.link(tmp, path)  # fails if the name exists, however recent
     except FileExistsError:
@@ -1083,8 +1086,6 @@ def _publish_new(tmp: str, path: Path) -> bool:
         if os.path.lexists(path):  # no hard links: check, then rename (a small race remains)
             return False
         os.replace(tmp, path)
-        return True
-    os.unlink(tmp)
     return True
 
 
@@ -1124,5 +1125,7 @@ def write_sidecar(path: Path, text: str, may_replace: Callable[[Path], bool]) ->
             _fsync_folder(folder)
         return written
     finally:
+        # Whatever happened: the temp link after os.link, the unused file, or
+        # the half-written one after an error. Gone already after os.replace.
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
