@@ -36,6 +36,7 @@ from daemon.datatypes import Cue, Segment, Transcript, Word
 
 __all__ = [
     "RENDERERS",
+    "SUBTITLE_EXTENSIONS",
     "CueRules",
     "NamingRules",
     "Renderer",
@@ -145,6 +146,7 @@ _LEADING_VOWELS = frozenset(chr(c) for c in (*range(0x0E40, 0x0E45), *range(0x0E
 
 _SENTENCE_END = frozenset(".!?…。！？．؟")
 _CLAUSE_END = frozenset(",;:—–、，；：،؛")
+_PHRASE_END = _SENTENCE_END | _CLAUSE_END
 # Punctuation that belongs to the preceding character and must never start a line.
 _CLOSING = frozenset(".,!?;:…)]}»”’。、，．！？；：」』）】〉》〕］｝،؛؟")
 _OPENING = frozenset("([{«“‘¿¡「『（【〈《〔［｛")
@@ -452,7 +454,7 @@ def _break_cost(left: _Token, right: _Token) -> float:
         if right.text.casefold() in _GOOD_STARTS:
             cost -= 0.4
         right_tail = _stripped_tail(right.text)
-        if right_tail and right_tail[-1] in _SENTENCE_END | _CLAUSE_END:
+        if right_tail and right_tail[-1] in _PHRASE_END:
             cost += 0.5  # would leave a phrase's last word dangling: "going | on."
     pause = right.start - left.end
     if pause >= 0.5:
@@ -678,11 +680,13 @@ def build_cues(
     word (`rules.linger`), later if reading speed or min_duration needs it and
     the silence allows, never into the next cue. Segments without word timings
     share their segment's time by text width. Text written without spaces
-    (Japanese, Chinese, Thai...; from `language`, else detected from the
-    characters) is cut by character and never gets spaces added. Repeated-line
-    loops are kept once. With `media_duration` (seconds; None or 0 = unknown),
-    nothing is shown past the end of the media: text that starts there is
-    dropped and cues are cut at the end.
+    (Japanese, Chinese, Thai...) is recognised by its characters, cut by
+    character and never given spaces; `language` (a Whisper code) only settles
+    whether Hangul without spaces is cut like CJK ("ko" keeps it in words,
+    otherwise the text decides). Repeated-line loops are kept once. With
+    `media_duration` (seconds; None or 0 = unknown), nothing is shown past the
+    end of the media: text that starts there is dropped and cues are cut at
+    the end.
     """
     media = media_duration if media_duration is not None and media_duration > 0 else None
     script = _detect_script(segments, language)
