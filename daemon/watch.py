@@ -55,7 +55,7 @@ logger = logging.getLogger("subwatch.watch")
 MEDIA_EXTENSIONS = frozenset({
     # video
     "mkv", "mk3d", "mp4", "m4v", "avi", "mov", "qt", "wmv", "asf", "webm", "ts", "mts", "m2ts", "m2t",
-    "mpg", "mpeg", "mpe", "m2v", "vob", "flv", "f4v", "ogv", "ogm", "3gp", "3g2", "divx", "xvid", "rm",
+    "mpg", "mpeg", "mpe", "vob", "flv", "f4v", "ogv", "ogm", "3gp", "3g2", "divx", "rm",
     "rmvb", "dv", "mxf", "wtv", "dvr-ms", "nut",
     # audio
     "mp3", "m4a", "m4b", "aac", "ac3", "eac3", "dts", "flac", "wav", "ogg", "oga", "opus", "wma", "aif",
@@ -671,6 +671,7 @@ class _Folder:
         self.looked = threading.Event()  # set once the first attempt to watch is over
         self._observer: BaseObserver | None = None
         self._identity: Identity | None = None
+        self._outage_logged = False  # one warning per outage, not one per recheck
         self._real_root = os.path.realpath(spec.path)
         name = f"subwatch-folder:{spec.path.name}"
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -724,37 +725,55 @@ class _Folder:
 
     def _run(self) -> None:
         first_look = True
-        outage_logged = False
         while not self._stopped.is_set():
-            identity = _folder_identity(self.spec.path)
-            if self._observer is not None and (identity != self._identity or not self._observer_alive()):
-                logger.warning("watched folder %s went away or changed (deleted, re-created or remounted); "
-                               "watching it again when it is there", _shown(self.spec.path))
-                outage_logged = True
-                self._close_observer()
-            if self._observer is None and identity is None and not outage_logged:
-                logger.warning("watched folder %s does not exist or is not a folder; "
-                               "looking again every %g s", _shown(self.spec.path), self._recheck)
-                outage_logged = True
-            elif self._observer is None and identity is not None:
-                try:
-                    self._open_observer(identity)
-                except OSError as exc:
-                    if not outage_logged:
-                        logger.warning("cannot watch %s: %s; trying again every %g s",
-                                       _shown(self.spec.path), exc.strerror or exc, self._recheck)
-                        outage_logged = True
-                else:
-                    if outage_logged:
-                        logger.info("watched folder %s is back", _shown(self.spec.path))
-                    outage_logged = False
-                    if not first_look:
-                        self._on_back(self.spec, self._stopped)
+            try:
+                self._look(first_look)
+            except Exception:  # whatever watchdog raises, the folder is looked at again next time
+                logger.exception("error watching %s; trying again in %g s",
+                                 _shown(self.spec.path), self._recheck)
             first_look = False
             self.looked.set()
             self._poke.wait(self._recheck)
             self._poke.clear()
-        self._close_observer()
+        try:
+            self._close_observer()
+        except Exception:
+            logger.exception("error stopping the watch on %s", _shown(self.spec.path))
+
+    def _look(self, first_look: bool) -> None:
+        """Check that the folder is still the one watched; (re)start the observer when it is there.
+
+        A missing or unwatchable folder is logged once per outage. When the
+        folder appears or comes back (not on the first look: the daemon's own
+        scan covers that), what is in it is tracked as if it had just arrived.
+        """
+        identity = _folder_identity(self.spec.path)
+        if self._observer is not None and (identity != self._identity or not self._observer_alive()):
+            logger.warning("watched folder %s went away or changed (deleted, re-created or remounted); "
+                           "watching it again when it is there", _shown(self.spec.path))
+            self._outage_logged = True
+            self._close_observer()
+        if self._observer is not None:
+            return
+        if identity is None:
+            if not self._outage_logged:
+                logger.warning("watched folder %s does not exist or is not a folder; "
+                               "looking again every %g s", _shown(self.spec.path), self._recheck)
+                self._outage_logged = True
+            return
+        try:
+            self._open_observer(identity)
+        except OSError as exc:
+            if not self._outage_logged:
+                logger.warning("cannot watch %s: %s; trying again every %g s",
+                               _shown(self.spec.path), exc.strerror or exc, self._recheck)
+                self._outage_logged = True
+            return
+        if self._outage_logged:
+            logger.info("watched folder %s is back", _shown(self.spec.path))
+            self._outage_logged = False
+        if not first_look:
+            self._on_back(self.spec, self._stopped)
 
     def _observer_alive(self) -> bool:
         observer = self._observer
