@@ -100,6 +100,7 @@ def complete(prepared: Prepared, transcript: Transcript, owned: Callable[[Path],
     rules = prepared.rules
     cues = subtitles.build_cues(
         transcript.segments, cue_rules_for(rules), media_duration=prepared.audio.duration,
+        language=transcript.language,
     )
     written, kept = [], []
     for fmt in rules.formats:
