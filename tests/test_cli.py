@@ -1,0 +1,154 @@
+"""The command line as a user meets it: real `python -m daemon` processes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import srt
+
+from daemon import __version__
+from daemon.datatypes import JobResult
+from daemon.queue import JobQueue
+from tests.harness import REPO, write_config
+from tests.media_factory import make_media
+
+
+def subwatch(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "daemon", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    return write_config(tmp_path / "config.yaml", f"""
+        state_dir: {tmp_path / "state"}
+        folders:
+          - path: {tmp_path / "media"}
+            language: de
+          - path: {tmp_path / "anime"}
+            language: ja
+            task: translate
+            prompt: "Naruto, Sasuke"
+    """)
+
+
+COMMANDS = ["run", "transcribe", "status", "check-config", "scan", "retry", "forget"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command: str) -> None:
+    done = subwatch(command, "--help")
+    assert done.returncode == 0 and done.stdout.startswith(f"usage: subwatch {command}")
+
+
+def test_version_and_usage_errors() -> None:
+    assert subwatch("--version").stdout.strip() == f"subwatch {__version__}"
+    done = subwatch("frobnicate")
+    assert done.returncode == 2 and "invalid choice: 'frobnicate'" in done.stderr
+
+
+def test_check_config_prints_effective_rules(config: Path, tmp_path: Path) -> None:
+    done = subwatch("check-config", "--config", str(config))
+    assert done.returncode == 0, done.stderr
+    anime = done.stdout.split(str(tmp_path / "anime"))[1]
+    assert "does not exist yet" in anime
+    assert "  language: ja\n" in anime and "  task: translate\n" in anime
+    assert "  prompt: Naruto, Sasuke\n" in anime and "  model: turbo\n" in anime
+
+
+def test_config_error_is_one_reason_and_exit_78(tmp_path: Path) -> None:
+    bad = write_config(tmp_path / "bad.yaml", "folders:\n  - path: /x\n    langauge: en\n")
+    done = subwatch("run", "--config", str(bad))
+    assert done.returncode == 78
+    assert done.stderr == (f"subwatch: config error: {bad}: at 'folders[0].langauge': unknown key; "
+                           "did you mean 'language'?\n")
+
+
+def test_status_json_lists_jobs(config: Path, tmp_path: Path) -> None:
+    media = tmp_path / "media"
+    media.mkdir()
+    (media / "a.mkv").write_bytes(b"a" * 100)
+    (media / "b.mkv").write_bytes(b"b" * 100)
+    queue = JobQueue(tmp_path / "state" / "jobs.sqlite3")
+    a = queue.enqueue(media / "a.mkv", media).job
+    queue.enqueue(media / "b.mkv", media)
+    queue.claim()
+    queue.finish(a.id, JobResult("de", None, 61.0, 3.0, outputs=(media / "a.de.srt",)))
+    queue.close()
+    jobs = json.loads(subwatch("status", "--json", "--config", str(config)).stdout)
+    assert [(Path(j["path"]).name, j["state"], j["attempts"], j["language"], j["outputs"], j["error"])
+            for j in jobs] == [("a.mkv", "done", 1, "de", [str(media / "a.de.srt")], None),
+                               ("b.mkv", "pending", 0, None, [], None)]
+    text = subwatch("status", "--config", str(config), "--state", "pending").stdout
+    assert text.strip() == f"pending   0  {media / 'b.mkv'}"
+
+
+def test_status_of_a_fresh_install_is_empty(config: Path) -> None:
+    done = subwatch("status", "--json", "--config", str(config))
+    assert done.returncode == 0 and json.loads(done.stdout) == []
+
+
+def test_retry_and_forget(config: Path, tmp_path: Path) -> None:
+    media = tmp_path / "media"
+    media.mkdir()
+    (media / "a.mkv").write_bytes(b"a" * 100)
+    queue = JobQueue(tmp_path / "state" / "jobs.sqlite3")
+    job = queue.enqueue(media / "a.mkv", media).job
+    queue.claim()
+    queue.fail(job.id, "no audio stream", permanent=True)
+    assert subwatch("retry", "--all-failed", "--config", str(config)).stdout == "1 job(s) queued again\n"
+    assert queue.get(job.id).state.value == "pending" and queue.get(job.id).attempts == 0
+    assert subwatch("retry", "--all-failed", "--config", str(config)).returncode == 1
+    assert subwatch("forget", str(media / "a.mkv"), "--config", str(config)).returncode == 0
+    assert queue.find(media / "a.mkv") is None
+    missing = subwatch("forget", str(media / "a.mkv"), "--config", str(config))
+    assert missing.returncode == 1 and missing.stderr == f"subwatch: no job for {media / 'a.mkv'}\n"
+
+
+def test_scan_queues_media_without_subtitles(config: Path, tmp_path: Path) -> None:
+    media = tmp_path / "media"
+    make_media(media / "new.mkv", seconds=1)
+    make_media(media / "has.mkv", seconds=1)
+    (media / "has.de.srt").write_text("1\n00:00:00,000 --> 00:00:01,000\nHallo\n")
+    done = subwatch("scan", "--config", str(config))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"queued {media / 'new.mkv'}\n"
+    queue = JobQueue(tmp_path / "state" / "jobs.sqlite3")
+    assert [j.path.name for j in queue.jobs()] == ["new.mkv"]
+    assert subwatch("scan", "--config", str(config)).stdout == ""  # nothing twice
+
+
+def test_transcribe_one_shot_writes_sidecars(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    video = make_media(tmp_path / "Clip (2020).mp4", speech="One shot transcription works.", seconds=3)
+    done = subwatch("transcribe", str(video), "--model", str(tiny_checkpoint), "--language", "en",
+                    "--device", "cpu")
+    assert done.returncode == 0, done.stderr
+    srt_path, vtt_path = tmp_path / "Clip (2020).en.srt", tmp_path / "Clip (2020).en.vtt"
+    assert done.stdout.splitlines() == [str(srt_path), str(vtt_path)]
+    assert "Clip (2020).mp4: done  en  0:03 in" in done.stderr
+    cues = list(srt.parse(srt_path.read_text()))
+    assert all(0 <= c.start.total_seconds() < c.end.total_seconds() <= 3.1 for c in cues)
+    # A second run keeps what is there unless asked to overwrite.
+    srt_path.write_text("1\n00:00:00,000 --> 00:00:01,000\nmine\n")
+    again = subwatch("transcribe", str(video), "--model", str(tiny_checkpoint), "--language", "en",
+                     "--device", "cpu")
+    assert again.returncode == 0 and srt_path.read_text().endswith("mine\n")
+    assert "skipped: already has en subtitles" in again.stderr
+
+
+def test_transcribe_reports_bad_files_and_exits_1(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    empty = tmp_path / "empty.mkv"
+    empty.write_bytes(b"")
+    done = subwatch("transcribe", str(empty), "--model", str(tiny_checkpoint), "--device", "cpu")
+    assert done.returncode == 1
+    assert done.stderr.strip().endswith(f"{empty}: the file is empty (0 bytes)")
+
+
+def test_transcribe_rejects_bad_flag_values(tmp_path: Path) -> None:
+    done = subwatch("transcribe", str(tmp_path / "x.mkv"), "--language", "jp")
+    assert done.returncode == 1
+    assert "--language: unknown language 'jp'; did you mean 'ja'?" in done.stderr
