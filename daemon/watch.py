@@ -427,8 +427,8 @@ class StabilityTracker:
     A file is ready when no event has touched it for `settle_seconds` and its
     size and mtime are the same at both ends of that quiet window: the file is
     re-stat'ed when the window ends and, if it changed (a copy still going
-    without events, as between polls), the window starts again. Empty files
-    are dropped when their window ends; a later write brings them back.
+    without events, as between polls), the window starts again. An empty file
+    that stays empty is reported too: the daemon says why it cannot be used.
 
     One heap entry per file keeps `due()` cheap with thousands of files.
     Thread-safe: events may touch from any thread while one thread calls `due()`.
@@ -561,9 +561,8 @@ class StabilityTracker:
                     self._schedule(entry, now + entry.spec.settle_seconds)
                 else:
                     del self._entries[entry.path]
-                    if signature[0] > 0:
-                        self._remember(entry.path, signature)
-                        ready.append((entry.path, entry.spec))
+                    self._remember(entry.path, signature)
+                    ready.append((entry.path, entry.spec))
         return ready
 
     def _schedule(self, entry: _Tracked, when: float) -> None:

@@ -306,7 +306,7 @@ def test_tracker_restarts_the_window_when_only_mtime_changed(tmp_path: Path) -> 
     assert tracker.due() == [(film, spec)]
 
 
-def test_tracker_drops_vanished_and_empty_files_silently(tmp_path: Path) -> None:
+def test_tracker_drops_vanished_files_silently_and_reports_empty_ones(tmp_path: Path) -> None:
     clock = FakeClock()
     tracker = StabilityTracker(clock)
     spec = WatchSpec(tmp_path, settle_seconds=1)
@@ -317,7 +317,7 @@ def test_tracker_drops_vanished_and_empty_files_silently(tmp_path: Path) -> None
     tracker.touch(empty, spec)
     gone.unlink()
     clock.advance(2)
-    assert tracker.due() == []
+    assert tracker.due() == [(empty, spec)]  # the daemon fails it with a clear reason
     assert len(tracker) == 0
     assert tracker.touch(tmp_path / "never-there.mkv", spec) is False
 
