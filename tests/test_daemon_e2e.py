@@ -75,6 +75,12 @@ def parse_srt(path: Path) -> list[srt.Subtitle]:
     return list(srt.parse(path.read_text(encoding="utf-8")))
 
 
+def vtt_seconds(stamp: str) -> float:
+    """webvtt-py's *_in_seconds are truncated to whole seconds; read its HH:MM:SS.mmm text instead."""
+    hours, minutes, seconds = stamp.split(":")
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
+
 def assert_cues_valid(srt_path: Path, vtt_path: Path, media_duration: float) -> list[srt.Subtitle]:
     """Both sidecars parse with independent parsers, agree, and every cue lies inside the media."""
     cues = parse_srt(srt_path)
@@ -83,20 +89,21 @@ def assert_cues_valid(srt_path: Path, vtt_path: Path, media_duration: float) -> 
     assert vtt_path.read_text(encoding="utf-8").startswith("WEBVTT")
     assert len(vtt) == len(cues)
     previous_end = 0.0
-    for cue, vcue in zip(cues, vtt):
+    for cue, vcue in zip(cues, vtt, strict=True):
         start, end = cue.start.total_seconds(), cue.end.total_seconds()
         assert 0 <= start < end <= media_duration + 0.001, (start, end, media_duration)
         assert start >= previous_end - 1e-6
         previous_end = end
         assert cue.content.strip()
-        assert (vcue.start_in_seconds, vcue.end_in_seconds) == pytest.approx((start, end), abs=0.0015)
+        assert (vtt_seconds(vcue.start), vtt_seconds(vcue.end)) == pytest.approx((start, end), abs=0.0015)
         assert vcue.text.replace("&amp;", "&").replace("&lt;", "<").replace("&gt;", ">") == cue.content
     return cues
 
 
 def test_slow_copy_is_taken_once_after_it_finishes(world, sink: NotificationSink, tmp_path: Path) -> None:  # noqa: ANN001
     root, config, _ = world
-    source = make_media(tmp_path / "Movie (2009).mkv", speech="Hello there. The copy is slow today.", seconds=6)
+    speech = "Hello there. The copy is slow today."
+    source = make_media(tmp_path / "Movie (2009).mkv", speech=speech, seconds=6)
     finished = slow_copy(source, root / "movies" / "Movie (2009).mkv")
     job = wait_for_state(config, "Movie (2009).mkv", {"done", "failed"})
     assert job["state"] == "done", job
@@ -163,7 +170,8 @@ def test_bad_file_fails_clearly_and_the_next_is_processed(world, sink, tmp_path,
 
 def test_missing_model_fails_the_job_with_where_it_looked(world, sink, tmp_path: Path) -> None:  # noqa: ANN001
     root, config, daemon = world
-    shutil.copy(make_media(tmp_path / "x.mkv", speech="Where is the model?", seconds=3), root / "nomodel" / "x.mkv")
+    source = make_media(tmp_path / "x.mkv", speech="Where is the model?", seconds=3)
+    shutil.copy(source, root / "nomodel" / "x.mkv")
     job = wait_for_state(config, "x.mkv", {"done", "failed"})
     assert job["state"] == "failed"
     assert job["error"].startswith(f"model file {root / 'missing' / 'model.pt'} does not exist"), job

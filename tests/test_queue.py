@@ -502,6 +502,12 @@ def test_drop_removes_only_pending_jobs(q: JobQueue, media: Path) -> None:
     assert q.drop(media / "never.mkv") is None
 
 
+def test_empty_files_are_told_apart_by_path(q: JobQueue, media: Path) -> None:
+    first = q.enqueue(write(media / "a.mkv", b""), media)
+    second = q.enqueue(write(media / "b.mkv", b""), media)
+    assert (first.action, second.action) == ("queued", "queued") and first.job.id != second.job.id
+
+
 def test_drop_claimed_removes_the_running_job_only_when_asked(q: JobQueue, media: Path) -> None:
     a = write(media / "a.mkv", b"a")
     q.enqueue(a, media)
