@@ -103,6 +103,7 @@ class Config:
     log_level: str
     max_attempts: int
     unload_after_seconds: float
+    rescan_minutes: float
     notify: NotifyConfig
     folders: tuple[FolderRules, ...]
 
@@ -216,6 +217,7 @@ class _ConfigModel(_Strict):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     max_attempts: int = Field(default=3, ge=1)
     unload_after_seconds: float = Field(default=300.0, ge=0)
+    rescan_minutes: float = Field(default=60.0, ge=0)
     defaults: _RulesModel = Field(default_factory=_RulesModel)
     notify: _NotifyModel = Field(default_factory=_NotifyModel)
     folders: list[_FolderModel] = Field(min_length=1)
@@ -321,6 +323,7 @@ def _freeze(parsed: _ConfigModel, source: Path) -> Config:
         log_level=parsed.log_level,
         max_attempts=parsed.max_attempts,
         unload_after_seconds=parsed.unload_after_seconds,
+        rescan_minutes=parsed.rescan_minutes,
         notify=NotifyConfig(
             urls=tuple(parsed.notify.urls),
             on=frozenset(parsed.notify.on),

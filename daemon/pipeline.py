@@ -98,6 +98,8 @@ def complete(prepared: Prepared, transcript: Transcript, owned: Callable[[Path],
     edited) is left untouched and reported in `kept`.
     """
     rules = prepared.rules
+    if not prepared.path.exists():
+        raise media.MediaGone(prepared.path)  # deleted while it was transcribed: write nothing
     cues = subtitles.build_cues(
         transcript.segments, cue_rules_for(rules), media_duration=prepared.audio.duration,
         language=transcript.language,

@@ -88,6 +88,8 @@ class Service:
         self._abandon = threading.Event()  # stop grace expired: drop the running transcription
         self._reload_requested = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._backfilling = threading.Lock()
+        self._last_scan = 0.0
 
     # ------------------------------------------------------------ lifecycle
 
@@ -101,7 +103,7 @@ class Service:
         self.watcher.start()
         self._start_thread("loader", self._loader_loop)
         self._start_thread("transcriber", self._transcriber_loop)
-        self._start_thread("backfill", self._backfill)
+        self._start_backfill()
         self.systemd.ready()
         watchdog = WatchdogLoop(self.systemd, self._healthy)
         watchdog.start()
@@ -112,6 +114,11 @@ class Service:
                 self.reload()
             self.models.unload_idle()
             self.systemd.status(self._status_text())
+            # The watcher can miss events (inotify queue overflow, a share remounted
+            # without events): a periodic scan catches whatever it missed.
+            rescan = self.config.rescan_minutes * 60
+            if rescan and time.monotonic() - self._last_scan >= rescan:
+                self._start_backfill()
         watchdog.stop()
         self._shutdown()
         return 0
@@ -185,7 +192,7 @@ class Service:
         self.config = new
         self.watcher.update([watch_spec(f) for f in new.folders])
         self.notifier.update(notify_rules(new))
-        self._start_thread("backfill", self._backfill)
+        self._start_backfill()
         log.info("reloaded %s: watching %d folder(s)", new.source, len(new.folders))
         self.systemd.ready()
         return True
@@ -210,9 +217,13 @@ class Service:
             self._wake.set()
 
     def _on_deleted(self, path: Path) -> None:
-        job = self.jobs.drop(path)
-        if job:
-            job_log(log, "dropped", path, "deleted before its turn; dropped from the queue", job.id)
+        # `path` may be a folder: everything under it went (a file being transcribed
+        # is noticed by the transcriber, which drops its job when it finishes).
+        gone = [path] + [j.path for j in self.jobs.jobs([JobState.PENDING]) if path in j.path.parents]
+        for each in gone:
+            job = self.jobs.drop(each)
+            if job:
+                job_log(log, "dropped", each, "deleted before its turn", job.id)
 
     def _on_moved(self, old: Path, new: Path) -> None:
         rules = self.config.folder_for(new)
@@ -236,8 +247,20 @@ class Service:
             self.jobs.move_sidecar(sidecar, target)
         job_log(log, "moved", new, f"renamed from {old.name}; subtitles moved with it", job.id)
 
+    def _start_backfill(self) -> None:
+        """Scan the folders in the background, unless a scan is already running."""
+        if self._backfilling.acquire(blocking=False):
+            self._start_thread("backfill", self._backfill)
+        self._last_scan = time.monotonic()
+
     def _backfill(self) -> None:
-        """Queue media already in the folders that lacks subtitles (at start and after reload)."""
+        try:
+            self._scan_folders()
+        finally:
+            self._backfilling.release()
+
+    def _scan_folders(self) -> None:
+        """Queue media already in the folders that lacks subtitles (at start, after reload, periodically)."""
         for rules in self.config.folders:
             if self._stopping.is_set():
                 return
