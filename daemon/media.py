@@ -144,7 +144,7 @@ def _audio_stream(raw: dict) -> AudioStream:
     disposition = raw.get("disposition") or {}
     return AudioStream(
         index=int(raw["index"]),
-        codec=raw.get("codec_name", "?"),
+        codec=raw.get("codec_name") or f"unknown, tag {raw.get('codec_tag_string', '?')}",
         language=_language(raw),
         title=(raw.get("tags") or {}).get("title"),
         default=bool(disposition.get("default")),
@@ -228,6 +228,9 @@ def load_audio(path: Path, info: MediaInfo, stream: AudioStream) -> Audio:
     except MediaError as exc:
         if not path.exists():
             raise MediaGone(path) from None
+        if "Decoder (codec" in str(exc):
+            raise MediaError(path, f"ffmpeg has no decoder for its audio codec ({stream.codec}); convert "
+                             "the audio to a common codec (AAC, Opus, FLAC)", permanent=True) from None
         raise MediaError(path, f"ffmpeg could not decode the audio: {exc}", permanent=exc.permanent) from None
     samples = np.frombuffer(raw, dtype=np.float32)
     if samples.size == 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 import subprocess
 from pathlib import Path
 
@@ -70,3 +71,13 @@ def duration_of(path: Path) -> float:
         capture_output=True, text=True, check=True,
     ).stdout.strip()
     return float(out)
+
+
+def write_odd_wav(path: Path, seconds: float = 3.0) -> Path:
+    """Write a WAV whose format tag (0x3313) no ffmpeg decoder knows: probes fine, cannot decode."""
+    data = bytes(range(256)) * int(seconds * 32000 / 256)
+    fmt = struct.pack("<HHIIHH", 0x3313, 1, 16000, 32000, 2, 16)
+    chunks = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt
+    chunks += b"data" + struct.pack("<I", len(data)) + data
+    path.write_bytes(b"RIFF" + struct.pack("<I", len(chunks)) + chunks)
+    return path

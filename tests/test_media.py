@@ -19,7 +19,7 @@ from daemon.media import (
     load_audio,
     probe,
 )
-from tests.media_factory import make_media
+from tests.media_factory import make_media, write_odd_wav
 
 
 def decode(path: Path):  # noqa: ANN201
@@ -119,6 +119,14 @@ def test_undecodable_codec_is_permanent(tmp_path: Path) -> None:
     with pytest.raises(MediaError) as err:
         load_audio(path, info, broken)
     assert err.value.permanent and str(err.value).startswith("ffmpeg could not decode the audio")
+
+
+def test_codec_without_decoder_says_so(tmp_path: Path) -> None:
+    path = write_odd_wav(tmp_path / "odd.wav")
+    with pytest.raises(MediaError) as err:
+        decode(path)
+    assert str(err.value) == ("ffmpeg has no decoder for its audio codec (unknown, tag 0x3313); convert the "
+                              "audio to a common codec (AAC, Opus, FLAC)")
 
 
 def _info(*streams: AudioStream) -> MediaInfo:
