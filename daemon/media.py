@@ -144,7 +144,7 @@ def _audio_stream(raw: dict) -> AudioStream:
     disposition = raw.get("disposition") or {}
     return AudioStream(
         index=int(raw["index"]),
-        codec=raw.get("codec_name") or f"unknown, tag {raw.get('codec_tag_string', '?')}",
+        codec=raw.get("codec_name") or f"unknown, tag {raw.get('codec_tag', '?')}",
         language=_language(raw),
         title=(raw.get("tags") or {}).get("title"),
         default=bool(disposition.get("default")),
