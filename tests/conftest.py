@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.harness import Daemon
 from tests.whisper_checkpoint import make_checkpoint
 
 
@@ -24,3 +26,19 @@ def testdata() -> Path:
     if not SHARED_TESTDATA.is_dir():
         pytest.skip(f"shared test data not found at {SHARED_TESTDATA}")
     return SHARED_TESTDATA
+
+
+@pytest.fixture
+def spawn() -> Iterator[Callable[..., Daemon]]:
+    """Start real `subwatch run` processes; any still running when the test ends is killed."""
+    started: list[Daemon] = []
+
+    def start(config: Path, env: dict[str, str] | None = None) -> Daemon:
+        daemon = Daemon(config, env)
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        if daemon.process.poll() is None:
+            daemon.kill()

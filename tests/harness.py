@@ -99,8 +99,8 @@ class Daemon:
         finally:
             self._log.close()
 
-    def kill(self) -> None:
-        self.process.kill()
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        self.process.send_signal(sig)
         self.process.wait()
         self._log.close()
 

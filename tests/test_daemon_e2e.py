@@ -180,7 +180,7 @@ def test_missing_model_fails_the_job_with_where_it_looked(world, sink, tmp_path:
     assert daemon.process.poll() is None
 
 
-def test_restart_does_no_double_work(tmp_path: Path, tiny_checkpoint: Path) -> None:
+def test_restart_does_no_double_work(tmp_path: Path, tiny_checkpoint: Path, spawn) -> None:  # noqa: ANN001
     sink = NotificationSink()
     inbox = tmp_path / "inbox"
     inbox.mkdir()
@@ -192,14 +192,14 @@ def test_restart_does_no_double_work(tmp_path: Path, tiny_checkpoint: Path) -> N
     """)
     # Present before the first start: picked up by backfill.
     make_media(inbox / "Before.mkv", speech="I was here first.", seconds=3)
-    first = Daemon(config)
+    first = spawn(config)
     wait_for_state(config, "Before.mkv", {"done"})
     srt_path = inbox / "Before.en.srt"
     written = srt_path.stat().st_mtime_ns
     assert first.stop(signal.SIGTERM) == 0
     assert "stopped" in first.log()
 
-    second = Daemon(config)
+    second = spawn(config)
     second.wait_log("watching 1 folder(s)")
     make_media(inbox / "After.mkv", speech="And I came later.", seconds=3)
     wait_for_state(config, "After.mkv", {"done"})

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Daemon, wait_for_state, write_config
+from tests.harness import wait_for_state, write_config
 
 
 class NotifySocket:
@@ -68,10 +68,10 @@ def config_text(tmp_path: Path, folders: list[str]) -> str:
             f"folders:\n{listed}\n")
 
 
-def test_ready_status_and_stopping(tmp_path: Path, notify_socket: NotifySocket) -> None:
+def test_ready_status_and_stopping(tmp_path: Path, notify_socket: NotifySocket, spawn) -> None:
     (tmp_path / "a").mkdir()
     config = write_config(tmp_path / "config.yaml", config_text(tmp_path, ["a"]))
-    daemon = Daemon(config, env={"NOTIFY_SOCKET": str(notify_socket.path)})
+    daemon = spawn(config, env={"NOTIFY_SOCKET": str(notify_socket.path)})
     messages = notify_socket.collect("READY=1")
     notify_socket.collect("STATUS=idle · 0 queued")
     assert daemon.stop(signal.SIGTERM) == 0
@@ -79,10 +79,10 @@ def test_ready_status_and_stopping(tmp_path: Path, notify_socket: NotifySocket) 
     assert messages.index("READY=1") < notify_socket.messages.index("STOPPING=1")
 
 
-def test_watchdog_pings_at_half_the_interval(tmp_path: Path, notify_socket: NotifySocket) -> None:
+def test_watchdog_pings_at_half_the_interval(tmp_path: Path, notify_socket: NotifySocket, spawn) -> None:
     (tmp_path / "a").mkdir()
     config = write_config(tmp_path / "config.yaml", config_text(tmp_path, ["a"]))
-    daemon = Daemon(config, env={"NOTIFY_SOCKET": str(notify_socket.path), "WATCHDOG_USEC": "1000000"})
+    daemon = spawn(config, env={"NOTIFY_SOCKET": str(notify_socket.path), "WATCHDOG_USEC": "1000000"})
     notify_socket.collect("READY=1")
     pings = [m for m in notify_socket.drain(3.0) if m == "WATCHDOG=1"]
     # every half of WATCHDOG_USEC: about 6 in 3 s; allow for a loaded machine
@@ -90,13 +90,13 @@ def test_watchdog_pings_at_half_the_interval(tmp_path: Path, notify_socket: Noti
     assert daemon.stop() == 0
 
 
-def test_sighup_adds_a_folder_and_a_broken_config_keeps_the_old(tmp_path: Path,
-                                                                notify_socket: NotifySocket) -> None:
+def test_sighup_adds_a_folder_and_a_broken_config_keeps_the_old(tmp_path: Path, notify_socket: NotifySocket,
+                                                                spawn) -> None:
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
     config = write_config(tmp_path / "config.yaml", config_text(tmp_path, ["a"]))
     readable = write_config(tmp_path / "status.yaml", config_text(tmp_path, ["a"]))  # for `status`
-    daemon = Daemon(config, env={"NOTIFY_SOCKET": str(notify_socket.path)})
+    daemon = spawn(config, env={"NOTIFY_SOCKET": str(notify_socket.path)})
     daemon.wait_log("watching 1 folder(s)")
 
     config.write_text(config_text(tmp_path, ["a", "b"]))
