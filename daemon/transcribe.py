@@ -10,12 +10,24 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from daemon.datatypes import Audio, Segment, Transcript, Word
+from daemon.engine import (
+    ChunkDecoding,
+    ChunkRequest,
+    EngineOptions,
+    encode,
+    language_probabilities,
+    log_mel,
+    prepare_model,
+    transcribe_chunks,
+    vote_language,
+)
+from daemon.vad import SpeechChunk, VadOptions, find_speech
 
 if TYPE_CHECKING:
     from whisper.model import Whisper
@@ -33,26 +45,62 @@ class DeviceUnavailable(Exception):
 
 @dataclass(frozen=True)
 class TranscribeOptions:
-    """The per-folder rules that shape decoding."""
+    """The per-folder rules that shape decoding.
 
-    model: str  # Whisper name (tiny … large-v3, turbo) or path to a .pt checkpoint
-    language: str | None  # ISO 639-1 code; None detects it
-    task: str = "transcribe"  # or "translate" (to English)
-    prompt: str | None = None  # initial prompt: names, jargon, spelling
-    beam_size: int | None = None  # None = greedy
+    model: Whisper name (tiny … large-v3, turbo) or path to a .pt checkpoint.
+    language: ISO 639-1 code of the speech; None detects it by a vote over up
+        to `language_windows` speech chunks spread through the file.
+    task: "transcribe", or "translate" (to English).
+    prompt: names, jargon, spelling; given to every chunk as its previous text.
+    beam_size: None decodes greedily; a number uses beam search with that many
+        beams (and that many samples when a chunk is decoded again hotter).
+    word_timestamps: align each word (the subtitle stage times cues by words).
+    temperatures, compression_ratio_threshold, logprob_threshold,
+    no_speech_threshold: whisper's quality guards (see engine.EngineOptions).
+    batch_size: chunks decoded at once; None sizes it from free GPU memory.
+    max_repeated_lines: a line said more than this many times in a row is a
+        decoding loop and is kept once (2).
+    language_windows: speech chunks that vote on the language (5).
+    vad: how speech is found and cut into chunks (see vad.VadOptions).
+    """
+
+    model: str
+    language: str | None
+    task: str = "transcribe"
+    prompt: str | None = None
+    beam_size: int | None = None
     word_timestamps: bool = True
+    temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    compression_ratio_threshold: float | None = 2.4
+    logprob_threshold: float | None = -1.0
+    no_speech_threshold: float | None = 0.6
+    batch_size: int | None = None
+    max_repeated_lines: int = 2
+    language_windows: int = 5
+    vad: VadOptions = field(default_factory=VadOptions)
+
+
+_warned_cpu: list[bool] = []  # the CPU fallback is logged once per process, not per job
 
 
 def resolve_device(spec: str) -> str:
     """Given `auto`, `cpu`, `cuda` or `cuda:N`, return the torch device to use.
 
+    `auto` is CUDA when PyTorch sees a GPU, otherwise the CPU with a warning.
     Raise DeviceUnavailable if CUDA is asked for explicitly and is not there:
     a user who wrote `cuda` wants to know, not to be moved to the CPU silently.
     """
     import torch
 
     if spec == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        if torch.cuda.is_available():
+            return "cuda"
+        if not _warned_cpu:
+            _warned_cpu.append(True)
+            log.warning(
+                "device auto: PyTorch sees no CUDA GPU; transcribing on the CPU, which is much slower"
+            )
+        return "cpu"
     if spec.startswith("cuda"):
         if not torch.cuda.is_available():
             raise DeviceUnavailable(
@@ -120,14 +168,14 @@ class ModelStore:
         self._lock = threading.Lock()
 
     def get(self, spec: str, device: str) -> Whisper:
-        """Given a model spec and a resolved device, return the loaded model."""
+        """Given a model spec and a resolved device, return the loaded model (fp16 weights on a GPU)."""
         key = (spec, device)
         with self._lock:
             if key in self._models:
                 model, _ = self._models[key]
             else:
                 started = time.monotonic()
-                model = load_model(spec, self.models_dir, device)
+                model = prepare_model(load_model(spec, self.models_dir, device))
                 log.info("loaded model %s on %s in %.1f s", spec, device, time.monotonic() - started)
             self._models[key] = (model, time.monotonic())
             return model
@@ -168,39 +216,250 @@ def transcribe(
 ) -> Transcript:
     """Given 16 kHz mono audio and the folder's options, return its Transcript.
 
-    Times are clamped to the audio: random or confused models can emit
-    timestamps past the end of the last window.
+    Speech is found first (silence, music and credits are never decoded), cut
+    into chunks of at most 30 s that are decoded in batches. `progress(f)` is
+    called as chunks finish and with 1.0 at the end; `show_progress_bar` draws
+    a tqdm bar on stderr. Raise ValueError if the audio is not 16 kHz.
     """
-    import whisper
+    return _transcribe([(audio, options)], model, progress, show_progress_bar)[0]
 
-    duration = audio.duration
-    if duration == 0:
-        return Transcript((), options.language or "en", None, 0.0)
-    fp16 = next(model.parameters()).device.type == "cuda"
-    result = whisper.transcribe(
-        model,
-        audio.samples,
-        verbose=False if show_progress_bar else None,
-        language=options.language,
+
+def transcribe_many(
+    items: Sequence[tuple[Audio, TranscribeOptions]],
+    model: Whisper,
+    progress: Callable[[float], None] | None = None,
+) -> list[Transcript]:
+    """Given several files' audio and options sharing one model, return their Transcripts in order.
+
+    The chunks of all files are decoded in the same batches, which keeps a GPU
+    busy through a backlog of short files. `progress` covers all of them.
+    """
+    return _transcribe(items, model, progress, show_progress_bar=False)
+
+
+@dataclass
+class _File:
+    """One item on its way through the stage."""
+
+    audio: Audio
+    options: TranscribeOptions
+    chunks: list[SpeechChunk]
+    language: str | None = None
+    probability: float | None = None
+
+
+class _Progress:
+    """Turns settled chunks into progress fractions (by seconds of speech) and an optional bar."""
+
+    def __init__(self, seconds: list[float], callback: Callable[[float], None] | None, bar: bool) -> None:
+        self.seconds, self.callback = seconds, callback
+        self.total, self.done = max(sum(seconds), 1e-9), 0.0
+        self.bar = None
+        if bar:
+            import tqdm
+
+            self.bar = tqdm.tqdm(total=round(sum(seconds)), unit="s", desc="transcribing", leave=False)
+
+    def report(self, fraction: float) -> None:
+        if self.callback is not None:
+            self.callback(min(1.0, fraction))
+
+    def chunk_done(self, index: int) -> None:
+        self.done += self.seconds[index]
+        if self.bar is not None:
+            self.bar.update(round(self.done) - self.bar.n)
+        self.report(0.02 + 0.98 * self.done / self.total)  # the first 2 % were speech detection
+
+    def close_bar(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _transcribe(
+    items: Sequence[tuple[Audio, TranscribeOptions]],
+    model: Whisper,
+    progress: Callable[[float], None] | None,
+    show_progress_bar: bool,
+) -> list[Transcript]:
+    model = prepare_model(model)
+    files = [_File(audio, options, _speech_chunks(audio, options)) for audio, options in items]
+    requests: list[ChunkRequest] = []
+    owners: list[tuple[int, int]] = []  # (file, chunk) of each request
+    features = _detect_languages(model, files)
+    for f, file in enumerate(files):
+        for c, chunk in enumerate(file.chunks):
+            requests.append(_request(model, file, chunk, features.get((f, c))))
+            owners.append((f, c))
+    features.clear()
+    tracker = _Progress([request.duration for request in requests], progress, show_progress_bar)
+    tracker.report(0.02)
+    results: list[ChunkDecoding | None] = [None] * len(requests)
+    try:
+        for engine_options, indices in _by_engine_options(files, owners).items():
+            decoded = transcribe_chunks(
+                model,
+                [requests[i] for i in indices],
+                engine_options,
+                on_done=lambda n, indices=indices: tracker.chunk_done(indices[n]),
+            )
+            for i, result in zip(indices, decoded, strict=True):
+                results[i] = result
+    finally:
+        tracker.close_bar()
+    tracker.report(1.0)
+    per_file: list[list[tuple[SpeechChunk, ChunkDecoding]]] = [[] for _ in files]
+    for (f, c), result in zip(owners, results, strict=True):
+        per_file[f].append((files[f].chunks[c], result))  # type: ignore[arg-type]
+    return [_transcript(file, decoded) for file, decoded in zip(files, per_file, strict=True)]
+
+
+def _speech_chunks(audio: Audio, options: TranscribeOptions) -> list[SpeechChunk]:
+    """Return the chunks of `audio` to decode; none for empty audio."""
+    if audio.duration == 0:
+        return []
+    chunks = find_speech(audio, options.vad)
+    log.debug(
+        "%d speech chunk(s), %.1f of %.1f s", len(chunks), sum(c.duration for c in chunks), audio.duration
+    )
+    return chunks
+
+
+def _detect_languages(model: Whisper, files: list[_File]) -> dict[tuple[int, int], Any]:
+    """Set each file's language (given, or voted by several of its chunks); return the voters' encodings.
+
+    The voters' encoder outputs are handed back so that decoding does not encode them again.
+    """
+    voters: list[tuple[int, int]] = []
+    for f, file in enumerate(files):
+        file.language = file.options.language
+        if file.language is None and not model.is_multilingual:
+            file.language = "en"  # English-only models (*.en) have no language tokens
+        elif file.language is None and file.chunks:
+            voters += [(f, c) for c in _voter_chunks(file.chunks, file.options.language_windows)]
+    encoded: dict[tuple[int, int], Any] = {}
+    for start in range(0, len(voters), 16):
+        part = voters[start : start + 16]
+        mel = log_mel(
+            [files[f].chunks[c].samples(files[f].audio) for f, c in part], model.dims.n_mels, model.device
+        )
+        encoded.update(zip(part, encode(model, mel), strict=True))
+    if not voters:
+        return encoded
+    import torch
+
+    distributions = language_probabilities(model, torch.stack([encoded[v] for v in voters]))
+    for f, file in enumerate(files):
+        mine = [i for i, (owner, _) in enumerate(voters) if owner == f]
+        if mine:
+            weights = [_speech_seconds(file.chunks[voters[i][1]]) for i in mine]
+            file.language, file.probability = vote_language([distributions[i] for i in mine], weights)
+            log.debug("language %s (%.2f) by %d chunk(s)", file.language, file.probability, len(mine))
+    return encoded
+
+
+def _voter_chunks(chunks: list[SpeechChunk], count: int) -> list[int]:
+    """Return indices of up to `count` chunks spread through the file: the wordiest of each stretch.
+
+    A film's first 30 s are often music or a studio logo; chunks from its
+    whole length outvote one odd stretch.
+    """
+    count = max(1, min(count, len(chunks)))
+    bounds = [round(i * len(chunks) / count) for i in range(count + 1)]
+    return [
+        max(range(lo, hi), key=lambda i: _speech_seconds(chunks[i]))
+        for lo, hi in zip(bounds, bounds[1:], strict=False)
+        if hi > lo
+    ]
+
+
+def _speech_seconds(chunk: SpeechChunk) -> float:
+    return sum(end - start for start, end in chunk.regions) or chunk.duration
+
+
+def _request(model: Whisper, file: _File, chunk: SpeechChunk, features: Any) -> ChunkRequest:
+    """Return the engine request for one chunk: its audio (or encoding) and the folder's wording."""
+    from whisper.decoding import DecodingOptions
+
+    options = file.options
+    decoding = DecodingOptions(
         task=options.task,
-        initial_prompt=options.prompt,
-        word_timestamps=options.word_timestamps,
+        language=file.language,
+        prompt=options.prompt,  # every chunk gets it, as <|startofprev|> text
         beam_size=options.beam_size,
-        fp16=fp16,
+        fp16=model.device.type == "cuda",
     )
-    if progress:
-        progress(1.0)
-    language = "en" if options.task == "translate" else result["language"]
-    segments = tuple(_segment(raw, duration) for raw in result["segments"])
-    return Transcript(tuple(s for s in segments if s.text.strip()), language, None, duration)
-
-
-def _segment(raw: dict[str, Any], duration: float) -> Segment:
-    def clamp(t: float) -> float:
-        return min(max(float(t), 0.0), duration)
-
-    words = tuple(
-        Word(clamp(w["start"]), clamp(w["end"]), w["word"], float(w.get("probability", 1.0)))
-        for w in raw.get("words", ())
+    return ChunkRequest(
+        decoding,
+        samples=None if features is not None else chunk.samples(file.audio),
+        features=features,
+        duration=min(chunk.duration, 30.0),
+        word_timestamps=options.word_timestamps,
     )
-    return Segment(clamp(raw["start"]), clamp(raw["end"]), raw["text"], words)
+
+
+def _by_engine_options(files: list[_File], owners: list[tuple[int, int]]) -> dict[EngineOptions, list[int]]:
+    """Group request indices by the quality guards of their folders (usually one group)."""
+    groups: dict[EngineOptions, list[int]] = {}
+    for index, (f, _) in enumerate(owners):
+        o = files[f].options
+        key = EngineOptions(
+            temperatures=o.temperatures,
+            compression_ratio_threshold=o.compression_ratio_threshold,
+            logprob_threshold=o.logprob_threshold,
+            no_speech_threshold=o.no_speech_threshold,
+            batch_size=o.batch_size,
+        )
+        groups.setdefault(key, []).append(index)
+    return groups
+
+
+def _transcript(file: _File, decoded: list[tuple[SpeechChunk, ChunkDecoding]]) -> Transcript:
+    """Put a file's decoded chunks onto its timeline and return its Transcript."""
+    duration = file.audio.duration
+    segments = []
+    for chunk, result in decoded:
+        if not result.silent:
+            segments += [_on_timeline(segment, chunk, duration) for segment in result.segments]
+    segments = collapse_repeats(segments, file.options.max_repeated_lines)
+    if file.options.task == "translate":
+        return Transcript(tuple(segments), "en", None, duration)
+    language = file.language or "en"
+    return Transcript(tuple(segments), language, file.probability, duration)
+
+
+def _on_timeline(segment: Segment, chunk: SpeechChunk, duration: float) -> Segment:
+    """Map a chunk-relative segment and its words onto the file's timeline, within [0, duration]."""
+
+    def at(t: float) -> float:
+        return min(max(chunk.to_timeline(t), 0.0), duration)
+
+    words = []
+    for word in segment.words:
+        start = at(word.start)
+        words.append(Word(start, max(start, at(word.end)), word.text, word.probability))
+    start = at(segment.start)
+    return Segment(start, max(start, at(segment.end)), segment.text, tuple(words))
+
+
+def collapse_repeats(segments: list[Segment], max_repeats: int) -> list[Segment]:
+    """Given segments in order, return them with each run of more than `max_repeats` equal lines kept once.
+
+    Whisper stuck in a loop writes the same line again and again ("Thank
+    you." twenty times); two in a row ("No. No.") are left alone.
+    """
+    result: list[Segment] = []
+    run: list[Segment] = []
+    for segment in [*segments, None]:
+        if segment is not None and run and _same_line(segment.text, run[-1].text):
+            run.append(segment)
+            continue
+        result += run if len(run) <= max_repeats else run[:1]
+        run = [segment] if segment is not None else []
+    return result
+
+
+def _same_line(a: str, b: str) -> bool:
+    def norm(text: str) -> str:
+        return "".join(ch for ch in text.casefold() if ch.isalnum())
+
+    return norm(a) == norm(b) and bool(norm(a))

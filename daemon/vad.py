@@ -130,7 +130,7 @@ def speech_probabilities(samples: np.ndarray, options: VadOptions = VadOptions()
     seconds = min(options.stream_s, max(options.min_stream_s, len(samples) / SAMPLE_RATE / 32))
     stream = min(max(1, round(seconds * SAMPLE_RATE / WINDOW)), n_windows) * WINDOW
     warmup = round(options.warmup_s * SAMPLE_RATE / WINDOW) * WINDOW
-    audio = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32))
+    audio = np.asarray(samples, dtype=np.float32)  # may be read-only (decoded into a bytes buffer)
     starts = list(range(0, n_windows * WINDOW, stream))
     probs = []
     # optimized_execution(False): TorchScript's profiling executor otherwise spends
@@ -145,16 +145,17 @@ def speech_probabilities(samples: np.ndarray, options: VadOptions = VadOptions()
     return torch.cat(probs)[:n_windows].numpy()
 
 
-def _stream_batch(audio: torch.Tensor, starts: Sequence[int], stream: int, warmup: int) -> torch.Tensor:
+def _stream_batch(audio: np.ndarray, starts: Sequence[int], stream: int, warmup: int) -> torch.Tensor:
     """Return a (streams, warmup + stream) tensor: each stream with the audio before it as warm-up."""
+    import numpy as np
     import torch
 
-    batch = torch.zeros(len(starts), warmup + stream)
+    batch = np.zeros((len(starts), warmup + stream), dtype=np.float32)
     for row, start in enumerate(starts):
         lead = min(warmup, start)
         piece = audio[start - lead : start + stream]
         batch[row, warmup - lead : warmup - lead + len(piece)] = piece
-    return batch
+    return torch.from_numpy(batch)
 
 
 def speech_regions(probs: np.ndarray, n_samples: int, options: VadOptions) -> list[tuple[float, float]]:
