@@ -17,9 +17,23 @@ RATE = 16000
 def decode(path: Path) -> np.ndarray:
     """Return `path` as 16 kHz mono float32 samples (ffmpeg, as the media stage does)."""
     raw = subprocess.run(
-        ["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(path), "-ac", "1", "-ar", str(RATE),
-         "-f", "f32le", "-"],
-        capture_output=True, check=True,
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-i",
+            str(path),
+            "-ac",
+            "1",
+            "-ar",
+            str(RATE),
+            "-f",
+            "f32le",
+            "-",
+        ],
+        capture_output=True,
+        check=True,
     ).stdout
     return np.frombuffer(raw, np.float32).copy()
 
