@@ -620,8 +620,6 @@ class _Pass:
             b.slots.append(_Slot(job))
         self._detect([first + i for i, job in enumerate(jobs) if job.config.detect and job.language is None])
         self._start(list(range(first, first + len(jobs))))
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
 
     def _features(self, jobs: Sequence[_Job]) -> torch.Tensor:
         """Return the encoder output of each job's window, encoding those that need it in batches."""

@@ -103,6 +103,26 @@ def test_batched_decoding_returns_whispers_tokens(model, windows, case: str) -> 
         assert g.compression_ratio == pytest.approx(e.compression_ratio)
 
 
+def test_checking_for_finished_windows_every_few_steps_changes_nothing(model, windows) -> None:
+    # on a GPU the engine looks for finished windows every few steps, not after each one
+    mel, _ = windows
+    per_window = CASES["mixed options in one batch"]
+    expected = [whisper.decode(model, mel[i], o).tokens for i, o in enumerate(per_window)]
+    lazy = engine.EngineOptions(
+        temperatures=(0.0,),
+        compression_ratio_threshold=None,
+        logprob_threshold=None,
+        batch_size=3,
+        sync_every=3,
+    )
+
+    got = engine.transcribe_chunks(
+        model, [engine.ChunkRequest(o, mel=m) for o, m in zip(per_window, mel, strict=True)], lazy
+    )
+
+    assert [list(g.tokens) for g in got] == expected
+
+
 def test_the_cases_cover_windows_finishing_at_different_steps(model, windows) -> None:
     mel, _ = windows
     lengths = [
