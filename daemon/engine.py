@@ -633,11 +633,13 @@ class _Pass:
         step = self.options.encoder_batch_size
         for start in range(0, len(todo), step):
             part = [jobs[i].request for i in todo[start : start + step]]
-            if all(r.mel is not None for r in part):
-                mel = torch.stack([torch.as_tensor(r.mel) for r in part]).to(self.device)
-            else:
-                mel = log_mel([_samples(r) for r in part], self.model.dims.n_mels, self.device)
-            encoded = self.model.encoder(mel.to(self.dtype))
+            mels = [None if r.mel is None else torch.as_tensor(r.mel).to(self.device) for r in part]
+            missing = [n for n, m in enumerate(mels) if m is None]
+            if missing:
+                computed = log_mel([_samples(part[n]) for n in missing], self.model.dims.n_mels, self.device)
+                for n, mel in zip(missing, computed, strict=True):
+                    mels[n] = mel
+            encoded = self.model.encoder(torch.stack(mels).to(self.dtype))  # type: ignore[arg-type]
             for offset, i in enumerate(todo[start : start + step]):
                 features[i] = encoded[offset]
         return torch.stack(features)  # type: ignore[arg-type]
@@ -680,9 +682,8 @@ class _Pass:
         ends = torch.tensor([len(p) - 1 for p in prompts], device=self.device)
         sots = torch.tensor([job.config.sot_index for job in jobs], device=self.device)
         picked = hidden[torch.arange(len(slots), device=self.device)[:, None], torch.stack([sots, ends], 1)]
-        logits = self._logits(
-            picked
-        )  # (slots, 2, vocab): at <|startoftranscript|> and at the last prompt token
+        # (slots, 2, vocab): the logits at <|startoftranscript|> (no-speech) and at the last prompt token
+        logits = self._logits(picked)
         no_speech = jobs[0].config.tokenizer.no_speech
         speech = logits[:, 0].softmax(dim=-1)[:, no_speech].tolist() if no_speech is not None else None
         for n, (index, job, prompt) in enumerate(zip(slots, jobs, prompts, strict=True)):

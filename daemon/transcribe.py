@@ -27,7 +27,7 @@ from daemon.engine import (
     transcribe_chunks,
     vote_language,
 )
-from daemon.vad import SpeechChunk, VadOptions, find_speech
+from daemon.vad import SpeechChunk, VadOptions, find_speech_many
 
 if TYPE_CHECKING:
     from whisper.model import Whisper
@@ -282,7 +282,9 @@ def _transcribe(
     show_progress_bar: bool,
 ) -> list[Transcript]:
     model = prepare_model(model)
-    files = [_File(audio, options, _speech_chunks(audio, options)) for audio, options in items]
+    files = [
+        _File(audio, options, chunks) for (audio, options), chunks in zip(items, _speech(items), strict=True)
+    ]
     requests: list[ChunkRequest] = []
     owners: list[tuple[int, int]] = []  # (file, chunk) of each request
     features = _detect_languages(model, files)
@@ -313,14 +315,19 @@ def _transcribe(
     return [_transcript(file, decoded) for file, decoded in zip(files, per_file, strict=True)]
 
 
-def _speech_chunks(audio: Audio, options: TranscribeOptions) -> list[SpeechChunk]:
-    """Return the chunks of `audio` to decode; none for empty audio."""
-    if audio.duration == 0:
-        return []
-    chunks = find_speech(audio, options.vad)
-    log.debug(
-        "%d speech chunk(s), %.1f of %.1f s", len(chunks), sum(c.duration for c in chunks), audio.duration
-    )
+def _speech(items: Sequence[tuple[Audio, TranscribeOptions]]) -> list[list[SpeechChunk]]:
+    """Return the chunks of each item's audio to decode, finding speech in all files together."""
+    chunks: list[list[SpeechChunk]] = [[] for _ in items]
+    groups: dict[VadOptions, list[int]] = {}
+    for index, (_, options) in enumerate(items):
+        groups.setdefault(options.vad, []).append(index)
+    for vad_options, indices in groups.items():
+        found = find_speech_many([items[i][0] for i in indices], vad_options)
+        for i, file_chunks in zip(indices, found, strict=True):
+            chunks[i] = file_chunks
+            audio = items[i][0]
+            speech = sum(c.duration for c in file_chunks)
+            log.debug("%d speech chunk(s), %.1f of %.1f s", len(file_chunks), speech, audio.duration)
     return chunks
 
 

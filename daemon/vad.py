@@ -115,45 +115,55 @@ def _silero_model() -> Any:
         torch.set_num_threads(threads)
 
 
-def speech_probabilities(samples: np.ndarray, options: VadOptions = VadOptions()) -> np.ndarray:
-    """Given 16 kHz mono samples, return silero's speech probability for each 512-sample window.
+def speech_probabilities(
+    signals: Sequence[np.ndarray], options: VadOptions = VadOptions()
+) -> list[np.ndarray]:
+    """Given 16 kHz mono signals, return silero's speech probability for each 512-sample window of each.
 
-    The audio is scored as parallel streams (see VadOptions.stream_s), a batch of
-    them per model call, because one call per 32 ms window is what makes VAD slow.
+    Every signal is cut into parallel streams (see VadOptions.stream_s) and the
+    streams of all signals share batches, a batch per model call: one call per
+    32 ms window, not per window per file, is what makes VAD fast.
     """
     import numpy as np
     import torch
 
-    n_windows = -(-len(samples) // WINDOW)
-    if n_windows == 0:
-        return np.zeros(0, dtype=np.float32)
-    seconds = min(options.stream_s, max(options.min_stream_s, len(samples) / SAMPLE_RATE / 32))
-    stream = min(max(1, round(seconds * SAMPLE_RATE / WINDOW)), n_windows) * WINDOW
+    audio = [np.asarray(s, dtype=np.float32) for s in signals]  # may be read-only (bytes buffers)
+    windows = [-(-len(a) // WINDOW) for a in audio]
+    total = sum(len(a) for a in audio) / SAMPLE_RATE
+    seconds = min(options.stream_s, max(options.min_stream_s, total / 32))
+    stream = max(1, min(round(seconds * SAMPLE_RATE / WINDOW), max(windows, default=1))) * WINDOW
     warmup = round(options.warmup_s * SAMPLE_RATE / WINDOW) * WINDOW
-    audio = np.asarray(samples, dtype=np.float32)  # may be read-only (decoded into a bytes buffer)
-    starts = list(range(0, n_windows * WINDOW, stream))
-    probs = []
+    streams = [(i, start) for i, n in enumerate(windows) for start in range(0, n * WINDOW, stream)]
+    scored = []
     # optimized_execution(False): TorchScript's profiling executor otherwise spends
     # seconds re-optimising for every new batch shape, for no gain at this size.
     with _model_lock, torch.inference_mode(), torch.jit.optimized_execution(False):
         model = _silero_model()
-        for first in range(0, len(starts), 128):  # 128 streams per call: the fastest batch measured
-            batch = _stream_batch(audio, starts[first : first + 128], stream, warmup)
+        for first in range(0, len(streams), 128):  # 128 streams per call: the fastest batch measured
+            batch = _stream_batch(audio, streams[first : first + 128], stream, warmup)
             model.reset_states()
             scores = [model(batch[:, i : i + WINDOW], SAMPLE_RATE) for i in range(0, batch.shape[1], WINDOW)]
-            probs.append(torch.cat(scores, dim=1)[:, warmup // WINDOW :].reshape(-1))
-    return torch.cat(probs)[:n_windows].numpy()
+            scored += list(torch.cat(scores, dim=1)[:, warmup // WINDOW :].numpy())
+    per_signal: list[list[np.ndarray]] = [[] for _ in audio]
+    for (i, _), probs in zip(streams, scored, strict=True):
+        per_signal[i].append(probs)
+    return [
+        np.concatenate(parts)[:n] if parts else np.zeros(0, np.float32)
+        for parts, n in zip(per_signal, windows, strict=True)
+    ]
 
 
-def _stream_batch(audio: np.ndarray, starts: Sequence[int], stream: int, warmup: int) -> torch.Tensor:
+def _stream_batch(
+    audio: Sequence[np.ndarray], streams: Sequence[tuple[int, int]], stream: int, warmup: int
+) -> torch.Tensor:
     """Return a (streams, warmup + stream) tensor: each stream with the audio before it as warm-up."""
     import numpy as np
     import torch
 
-    batch = np.zeros((len(starts), warmup + stream), dtype=np.float32)
-    for row, start in enumerate(starts):
+    batch = np.zeros((len(streams), warmup + stream), dtype=np.float32)
+    for row, (signal, start) in enumerate(streams):
         lead = min(warmup, start)
-        piece = audio[start - lead : start + stream]
+        piece = audio[signal][start - lead : start + stream]
         batch[row, warmup - lead : warmup - lead + len(piece)] = piece
     return torch.from_numpy(batch)
 
@@ -199,8 +209,19 @@ def find_speech(audio: Audio, options: VadOptions = VadOptions()) -> list[Speech
 
     Raise ValueError if the audio is not 16 kHz (the media stage resamples).
     """
-    if audio.sample_rate != SAMPLE_RATE:
-        raise ValueError(f"speech detection needs {SAMPLE_RATE} Hz audio, got {audio.sample_rate} Hz")
-    samples = audio.samples
-    probs = speech_probabilities(samples, options)  # type: ignore[arg-type]
-    return group_regions(speech_regions(probs, len(samples), options), options)  # type: ignore[arg-type]
+    return find_speech_many([audio], options)[0]
+
+
+def find_speech_many(audios: Sequence[Audio], options: VadOptions = VadOptions()) -> list[list[SpeechChunk]]:
+    """Given several files' 16 kHz audio, return each one's speech chunks; they are scored together.
+
+    Raise ValueError if any audio is not 16 kHz (the media stage resamples).
+    """
+    for audio in audios:
+        if audio.sample_rate != SAMPLE_RATE:
+            raise ValueError(f"speech detection needs {SAMPLE_RATE} Hz audio, got {audio.sample_rate} Hz")
+    probs = speech_probabilities([a.samples for a in audios], options)  # type: ignore[misc]
+    return [
+        group_regions(speech_regions(p, len(a.samples), options), options)  # type: ignore[arg-type]
+        for p, a in zip(probs, audios, strict=True)
+    ]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from daemon.datatypes import Audio
-from daemon.vad import SpeechChunk, VadOptions, find_speech, group_regions
+from daemon.vad import SpeechChunk, VadOptions, find_speech, find_speech_many, group_regions
 
 RATE = 16000
 
@@ -133,3 +133,18 @@ def test_loading_silero_keeps_torch_threads() -> None:
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run(["python", "-c", script], cwd=root, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "3"
+
+
+def test_several_files_are_scored_together_with_the_same_findings(testdata: Path) -> None:
+    jfk = decode(testdata / "speech" / "jfk.flac")
+    files = [
+        Audio(np.concatenate([silence(10), jfk, tone(10)]), RATE),
+        Audio(silence(0), RATE),
+        Audio(np.concatenate([tone(4), silence(2), jfk]), RATE),
+    ]
+
+    found = find_speech_many(files)
+
+    assert [len(chunks) for chunks in found] == [1, 0, 1]
+    assert 10.0 <= found[0][0].start <= 10.6 and found[0][0].end <= 21.3
+    assert 6.0 <= found[2][0].start <= 6.6 and found[2][0].end <= 17.01
