@@ -43,8 +43,10 @@ class VadOptions:
     speech_pad_ms:    kept either side of each region so word onsets are not clipped (200).
     max_chunk_s:      longest chunk, Whisper's 30 s window; longer speech is cut at its
                       longest pause (30.0).
-    max_merge_gap_s:  neighbouring regions closer than this share a chunk; longer pauses
-                      start a new chunk so Whisper never decodes long silence (3.0).
+    max_merge_gap_s:  regions closer than this form one span, pause included; longer pauses
+                      are cut out, so Whisper never decodes long silence (3.0).
+    pack:             put several spans back to back in one window (True): a window costs
+                      the encoder the same 30 s of work however little speech it holds.
     stream_s, min_stream_s, warmup_s: the file is scored as parallel streams of at
                       most `stream_s` seconds (shorter for short files, down to
                       `min_stream_s`, so that even a one-minute clip is a batch), each
@@ -60,6 +62,7 @@ class VadOptions:
     speech_pad_ms: int = 200
     max_chunk_s: float = 30.0
     max_merge_gap_s: float = 3.0
+    pack: bool = True
     stream_s: float = 30.0
     min_stream_s: float = 8.0
     warmup_s: float = 2.0
@@ -67,31 +70,51 @@ class VadOptions:
 
 @dataclass(frozen=True)
 class SpeechChunk:
-    """A stretch of the file to decode as one Whisper window, in seconds of the file.
+    """One Whisper window: stretches of the file (`spans`) played back to back, 30 s at most in all.
 
-    `regions` are the speech regions inside it (also in file seconds); the gaps
-    between them are short pauses kept so the chunk is one contiguous slice.
+    Pauses up to max_merge_gap_s stay inside a span; longer silence, music and
+    credits between spans are cut out, so a window is full of speech and the
+    encoder (a fixed 30 s of work per window) is not spent on quiet. `regions`
+    are silero's speech regions inside the spans. All times are file seconds.
     """
 
-    start: float
-    end: float
+    spans: tuple[tuple[float, float], ...]
     regions: tuple[tuple[float, float], ...] = ()
 
     @property
+    def start(self) -> float:
+        return self.spans[0][0]
+
+    @property
+    def end(self) -> float:
+        return self.spans[-1][1]
+
+    @property
     def duration(self) -> float:
-        return self.end - self.start
+        """Seconds of audio in the window (the spans' lengths, not end - start)."""
+        return sum(end - start for start, end in self.spans)
 
     def to_timeline(self, t: float) -> float:
-        """Given seconds since the chunk's start, return seconds on the file's timeline.
+        """Given seconds since the window's start, return seconds on the file's timeline.
 
-        Clamped to the chunk: past its end the decoder saw only zero padding.
+        The one place window times become file times. A time inside the k-th
+        span's stretch of the window maps into that span; past the window's end
+        (where the decoder saw only zero padding) it is clamped to the last span's end.
         """
-        return min(max(self.start + float(t), self.start), self.end)
+        offset = 0.0
+        for start, end in self.spans:
+            if t < offset + (end - start):
+                return start + max(float(t) - offset, 0.0)
+            offset += end - start
+        return self.end
 
     def samples(self, audio: Audio) -> np.ndarray:
-        """Return the chunk's slice of `audio` (a view, not a copy)."""
+        """Return the window's audio: its spans of `audio` back to back (a view when there is one span)."""
+        import numpy as np
+
         rate = audio.sample_rate
-        return audio.samples[round(self.start * rate) : round(self.end * rate)]  # type: ignore[index]
+        pieces = [audio.samples[round(start * rate) : round(end * rate)] for start, end in self.spans]  # type: ignore[index]
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
 
 _model_lock = threading.Lock()  # silero's model keeps recurrent state between calls
@@ -189,19 +212,38 @@ def speech_regions(probs: np.ndarray, n_samples: int, options: VadOptions) -> li
 
 
 def group_regions(regions: Sequence[tuple[float, float]], options: VadOptions) -> list[SpeechChunk]:
-    """Given sorted speech regions, return chunks of neighbours that fit one window together."""
-    chunks: list[SpeechChunk] = []
-    current: list[tuple[float, float]] = []
+    """Given sorted speech regions, return them packed into windows of at most max_chunk_s seconds.
+
+    Regions closer than max_merge_gap_s join into one span with their pause;
+    spans are then packed back to back into windows (with `pack`), in order.
+    """
+    spans: list[list[tuple[float, float]]] = []  # the regions of each span
     for start, end in regions:
-        too_long = bool(current) and end - current[0][0] > options.max_chunk_s
-        too_far = bool(current) and start - current[-1][1] > options.max_merge_gap_s
-        if too_long or too_far:
-            chunks.append(SpeechChunk(current[0][0], current[-1][1], tuple(current)))
-            current = []
-        current.append((start, min(end, start + options.max_chunk_s)))
-    if current:
-        chunks.append(SpeechChunk(current[0][0], current[-1][1], tuple(current)))
+        end = min(end, start + options.max_chunk_s)
+        if (
+            spans
+            and start - spans[-1][-1][1] <= options.max_merge_gap_s
+            and end - spans[-1][0][0] <= options.max_chunk_s
+        ):
+            spans[-1].append((start, end))
+        else:
+            spans.append([(start, end)])
+    chunks: list[SpeechChunk] = []
+    window: list[list[tuple[float, float]]] = []
+    for span in spans:
+        length = span[-1][1] - span[0][0]
+        used = sum(s[-1][1] - s[0][0] for s in window)
+        if window and (not options.pack or used + length > options.max_chunk_s):
+            chunks.append(_chunk(window))
+            window = []
+        window.append(span)
+    if window:
+        chunks.append(_chunk(window))
     return chunks
+
+
+def _chunk(spans: list[list[tuple[float, float]]]) -> SpeechChunk:
+    return SpeechChunk(tuple((s[0][0], s[-1][1]) for s in spans), tuple(r for s in spans for r in s))
 
 
 def find_speech(audio: Audio, options: VadOptions = VadOptions()) -> list[SpeechChunk]:

@@ -23,6 +23,7 @@ from daemon.transcribe import (
     transcribe,
     transcribe_many,
 )
+from daemon.vad import find_speech
 from tests.media_factory import make_media
 
 RATE = 16000
@@ -72,10 +73,12 @@ def test_media_with_speech_gives_timed_segments_and_words(model, tmp_path: Path)
     assert fractions == sorted(fractions) and fractions[0] < 1.0
 
 
-def test_language_is_voted_and_its_confidence_recorded(model, tmp_path: Path, monkeypatch) -> None:
-    # three sentences 10 s apart: three chunks, each one a voter
-    speech = decoded(make_media(tmp_path / "s.wav", speech="Good morning everyone.", seconds=3, video=False))
-    samples = np.concatenate([speech.samples, silence(10), speech.samples, silence(10), speech.samples])
+def test_language_is_voted_by_windows_spread_through_the_file(model, testdata: Path, monkeypatch) -> None:
+    # ten English sentences 10 s apart: about 90 s of speech, packed into a few windows
+    fleurs = testdata / "speech" / "fleurs"
+    sentences = [decoded(fleurs / f"fleurs-en-00{i}.ogg").samples for i in range(10)]
+    audio = Audio(np.concatenate([part for s in sentences for part in (s, silence(10))]), RATE)
+    windows = len(find_speech(audio))
     voters: list[int] = []
     real = stage.language_probabilities
 
@@ -84,14 +87,14 @@ def test_language_is_voted_and_its_confidence_recorded(model, tmp_path: Path, mo
         return real(model, features)
 
     monkeypatch.setattr(stage, "language_probabilities", counting)
-    options = TranscribeOptions(model="test", language=None, temperatures=(0.0,))
+    options = TranscribeOptions(model="test", language=None, temperatures=(0.0,), language_windows=5)
 
-    result = transcribe(Audio(samples, RATE), options, model)
+    result = transcribe(audio, options, model)
 
-    assert voters == [3]
+    assert 2 <= windows and voters == [min(windows, 5)]  # not only the first 30 s
     assert result.language and len(result.language) in (2, 3)
     assert 0.0 < result.language_probability <= 1.0
-    translated = transcribe(Audio(samples, RATE), replace(options, task="translate"), model)
+    translated = transcribe(audio, replace(options, task="translate"), model)
     assert translated.language == "en" and translated.language_probability is None
 
 
@@ -104,6 +107,25 @@ def test_only_speech_is_decoded(model, tmp_path: Path, testdata: Path) -> None:
 
     assert_inside(result, start=10.0, end=21.3)  # nothing over the silence or the tone
     assert transcribe(Audio(np.concatenate([silence(3), tone(5)]), RATE), options, model).segments == ()
+
+
+def test_times_from_a_packed_window_land_in_its_own_stretches(model, testdata: Path) -> None:
+    # two sentences 40 s apart share one window; nothing may be timed in the gap between them
+    clip = decoded(testdata / "speech" / "fleurs" / "fleurs-en-001.ogg").samples  # 8.8 s
+    audio = Audio(np.concatenate([silence(5), clip, silence(40), clip, silence(5)]), RATE)
+    options = TranscribeOptions(model="test", language="en", temperatures=(0.0,))
+    [window] = find_speech(audio)
+    assert len(window.spans) == 2
+
+    result = transcribe(audio, options, model)
+
+    def in_a_span(t: float) -> bool:
+        return any(start <= t <= end for start, end in window.spans)
+
+    times = [
+        t for s in result.segments for t in (s.start, s.end, *(x for w in s.words for x in (w.start, w.end)))
+    ]
+    assert times and all(in_a_span(t) for t in times)
 
 
 def test_many_files_in_one_batch_give_what_each_gives_alone(model, tmp_path: Path, monkeypatch) -> None:
