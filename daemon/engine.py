@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -571,7 +571,7 @@ class _Pass:
                 self.on_result(job, result)
                 continue
             pieces = split_segments(list(result.tokens), job.config.tokenizer, job.request.duration)
-            result = replace(result, segments=tuple(segment for segment, _ in pieces))
+            result = replace(result, segments=_timed(segment for segment, _ in pieces))
             if job.request.word_timestamps and pieces:
                 to_align.append((index, result, pieces))
             else:
@@ -579,8 +579,8 @@ class _Pass:
         if to_align:
             timings = self._align([i for i, _, _ in to_align], [r for _, r, _ in to_align])
             for (index, result, pieces), words in zip(to_align, timings, strict=True):
-                segments = assign_words(pieces, words)
-                self.on_result(b.slots[index].job, replace(result, segments=tuple(segments)))
+                segments = _timed(assign_words(pieces, words))
+                self.on_result(b.slots[index].job, replace(result, segments=segments))
 
     def _compact(self, leaving: set[int]) -> None:
         """Drop settled slots, moving the last slots into the gaps so rows stay contiguous."""
@@ -1037,6 +1037,11 @@ class _Pass:
                 )
             )
         return timings
+
+
+def _timed(segments: Iterable[Segment]) -> tuple[Segment, ...]:
+    """Drop segments of no duration, as whisper.transcribe does: text timed at one instant is not speech."""
+    return tuple(segment for segment in segments if segment.end > segment.start)
 
 
 def _samples(request: ChunkRequest) -> Any:

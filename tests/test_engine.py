@@ -159,6 +159,7 @@ def test_word_timings_are_whispers_alignment(model, windows) -> None:
             num_frames=round(durations[i] * 100),
             last_speech_timestamp=0.0,
         )
+        expected = [s for s in expected if s["end"] > s["start"]]  # whisper.transcribe drops instants too
         assert [(s.start, s.end) for s in result.segments] == [(s["start"], s["end"]) for s in expected]
         words = [(w.text, w.start, w.end) for s in result.segments for w in s.words]
         assert words == [(w["word"], w["start"], w["end"]) for s in expected for w in s["words"]]
