@@ -91,6 +91,13 @@ def _embedded_codes(info: MediaInfo) -> set[str]:
     return {media.to_iso639_1(tag) for tag in info.text_subtitle_languages}
 
 
+def media_end(prepared: Prepared) -> float:
+    """Return where the player's timeline ends: decoded audio can run past the container's
+    duration (AAC padding), and a cue there would outlast the file."""
+    audio = prepared.audio.duration
+    return min(audio, prepared.info.duration) if prepared.info.duration else audio
+
+
 def complete(prepared: Prepared, transcript: Transcript, owned: Callable[[Path], bool]) -> JobResult:
     """Given a prepared file and its transcript, write the sidecars and return the job's result.
 
@@ -101,7 +108,7 @@ def complete(prepared: Prepared, transcript: Transcript, owned: Callable[[Path],
     if not prepared.path.exists():
         raise media.MediaGone(prepared.path)  # deleted while it was transcribed: write nothing
     cues = subtitles.build_cues(
-        transcript.segments, cue_rules_for(rules), media_duration=prepared.audio.duration,
+        transcript.segments, cue_rules_for(rules), media_duration=media_end(prepared),
         language=transcript.language,
     )
     written, kept = [], []

@@ -11,10 +11,11 @@ import pytest
 import srt
 
 from daemon import __version__
-from daemon.datatypes import JobResult
+from daemon.datatypes import Cue, JobResult
 from daemon.queue import JobQueue
 from tests.harness import REPO, write_config
-from tests.media_factory import make_media
+from tests.media_factory import duration_of, make_media
+from tests.test_subtitles_cues import assert_cues_ok
 
 
 def subwatch(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -130,8 +131,10 @@ def test_transcribe_one_shot_writes_sidecars(tmp_path: Path, tiny_checkpoint: Pa
     srt_path, vtt_path = tmp_path / "Clip (2020).en.srt", tmp_path / "Clip (2020).en.vtt"
     assert done.stdout.splitlines() == [str(srt_path), str(vtt_path)]
     assert "Clip (2020).mp4: done  en  0:03 in" in done.stderr
-    cues = list(srt.parse(srt_path.read_text()))
-    assert all(0 <= c.start.total_seconds() < c.end.total_seconds() <= 3.1 for c in cues)
+    parsed = list(srt.parse(srt_path.read_text()))
+    cues = [Cue(c.start.total_seconds(), c.end.total_seconds(), tuple(c.content.split("\n"))) for c in parsed]
+    # Every cue of the written file keeps the subtitle limits (lines, length, duration, speed, gaps).
+    assert_cues_ok(cues, media=duration_of(video))
     # A second run keeps what is there unless asked to overwrite.
     srt_path.write_text("1\n00:00:00,000 --> 00:00:01,000\nmine\n")
     again = subwatch("transcribe", str(video), "--model", str(tiny_checkpoint), "--language", "en",
