@@ -216,8 +216,8 @@ def transcribe(
 ) -> Transcript:
     """Given 16 kHz mono audio and the folder's options, return its Transcript.
 
-    Speech is found first (silence, music and credits are never decoded), cut
-    into chunks of at most 30 s that are decoded in batches. `progress(f)` is
+    Speech is found first (silence, music and credits are never decoded) and
+    packed into windows of at most 30 s that are decoded in batches. `progress(f)` is
     called as chunks finish and with 1.0 at the end; `show_progress_bar` draws
     a tqdm bar on stderr. Raise ValueError if the audio is not 16 kHz.
     """
@@ -295,24 +295,36 @@ def _transcribe(
     features.clear()
     tracker = _Progress([request.duration for request in requests], progress, show_progress_bar)
     tracker.report(0.02)
-    results: list[ChunkDecoding | None] = [None] * len(requests)
     try:
-        for engine_options, indices in _by_engine_options(files, owners).items():
-            decoded = transcribe_chunks(
-                model,
-                [requests[i] for i in indices],
-                engine_options,
-                on_done=lambda n, indices=indices: tracker.chunk_done(indices[n]),
-            )
-            for i, result in zip(indices, decoded, strict=True):
-                results[i] = result
+        results = _decode(model, files, requests, owners, tracker)
     finally:
         tracker.close_bar()
     tracker.report(1.0)
     per_file: list[list[tuple[SpeechChunk, ChunkDecoding]]] = [[] for _ in files]
     for (f, c), result in zip(owners, results, strict=True):
-        per_file[f].append((files[f].chunks[c], result))  # type: ignore[arg-type]
+        per_file[f].append((files[f].chunks[c], result))
     return [_transcript(file, decoded) for file, decoded in zip(files, per_file, strict=True)]
+
+
+def _decode(
+    model: Whisper,
+    files: list[_File],
+    requests: list[ChunkRequest],
+    owners: list[tuple[int, int]],
+    tracker: _Progress,
+) -> list[ChunkDecoding]:
+    """Decode all requests with the engine, one call per set of quality guards (usually one)."""
+    results: list[ChunkDecoding | None] = [None] * len(requests)
+    for engine_options, indices in _by_engine_options(files, owners).items():
+        decoded = transcribe_chunks(
+            model,
+            [requests[i] for i in indices],
+            engine_options,
+            on_done=lambda n, indices=indices: tracker.chunk_done(indices[n]),
+        )
+        for i, result in zip(indices, decoded, strict=True):
+            results[i] = result
+    return results  # type: ignore[return-value]
 
 
 def _speech(items: Sequence[tuple[Audio, TranscribeOptions]]) -> list[list[SpeechChunk]]:
