@@ -112,7 +112,8 @@ class Service:
             if self._reload_requested.is_set():
                 self._reload_requested.clear()
                 self.reload()
-            self.models.unload_idle()
+            if self.activity.current is None:  # never drop the model a job is using
+                self.models.unload_idle()
             self.systemd.status(self._status_text())
             # The watcher can miss events (inotify queue overflow, a share remounted
             # without events): a periodic scan catches whatever it missed.

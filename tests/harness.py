@@ -112,7 +112,7 @@ def status(config: Path) -> list[dict[str, Any]]:
     return json.loads(done.stdout)
 
 
-def wait_for_state(config: Path, name: str, states: set[str], timeout: float = 90.0) -> dict[str, Any]:
+def wait_for_state(config: Path, name: str, states: set[str], timeout: float = 300.0) -> dict[str, Any]:
     """Wait until the job whose path ends with `name` is in one of `states`; return it."""
     deadline = time.monotonic() + timeout
     jobs: list[dict[str, Any]] = []
