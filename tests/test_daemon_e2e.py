@@ -43,7 +43,8 @@ def world(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path, sink:
           settle_seconds: {SETTLE}
           language: en
         notify:
-          urls: ["{sink.url}"]
+          # The second target refuses connections: delivery to it must never stall the jobs.
+          urls: ["{sink.url}", "json://127.0.0.1:9/"]
           burst: 50
         folders:
           - path: {root / "movies"}
