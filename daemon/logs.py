@@ -12,10 +12,11 @@ import logging
 import os
 import re
 import sys
-import unicodedata
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
+
+from daemon.text import printable as _printable
 
 LEVELS: dict[str, int] = {
     "debug": logging.DEBUG,
@@ -192,21 +193,3 @@ def done_details(language: str | None, media_duration: float | None, elapsed: fl
 def _hms(seconds: float) -> str:
     total = max(0, round(seconds))
     return f"{total // 3600}:{total % 3600 // 60:02d}:{total % 60:02d}"
-
-
-def _printable(text: str) -> str:
-    # A newline in a filename would otherwise forge a second log line.
-    if text.isprintable():
-        return text
-    return "".join(_escape(char) for char in text)
-
-
-def _escape(char: str) -> str:
-    code = ord(char)
-    if 0xDC80 <= code <= 0xDCFF:  # os.fsdecode's stand-in for an undecodable byte
-        return f"\\x{code - 0xDC00:02x}"
-    if char == "\n":
-        return "\\n"
-    if unicodedata.category(char) in ("Cc", "Cs", "Zl", "Zp"):
-        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-    return char

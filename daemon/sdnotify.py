@@ -15,32 +15,11 @@ import os
 import socket
 import threading
 import time
-import unicodedata
 from collections.abc import Callable, Mapping
 
+from daemon.text import printable
+
 logger = logging.getLogger("subwatch.sdnotify")
-
-
-def printable(text: str) -> str:
-    """Given status text, return it on one line with control characters escaped.
-
-    Each line of a notify message is an assignment, so a filename holding
-    "\\nMAINPID=1" must not reach systemd as it is.
-    """
-    if text.isprintable():
-        return text
-    return "".join(_escape(char) for char in text)
-
-
-def _escape(char: str) -> str:
-    code = ord(char)
-    if 0xDC80 <= code <= 0xDCFF:  # os.fsdecode's stand-in for an undecodable byte
-        return f"\\x{code - 0xDC00:02x}"
-    if char == "\n":
-        return "\\n"
-    if unicodedata.category(char) in ("Cc", "Cs", "Zl", "Zp"):
-        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-    return char
 
 
 def status_line(state: str, current: str | None, progress: float | None, queued: int) -> str:
