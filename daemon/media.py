@@ -206,6 +206,9 @@ def _same_language(tag: str, code: str) -> bool:
     return to_iso639_1(tag) == code
 
 
+_INPUT = "{input}"
+
+
 def load_audio(path: Path, info: MediaInfo, stream: AudioStream) -> Audio:
     """Given a probed file and one of its audio streams, return that stream as 16 kHz mono float32.
 
@@ -214,7 +217,9 @@ def load_audio(path: Path, info: MediaInfo, stream: AudioStream) -> Audio:
     Raise MediaError if ffmpeg cannot decode it, or it is clearly truncated.
     """
     args = (
-        ffmpeg.input(str(path))
+        # ffmpeg-python hashes its arguments as UTF-8 and fails on a file name that is not;
+        # a placeholder goes through it and the real path into the argument list at the end.
+        ffmpeg.input(_INPUT)
         .output("pipe:", format="f32le", acodec="pcm_f32le", ac=1, ar=SAMPLE_RATE,
                 map=f"0:{stream.index}", vn=None, sn=None, dn=None,
                 # Pad the start (and any gaps) with silence so sample 0 is the player's time 0,
@@ -223,6 +228,7 @@ def load_audio(path: Path, info: MediaInfo, stream: AudioStream) -> Audio:
         .global_args("-nostdin", "-hide_banner", "-loglevel", "error", "-xerror")
         .compile()
     )
+    args = [str(path) if arg == _INPUT else arg for arg in args]
     try:
         raw = run_tool(args, path)
     except MediaError as exc:

@@ -38,6 +38,15 @@ def test_decodes_speech_to_16k_mono_float(tmp_path: Path) -> None:
     assert rms(audio.samples[-SAMPLE_RATE // 2:]) < 1e-4
 
 
+def test_file_name_that_is_not_utf8_decodes(tmp_path: Path) -> None:
+    made = make_media(tmp_path / "made.mkv", speech="Bytes in the name.", seconds=2)
+    odd = Path(os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9 \xff.mkv"))
+    os.rename(made, odd)
+    _, audio = decode(odd)
+    assert audio.duration == pytest.approx(2.0, abs=0.1)
+    assert float(np.abs(audio.samples).max()) > 0.05  # the speech, not silence
+
+
 def test_audio_starting_after_container_start_is_shifted(tmp_path: Path) -> None:
     # Audio 1.5 s after the video starts: the speech must land 1.5 s into the decoded timeline.
     wav = tmp_path / "beep.wav"
