@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -19,6 +20,7 @@ from pathlib import Path
 from daemon import __version__
 from daemon.config import BUILTIN_DEFAULTS, Config, ConfigError, FolderNotify, FolderRules, load_config
 from daemon.queue import QueueError
+from daemon.text import printable
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 78
 DEFAULT_CONFIG = Path(os.environ.get("SUBWATCH_CONFIG", "/etc/subwatch/config.yaml"))
@@ -27,6 +29,10 @@ DEFAULT_CONFIG = Path(os.environ.get("SUBWATCH_CONFIG", "/etc/subwatch/config.ya
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Paths go to stdout as their bytes, as `ls` and `find` print them: a name that is
+    # not UTF-8 must not crash `subwatch scan` with UnicodeEncodeError.
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="surrogateescape")
     try:
         return int(args.handler(args))
     except ConfigError as exc:
@@ -162,7 +168,7 @@ def _one_shot_rules(path: Path, config: Config | None, args: argparse.Namespace)
         "model": args.model and _model_arg(args.model),
         "task": args.task,
         "prompt": args.prompt,
-        "device": args.device,
+        "devices": (args.device,) if args.device else None,
         "formats": tuple(args.formats.split(",")) if args.formats else None,
     }
     rules = replace(base, **{k: v for k, v in overrides.items() if v is not None})
@@ -180,7 +186,7 @@ def _default_rules(folder: Path) -> FolderRules:
     return FolderRules(
         path=folder, recursive=False, create_if_missing=False, model=d["model"], language=None,
         task=d["task"], prompt=None,
-        device=d["device"], formats=tuple(d["formats"]), settle_seconds=0.0, poll=None,
+        devices=(d["device"],), formats=tuple(d["formats"]), settle_seconds=0.0, poll=None,
         poll_interval=d["poll_interval"], include=(), exclude=(), min_duration_seconds=0.0,
         skip_if_embedded=False, audio_language=None, max_line_chars=d["max_line_chars"],
         max_lines=d["max_lines"], lang_code=d["lang_code"], sdh=False, forced=False, name_template=None,
@@ -195,7 +201,7 @@ def _validated(rules: FolderRules) -> FolderRules:
     from daemon.config import _RulesModel
 
     try:
-        _RulesModel(model=rules.model, language=rules.language, device=rules.device,
+        _RulesModel(model=rules.model, language=rules.language, device=list(rules.devices),
                     formats=list(rules.formats))
     except ValidationError as exc:
         first = exc.errors()[0]
@@ -211,7 +217,7 @@ def _transcribe_file(path: Path, rules: FolderRules, models_dir: Path, overwrite
     owned = (lambda _p: True) if overwrite else (lambda _p: False)
     try:
         prepared = pipeline.prepare(path, rules, owned)
-        model = ModelStore(models_dir).get(rules.model, resolve_device(rules.device))
+        model = ModelStore(models_dir).get(rules.model, resolve_device(rules.devices[0]))
         length = media.format_duration(prepared.audio.duration)
         print(f"{path.name}: transcribing {length} with {rules.model}", file=sys.stderr)
         transcript = transcribe(prepared.audio, pipeline.options_for(rules), model, show_progress_bar=True)
@@ -250,16 +256,30 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         jobs = _open_queue(config).jobs([JobState(args.state)] if args.state else None)
     if args.json:
-        print(json.dumps([_job_json(job) for job in jobs], indent=2, ensure_ascii=False))
+        print(_json_text([_job_json(job) for job in jobs]))
         return EXIT_OK
     if not jobs:
         print("no jobs")
         return EXIT_OK
     for job in jobs:
         detail = job.error or (", ".join(p.name for p in job.outputs) if job.outputs else "")
-        line = f"{job.state.value:<8} {job.attempts:>2}  {os.fsdecode(job.path)}"
-        print(line + (f"  — {detail}" if detail else ""))
+        line = f"{job.state.value:<8} {job.attempts:>2}  {printable(os.fsdecode(job.path))}"
+        print(line + (f"  — {printable(detail)}" if detail else ""))
     return EXIT_OK
+
+
+def _json_text(value: object) -> str:
+    """Return `value` as JSON text that any terminal or pipe can take.
+
+    A file name that is not UTF-8 reaches us with lone surrogates (os.fsdecode);
+    printed raw they would raise UnicodeEncodeError. Escaped as \\udcXX they are
+    valid JSON, and Python's json.loads + os.fsencode give the exact bytes back.
+    """
+    text = json.dumps(value, indent=2, ensure_ascii=False)
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _job_json(job) -> dict:  # type: ignore[no-untyped-def]
@@ -286,6 +306,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"{config.source}: OK")
     print(f"  state_dir: {config.state_dir}\n  models_dir: {config.models_dir}")
     print(f"  log_level: {config.log_level}")
+    print(f"  gpu_memory_limit: {config.gpu_memory_limit or 'none (the whole card)'}")
     print(f"  notify: {len(config.notify.urls)} url(s), on {', '.join(sorted(config.notify.on))}")
     for rules in config.folders:
         exists = "" if rules.path.is_dir() else "  (does not exist yet: watched when it appears)"
