@@ -630,15 +630,20 @@ class JobQueue:
         return None if row is None else row["sha256"]
 
     def move_sidecar(self, old: Path, new: Path) -> bool:
-        """Given a recorded sidecar's old and new path, move the record (replacing one at `new`);
-        return False if `old` was not recorded."""
+        """Given a recorded sidecar's old and new path, move the record (replacing one at `new`)
+        and the job's list of outputs; return False if `old` was not recorded."""
         with self._write() as conn:
-            if conn.execute("SELECT 1 FROM sidecars WHERE path = ?", (_key(old),)).fetchone() is None:
+            row = conn.execute("SELECT job_id FROM sidecars WHERE path = ?", (_key(old),)).fetchone()
+            if row is None:
                 return False
             if _key(old) == _key(new):
                 return True
             conn.execute("DELETE FROM sidecars WHERE path = ?", (_key(new),))
             conn.execute("UPDATE sidecars SET path = ? WHERE path = ?", (_key(new), _key(old)))
+            job = self._row_by_id(conn, row["job_id"])
+            if job is not None and old in job.outputs:
+                outputs = [new if p == old else p for p in job.outputs]
+                conn.execute("UPDATE jobs SET outputs = ? WHERE id = ?", (_outputs_json(outputs), job.id))
             return True
 
     def sidecars_of(self, job_id: int) -> list[Path]:

@@ -577,6 +577,18 @@ def test_sidecar_records(q: JobQueue, media: Path) -> None:
         q.record_sidecar(media / "x.srt", "dd" * 32, job.id + 100)
 
 
+def test_moved_sidecar_is_moved_in_the_jobs_outputs_too(q: JobQueue, media: Path) -> None:
+    job = q.enqueue(write(media / "Film.mkv", b"film"), media).job
+    srt, vtt = media / "Film.en.srt", media / "Film.en.vtt"
+    for path in (srt, vtt):
+        q.record_sidecar(path, "aa" * 32, job.id)
+    q.claim()
+    q.finish(job.id, JobResult("en", None, 10.0, 1.0, (srt, vtt), ()))
+    renamed = media / "Film (2009).en.srt"
+    assert q.move_sidecar(srt, renamed)
+    assert q.get(job.id).outputs == (renamed, vtt)  # `subwatch status` shows where the files are now
+
+
 def test_jobs_and_counts_by_state(q: JobQueue, media: Path) -> None:
     a = q.enqueue(write(media / "a.mkv", b"a"), media).job
     b = q.enqueue(write(media / "b.mkv", b"b"), media).job
