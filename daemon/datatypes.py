@@ -125,6 +125,25 @@ class Job:
 
 
 @dataclass(frozen=True)
+class MemoryLimit:
+    """How much of a GPU subwatch's models and batches may use: bytes, or a fraction of each card."""
+
+    bytes: int | None = None
+    fraction: float | None = None
+
+    def on_card(self, total: int) -> int:
+        """Given a card's total memory in bytes, return the limit on it in bytes (never above the total)."""
+        if self.fraction is not None:
+            return int(total * self.fraction)
+        return min(total, self.bytes or total)
+
+    def __str__(self) -> str:
+        if self.fraction is not None:
+            return f"{self.fraction:g} of the card"
+        return f"{(self.bytes or 0) / 2**30:.1f} GiB"
+
+
+@dataclass(frozen=True)
 class JobResult:
     """What the pipeline reports after working on one job."""
 

@@ -246,9 +246,10 @@ def vote_language(distributions: Sequence[dict[str, float]], weights: Sequence[f
 
 
 def pick_batch_size(model: Whisper, group: int, options: EngineOptions) -> int:
-    """Return how many chunks to decode at once: options.batch_size, or what free GPU memory holds."""
-    import torch
+    """Return how many chunks to decode at once: options.batch_size, or what GPU memory holds.
 
+    On a GPU that is free memory, within the card's gpu_memory_limit (see memory_available).
+    """
     if options.batch_size:
         return max(1, options.batch_size)
     if model.device.type != "cuda":
@@ -263,9 +264,59 @@ def pick_batch_size(model: Whisper, group: int, options: EngineOptions) -> int:
     )
     # the encoder's activations for one admission batch, with headroom
     workspace = options.encoder_batch_size * dims.n_audio_ctx * dims.n_audio_state * size * 24
-    free, _ = torch.cuda.mem_get_info(model.device)
-    fits = int((free * 0.85 - workspace) // per_chunk)
+    fits = int((memory_available(model.device) * 0.85 - workspace) // per_chunk)
     return max(1, min(options.max_batch_size, fits))
+
+
+# ----------------------------------------------------------------------------- GPU memory limit
+
+_memory_limits: dict[int, int] = {}  # CUDA device index → bytes this process may use there
+
+
+def cuda_index(device: torch.device | str) -> int:
+    """Given a CUDA device (`cuda`, `cuda:1`), return its index (`cuda` is the current device)."""
+    import torch
+
+    device = torch.device(device)
+    return torch.cuda.current_device() if device.index is None else device.index
+
+
+def limit_memory(device: torch.device | str, limit: int | None) -> int:
+    """Given a CUDA device and a number of bytes, keep this process within them there; return the limit.
+
+    The caching allocator enforces it: an allocation beyond it raises
+    OutOfMemoryError as a full card would, so decoding halves its batch, and
+    batch sizes are picked within it (see memory_available). None lifts the limit.
+    """
+    import torch
+
+    index = cuda_index(device)
+    total = torch.cuda.get_device_properties(index).total_memory
+    if limit is None:
+        torch.cuda.set_per_process_memory_fraction(1.0, index)
+        _memory_limits.pop(index, None)
+        return total
+    limit = max(1, min(limit, total))
+    torch.cuda.set_per_process_memory_fraction(limit / total, index)
+    _memory_limits[index] = limit
+    return limit
+
+
+def memory_available(device: torch.device | str) -> int:
+    """Return how many bytes decoding may still allocate on a CUDA device: free, and within its limit."""
+    import torch
+
+    index = cuda_index(device)
+    free, _ = torch.cuda.mem_get_info(index)
+    return usable_memory(free, _memory_limits.get(index), torch.cuda.memory_allocated(index))
+
+
+def usable_memory(free: int, limit: int | None, allocated: int) -> int:
+    """Given a card's free bytes, this process's limit there (None: none) and the bytes it holds, return
+    the bytes it may still allocate: min(free, limit - allocated), never below 0."""
+    if limit is None:
+        return max(0, free)
+    return max(0, min(free, limit - allocated))
 
 
 # ----------------------------------------------------------------------------- decoder arithmetic

@@ -6,22 +6,26 @@ Heavy imports (torch, whisper) happen inside functions so that `subwatch --help`
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from daemon.datatypes import Audio, Segment, Transcript, Word
+from daemon.datatypes import Audio, MemoryLimit, Segment, Transcript, Word
 from daemon.engine import (
     ChunkDecoding,
     ChunkRequest,
     EngineOptions,
+    cuda_index,
     encode,
     language_probabilities,
+    limit_memory,
     log_mel,
     prepare_model,
     transcribe_chunks,
@@ -87,6 +91,7 @@ def resolve_device(spec: str) -> str:
     """Given `auto`, `cpu`, `cuda` or `cuda:N`, return the torch device to use.
 
     `auto` is CUDA when PyTorch sees a GPU, otherwise the CPU with a warning.
+    A GPU comes back with its index (`cuda` → `cuda:0`), so one card has one name.
     Raise DeviceUnavailable if CUDA is asked for explicitly and is not there:
     a user who wrote `cuda` wants to know, not to be moved to the CPU silently.
     """
@@ -94,7 +99,7 @@ def resolve_device(spec: str) -> str:
 
     if spec == "auto":
         if torch.cuda.is_available():
-            return "cuda"
+            return f"cuda:{torch.cuda.current_device()}"
         if not _warned_cpu:
             _warned_cpu.append(True)
             log.warning(
@@ -107,11 +112,12 @@ def resolve_device(spec: str) -> str:
                 f"device {spec!r} was configured but PyTorch sees no CUDA GPU "
                 f"(torch {torch.__version__}); install a CUDA build of torch or set device: auto"
             )
-        index = int(spec.split(":", 1)[1]) if ":" in spec else 0
+        index = int(spec.split(":", 1)[1]) if ":" in spec else torch.cuda.current_device()
         if index >= torch.cuda.device_count():
             raise DeviceUnavailable(
                 f"device {spec!r} was configured but only {torch.cuda.device_count()} GPU(s) are present"
             )
+        return f"cuda:{index}"
     return spec
 
 
@@ -146,6 +152,8 @@ def load_model(spec: str, models_dir: Path, device: str) -> Whisper:
         models_dir.mkdir(parents=True, exist_ok=True)
         return whisper.load_model(spec, device=device, download_root=str(models_dir))
     except Exception as exc:  # urllib, SSL, checksum and disk errors all mean the same to the user
+        if _out_of_memory(exc):
+            raise  # found, but it does not fit: not a missing model
         raise ModelNotFound(
             f"model {spec!r} is not in {models_dir} (looked for {target}) and downloading it failed: "
             f"{exc}. Copy {target.name if target else 'the checkpoint'} there from a machine with "
@@ -153,40 +161,188 @@ def load_model(spec: str, models_dir: Path, device: str) -> Whisper:
         ) from exc
 
 
+# Parameters of the published models, in millions, to estimate memory before one is downloaded.
+MODEL_PARAMETERS = {"tiny": 39, "base": 74, "small": 244, "medium": 769, "large": 1550, "turbo": 809}
+
+K = TypeVar("K", bound=Hashable)
+
+
+def load_estimate(spec: str, models_dir: Path) -> int:
+    """Given a model spec, return about how many bytes of GPU memory loading it takes at its peak.
+
+    whisper.load_model puts the checkpoint (fp16 in the published files) on the
+    device and then builds an fp32 copy of the model there: about three times
+    the file's size, or 6 bytes per parameter. 0 if the spec is unknown.
+    """
+    named = not (spec.endswith(".pt") or os.sep in spec)
+    path = model_file_for(spec, models_dir) if named else Path(spec).expanduser()
+    try:
+        return 3 * path.stat().st_size if path else 0
+    except OSError:
+        pass
+    family = "turbo" if "turbo" in spec else spec.split(".")[0].split("-")[0]
+    return MODEL_PARAMETERS.get(family, 0) * 10**6 * 6 if named else 0
+
+
+def model_bytes(model: Any) -> int:
+    """Given a loaded model, return the bytes its weights and buffers take."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def choose_evictions(idle: Sequence[tuple[K, int]], allocated: int, needed: int, limit: int) -> list[K]:
+    """Given the idle models on a card (least recently used first, with their sizes in bytes), the bytes
+    allocated there, the bytes a new model needs and the card's limit, return the models to unload.
+
+    The oldest go first, only as many as it takes for `allocated + needed` to
+    fit the limit; all of them if it does not fit even then.
+    """
+    evict: list[K] = []
+    for key, size in idle:
+        if allocated + needed <= limit:
+            break
+        evict.append(key)
+        allocated -= size
+    return evict
+
+
+@dataclass
+class _Loaded:
+    model: Any
+    size: int  # bytes of its weights
+    last_used: float  # monotonic time it was last taken or given back
+    users: int = 0  # workers transcribing with it now; never unloaded while above 0
+
+
 class ModelStore:
     """Loads each (model, device) once and keeps it for later jobs; unloads idle ones.
 
     Loading turbo takes seconds and gigabytes, so jobs share one instance. A
     model unused for `unload_after_seconds` is dropped so the GPU is free for
-    other work on the server.
+    other work on the server. With a `memory_limit`, each CUDA card is capped
+    (engine.limit_memory) and loading a model unloads the least recently used
+    idle models on that card until it fits, so several folders' models share it.
     """
 
-    def __init__(self, models_dir: Path, unload_after_seconds: float = 300.0) -> None:
+    def __init__(
+        self, models_dir: Path, unload_after_seconds: float = 300.0, memory_limit: MemoryLimit | None = None
+    ) -> None:
         self.models_dir = models_dir
         self.unload_after_seconds = unload_after_seconds
-        self._models: dict[tuple[str, str], tuple[Any, float]] = {}
+        self.memory_limit = memory_limit
+        self._models: dict[tuple[str, str], _Loaded] = {}
+        self._limits: dict[str, int] = {}  # CUDA device → bytes it is capped at
         self._lock = threading.Lock()
 
     def get(self, spec: str, device: str) -> Whisper:
-        """Given a model spec and a resolved device, return the loaded model (fp16 weights on a GPU)."""
-        key = (spec, device)
-        with self._lock:
-            if key in self._models:
-                model, _ = self._models[key]
-            else:
-                started = time.monotonic()
-                model = prepare_model(load_model(spec, self.models_dir, device))
-                log.info("loaded model %s on %s in %.1f s", spec, device, time.monotonic() - started)
-            self._models[key] = (model, time.monotonic())
+        """Given a model spec and a resolved device, return the loaded model (fp16 weights on a GPU).
+
+        The model is not held: use `use` while transcribing with it.
+        """
+        with self.use(spec, device) as model:
             return model
 
+    @contextmanager
+    def use(self, spec: str, device: str) -> Iterator[Whisper]:
+        """Given a model spec and a resolved device, load the model if needed and hold it while in the block.
+
+        A held model is never unloaded (idle or to make room). Raise
+        ModelNotFound if it cannot be found, OutOfMemoryError if it does not
+        fit on the card even with every idle model unloaded.
+        """
+        key = (spec, device)
+        with self._lock:
+            entry = self._models.get(key)
+            if entry is None:
+                entry = self._models[key] = self._load(spec, device)
+            entry.users += 1
+            entry.last_used = time.monotonic()
+        try:
+            yield entry.model
+        finally:
+            with self._lock:
+                entry.users -= 1
+                entry.last_used = time.monotonic()
+
+    def loaded(self) -> list[tuple[str, str]]:
+        """Return the (spec, device) of every loaded model, least recently used first."""
+        with self._lock:
+            return [key for key, _ in sorted(self._models.items(), key=lambda item: item[1].last_used)]
+
+    def set_memory_limit(self, memory_limit: MemoryLimit | None) -> None:
+        """Apply a new limit (a reloaded config) to the cards already in use; None lifts it."""
+        with self._lock:
+            self.memory_limit = memory_limit
+            devices, self._limits = list(self._limits), {}
+            for device in devices:
+                if memory_limit is None:
+                    limit_memory(device, None)
+                else:
+                    self._limit_for(device)
+
+    def _load(self, spec: str, device: str) -> _Loaded:
+        import torch
+
+        limit = self._limit_for(device)
+        if limit is not None:
+            self._make_room(device, load_estimate(spec, self.models_dir), limit)
+        started = time.monotonic()
+        try:
+            model = prepare_model(load_model(spec, self.models_dir, device))
+        except torch.cuda.OutOfMemoryError:
+            idle = [key for key, _ in self._idle_on(device)]
+            if limit is None or not self._unload(idle, f"to load {spec}"):
+                raise
+            model = None  # retried below, once the failed attempt's tensors are freed
+        if model is None:
+            _free_gpu_cache()
+            model = prepare_model(load_model(spec, self.models_dir, device))
+        size = model_bytes(model)
+        log.info("loaded model %s on %s in %.1f s (%.0f MiB)", spec, device, time.monotonic() - started,
+                 size / 2**20)
+        return _Loaded(model, size, time.monotonic())
+
+    def _limit_for(self, device: str) -> int | None:
+        """Return the byte limit of a CUDA device, capping it on first use; None on the CPU or without one."""
+        if self.memory_limit is None or not device.startswith("cuda"):
+            return None
+        if device not in self._limits:
+            import torch
+
+            total = torch.cuda.get_device_properties(cuda_index(device)).total_memory
+            self._limits[device] = limit_memory(device, self.memory_limit.on_card(total))
+            log.info("gpu_memory_limit: subwatch uses at most %.1f of the %.1f GiB of %s",
+                     self._limits[device] / 2**30, total / 2**30, device)
+        return self._limits[device]
+
+    def _idle_on(self, device: str) -> list[tuple[tuple[str, str], int]]:
+        """Return the models on `device` that no worker holds, least recently used first, with sizes."""
+        idle = [(key, e) for key, e in self._models.items() if key[1] == device and e.users == 0]
+        return [(key, e.size) for key, e in sorted(idle, key=lambda item: item[1].last_used)]
+
+    def _make_room(self, device: str, needed: int, limit: int) -> None:
+        import torch
+
+        allocated = torch.cuda.memory_allocated(cuda_index(device))
+        self._unload(choose_evictions(self._idle_on(device), allocated, needed, limit), "to make room")
+
+    def _unload(self, keys: list[tuple[str, str]], why: str) -> bool:
+        """Drop the given models; return True if any was dropped."""
+        for key in keys:
+            del self._models[key]
+        if keys:
+            gc.collect()
+            _free_gpu_cache()
+            log.info("unloaded model(s) %s %s within gpu_memory_limit", ", ".join(k[0] for k in keys), why)
+        return bool(keys)
+
     def unload_idle(self, now: float | None = None) -> list[str]:
-        """Drop models unused for unload_after_seconds; return the specs dropped."""
+        """Drop models no worker holds that were unused for unload_after_seconds; return the specs dropped."""
         now = time.monotonic() if now is None else now
         dropped = []
         with self._lock:
-            for key, (_, used) in list(self._models.items()):
-                if now - used >= self.unload_after_seconds:
+            for key, entry in list(self._models.items()):
+                if entry.users == 0 and now - entry.last_used >= self.unload_after_seconds:
                     del self._models[key]
                     dropped.append(key[0])
         if dropped:
@@ -198,6 +354,12 @@ class ModelStore:
         with self._lock:
             self._models.clear()
         _free_gpu_cache()
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.cuda.OutOfMemoryError)
 
 
 def _free_gpu_cache() -> None:
