@@ -18,6 +18,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from daemon.datatypes import MemoryLimit
+
 # Whisper's own tables, copied so that loading a config does not import torch.
 # tests/test_config.py asserts they equal whisper.available_models() / tokenizer.LANGUAGES.
 WHISPER_MODELS = (
@@ -33,6 +35,14 @@ WHISPER_LANGUAGES = frozenset(
 FORMATS = ("srt", "vtt", "txt", "json")
 EVENTS = ("done", "failed", "digest")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+DEVICE_FORMS = "auto, cpu, cuda or cuda:N"
+_DEVICE = re.compile(r"auto|cpu|cuda|cuda:[0-9]+")
+# Units of gpu_memory_limit; one letter (20G) means binary, as in systemd's MemoryMax= and docker.
+MEMORY_UNITS = {
+    "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40,
+}
+_MEMORY = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(%|[a-z]+)?\s*", re.IGNORECASE)
 
 
 class ConfigError(Exception):
@@ -68,7 +78,7 @@ class FolderRules:
     language: str | None  # None = detect
     task: str
     prompt: str | None
-    device: str
+    devices: tuple[str, ...]  # auto, cpu, cuda, cuda:N; several = served by the worker of any of them
     formats: tuple[str, ...]
     settle_seconds: float
     poll: bool | None  # None = decide from the filesystem type
@@ -106,6 +116,7 @@ class Config:
     rescan_minutes: float
     notify: NotifyConfig
     folders: tuple[FolderRules, ...]
+    gpu_memory_limit: MemoryLimit | None = None  # None: the whole card
 
     @property
     def db_path(self) -> Path:
@@ -136,7 +147,7 @@ class _RulesModel(_Strict):
     language: str | None = None
     task: Literal["transcribe", "translate"] | None = None
     prompt: str | None = None
-    device: str | None = None
+    device: str | list[str] | None = None
     formats: list[Literal["srt", "vtt", "txt", "json"]] | None = Field(default=None, min_length=1)
     settle_seconds: float | None = Field(default=None, ge=0)
     recursive: bool | None = None
@@ -182,14 +193,10 @@ class _RulesModel(_Strict):
             return value
         raise ValueError(f"got {value!r}; use true, false or auto")
 
-    @field_validator("device")
+    @field_validator("device", mode="before")
     @classmethod
-    def _device_form(cls, value: str | None) -> str | None:
-        if value is None or value in ("auto", "cpu", "cuda"):
-            return value
-        if value.startswith("cuda:") and value[5:].isdigit():
-            return value
-        raise ValueError(f"unknown device {value!r}; use auto, cpu, cuda or cuda:N")
+    def _device_form(cls, value: Any) -> Any:
+        return value if value is None else list(parse_devices(value))
 
     @field_validator("name_template")
     @classmethod
@@ -218,9 +225,68 @@ class _ConfigModel(_Strict):
     max_attempts: int = Field(default=3, ge=1)
     unload_after_seconds: float = Field(default=300.0, ge=0)
     rescan_minutes: float = Field(default=60.0, ge=0)
+    gpu_memory_limit: Any = None
     defaults: _RulesModel = Field(default_factory=_RulesModel)
     notify: _NotifyModel = Field(default_factory=_NotifyModel)
     folders: list[_FolderModel] = Field(min_length=1)
+
+    @field_validator("gpu_memory_limit", mode="before")
+    @classmethod
+    def _memory_limit_form(cls, value: Any) -> Any:
+        return parse_memory_limit(value)
+
+
+def parse_devices(value: Any) -> tuple[str, ...]:
+    """Given the `device` value of a folder (one device or a list of them), return its devices.
+
+    Raise ValueError saying what is allowed if a device is unknown, the list is
+    empty or names a device twice.
+    """
+    if isinstance(value, str):
+        if not _DEVICE.fullmatch(value):
+            raise ValueError(f"unknown device {value!r}; use {DEVICE_FORMS}")
+        return (value,)
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"got {value!r}; use {DEVICE_FORMS}, or a list of them")
+    if not value:
+        raise ValueError(f"the list is empty; name at least one device ({DEVICE_FORMS})")
+    for item in value:
+        if not isinstance(item, str) or not _DEVICE.fullmatch(item):
+            raise ValueError(f"unknown device {item!r} in the list; use {DEVICE_FORMS}")
+    twice = [device for index, device in enumerate(value) if device in value[:index]]
+    if twice:
+        raise ValueError(f"device {twice[0]!r} is listed twice")
+    return tuple(value)
+
+
+def parse_memory_limit(value: Any) -> MemoryLimit | None:
+    """Given `gpu_memory_limit` as written (20GiB, 20000MB, 0.5, 50%), return it, or None if unset.
+
+    A bare number is a fraction of each card. Raise ValueError saying how to
+    write it if it is neither a size with a unit nor a fraction in (0, 1].
+    """
+    how = "write a size with its unit (20GiB, 20000MB) or a fraction of the card (0.5)"
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"got {value!r}; {how}")
+    match = _MEMORY.fullmatch(str(value))
+    unit = (match[2] or "").lower() if match else ""
+    if match is None or (unit and unit != "%" and unit not in MEMORY_UNITS):
+        raise ValueError(f"got {value!r}; {how}")
+    number = float(match[1])
+    if unit in ("", "%"):
+        fraction = number / 100 if unit == "%" else number
+        if not 0 < fraction <= 1:
+            raise ValueError(
+                f"got {value!r}: a number without a unit is a fraction of the card, above 0 and at most 1; "
+                "for a size add its unit (20GiB, 20000MB)"
+            )
+        return MemoryLimit(fraction=fraction)
+    size = int(number * MEMORY_UNITS[unit])
+    if size <= 0:
+        raise ValueError(f"got {value!r}; the limit must be more than 0 bytes")
+    return MemoryLimit(bytes=size)
 
 
 # What a folder gets when neither it nor `defaults` sets a key.
@@ -324,6 +390,7 @@ def _freeze(parsed: _ConfigModel, source: Path) -> Config:
         max_attempts=parsed.max_attempts,
         unload_after_seconds=parsed.unload_after_seconds,
         rescan_minutes=parsed.rescan_minutes,
+        gpu_memory_limit=parsed.gpu_memory_limit,
         notify=NotifyConfig(
             urls=tuple(parsed.notify.urls),
             on=frozenset(parsed.notify.on),
@@ -354,6 +421,7 @@ def _folder(model: _FolderModel, defaults: dict[str, Any], base: Path) -> Folder
     poll = rules.pop("poll")
     language = rules.pop("language")
     model_spec = rules.pop("model")
+    device = rules.pop("device")
     if model_spec.endswith(".pt") or "/" in model_spec:
         model_spec = str(_absolute(model_spec, base))
     return FolderRules(
@@ -361,6 +429,7 @@ def _folder(model: _FolderModel, defaults: dict[str, Any], base: Path) -> Folder
         model=model_spec,
         language=None if language == "auto" else language,
         poll=None if poll == "auto" else poll,
+        devices=(device,) if isinstance(device, str) else tuple(device),
         notify=FolderNotify(tuple(notify.urls), notify.replace) if notify else FolderNotify(),
         formats=tuple(dict.fromkeys(rules.pop("formats"))),
         include=tuple(rules.pop("include")),

@@ -33,9 +33,14 @@ def status_line(state: str, current: str | None, progress: float | None, queued:
     if current:
         parts.append(current)
     if progress is not None:
-        # The epsilon keeps 0.29 (28.999… after * 100) from showing as 28%.
-        parts.append(f"{math.floor(min(max(progress, 0.0), 1.0) * 100 + 1e-9)}%")
+        parts.append(percent(progress))
     return printable(f"{' '.join(parts)} · {queued} queued")
+
+
+def percent(progress: float) -> str:
+    """Given a fraction from 0.0 to 1.0, return it as a whole percentage, rounded down: "42%"."""
+    # The epsilon keeps 0.29 (28.999… after * 100) from showing as 28%.
+    return f"{math.floor(min(max(progress, 0.0), 1.0) * 100 + 1e-9)}%"
 
 
 def socket_address(value: str) -> str | None:

@@ -3,9 +3,12 @@
 Threads, and why each exists:
 - the watcher's threads only record arrivals in the queue (milliseconds), so a
   long transcription never delays noticing files;
-- the loader claims jobs and decodes their audio with ffmpeg (CPU) a little
-  ahead of the model, so the GPU never waits for ffmpeg;
-- the transcriber runs the model and writes sidecars;
+- the loader claims jobs and decodes their audio with ffmpeg (CPU) ahead of
+  the model, up to a bound in seconds of audio (workers.Prefetch), so the GPU
+  never waits for ffmpeg;
+- one transcriber worker per configured device (`cuda:0`, `cuda:1`, …) takes
+  the decoded files its device serves, as many as share a model and fit a
+  batch, runs them through the model together and writes their sidecars;
 - the main thread owns signals (handlers only set flags), reloads, the
   systemd status line and idle-model unloading.
 """
@@ -13,13 +16,15 @@ Threads, and why each exists:
 from __future__ import annotations
 
 import logging
-import queue as stdqueue
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 from daemon import media, pipeline, subtitles
 from daemon.config import Config, ConfigError, FolderRules, load_config
@@ -27,14 +32,15 @@ from daemon.datatypes import Job, JobResult, JobState
 from daemon.logs import done_details, job_log
 from daemon.notify import Event, Notifier, NotifyRules
 from daemon.queue import JobQueue
-from daemon.sdnotify import SystemdNotifier, WatchdogLoop, status_line
-from daemon.transcribe import DeviceUnavailable, ModelNotFound, ModelStore, resolve_device, transcribe
+from daemon.sdnotify import SystemdNotifier, WatchdogLoop, percent, status_line
+from daemon.text import printable
+from daemon.transcribe import DeviceUnavailable, ModelNotFound, ModelStore, resolve_device, transcribe_many
 from daemon.watch import Watcher, WatchSpec
+from daemon.workers import Prefetch, Waiting, describe_files, worker_devices
 
 log = logging.getLogger("subwatch")
 
-PREFETCH = 2  # decoded files waiting for the model: enough to hide ffmpeg, little RAM
-# On SIGTERM the running job gets this long to finish before it is returned to the queue;
+# On SIGTERM the running batch gets this long to finish before it is returned to the queue;
 # with the joins after it this stays inside the unit's TimeoutStopSec=30.
 STOP_GRACE_SECONDS = 12.0
 WEDGED_AFTER_SECONDS = 3600.0  # a transcriber silent this long stops the watchdog pings
@@ -46,12 +52,26 @@ class Cancelled(Exception):
 
 @dataclass
 class Activity:
-    """What the transcriber is doing, for the systemd status line and the watchdog."""
+    """What one transcriber worker is doing, for the systemd status line and the watchdog."""
 
-    current: str | None = None
-    job_id: int | None = None
+    current: str | None = None  # "Movie.mkv", or "3 files: A.mkv, B.mkv, …"
+    job_ids: tuple[int, ...] = ()
     progress: float | None = None
     heartbeat: float = 0.0
+
+
+@dataclass
+class Worker:
+    """A transcriber thread bound to one device of the config."""
+
+    device: str  # as configured: auto, cpu, cuda, cuda:N
+    activity: Activity
+    thread: threading.Thread | None = None
+    usable: bool = True  # False once its device turned out to be missing
+
+
+def waiting(item: pipeline.Prepared) -> Waiting:
+    return Waiting(item.rules.model, item.rules.devices, item.audio.duration)
 
 
 def watch_spec(rules: FolderRules) -> WatchSpec:
@@ -74,15 +94,15 @@ class Service:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.jobs = JobQueue(config.db_path)
-        self.models = ModelStore(config.models_dir, config.unload_after_seconds)
+        self.models = ModelStore(config.models_dir, config.unload_after_seconds, config.gpu_memory_limit)
         self.notifier = Notifier(notify_rules(config))
         self.systemd = SystemdNotifier()
-        self.activity = Activity(heartbeat=time.monotonic())
+        self.workers: dict[str, Worker] = {}  # by device
         self.watcher = Watcher(
             [watch_spec(f) for f in config.folders], self._on_ready,
             on_deleted=self._on_deleted, on_moved=self._on_moved,
         )
-        self._prepared: stdqueue.Queue[pipeline.Prepared] = stdqueue.Queue(maxsize=PREFETCH)
+        self._prefetch: Prefetch[pipeline.Prepared] = Prefetch(waiting)
         self._wake = threading.Event()  # new work for the loader
         self._stopping = threading.Event()
         self._abandon = threading.Event()  # stop grace expired: drop the running transcription
@@ -102,7 +122,7 @@ class Service:
         self.notifier.start()
         self.watcher.start()
         self._start_thread("loader", self._loader_loop)
-        self._start_thread("transcriber", self._transcriber_loop)
+        self._start_workers()
         self._start_backfill()
         self.systemd.ready()
         watchdog = WatchdogLoop(self.systemd, self._healthy)
@@ -112,8 +132,7 @@ class Service:
             if self._reload_requested.is_set():
                 self._reload_requested.clear()
                 self.reload()
-            if self.activity.current is None:  # never drop the model a job is using
-                self.models.unload_idle()
+            self.models.unload_idle()  # never one a worker holds
             self.systemd.status(self._status_text())
             # The watcher can miss events (inotify queue overflow, a share remounted
             # without events): a periodic scan catches whatever it missed.
@@ -143,25 +162,29 @@ class Service:
         self._stopping.set()
         self._wake.set()
 
-    def _start_thread(self, name: str, target: Callable[[], None]) -> None:
+    def _start_thread(self, name: str, target: Callable[[], None]) -> threading.Thread:
         thread = threading.Thread(target=target, name=name, daemon=True)
         thread.start()
         self._threads.append(thread)
+        return thread
 
     def _shutdown(self) -> None:
         self.systemd.stopping()
         log.info("stopping")
         self.watcher.stop()
-        transcriber = next(t for t in self._threads if t.name == "transcriber")
-        transcriber.join(STOP_GRACE_SECONDS)
-        if transcriber.is_alive():
-            self._abandon.set()  # the progress callback raises Cancelled; the job goes back to pending
-            transcriber.join(5.0)
-        if transcriber.is_alive() and self.activity.job_id is not None:
-            # Stuck inside the model with no progress callback: give the job back
-            # ourselves; the caller ends the process without waiting for the thread.
-            self.jobs.release(self.activity.job_id)
-            log.info("returned %s to the queue", self.activity.current)
+        workers = [w for w in self.workers.values() if w.thread is not None]
+        _join_all([w.thread for w in workers], STOP_GRACE_SECONDS)
+        if any(w.thread.is_alive() for w in workers):
+            self._abandon.set()  # progress callbacks raise Cancelled; the batches go back to pending
+            _join_all([w.thread for w in workers], 5.0)
+        for worker in workers:
+            job_ids, current = worker.activity.job_ids, worker.activity.current
+            if worker.thread.is_alive() and job_ids:
+                # Stuck inside the model with no progress callback: give the jobs back
+                # ourselves; the caller ends the process without waiting for the thread.
+                for job_id in job_ids:
+                    self.jobs.release(job_id)
+                log.info("returned %s to the queue", current)
         for thread in self._threads:
             thread.join(2.0)
         self._release_prefetched()
@@ -170,11 +193,7 @@ class Service:
         log.info("stopped")
 
     def _release_prefetched(self) -> None:
-        while True:
-            try:
-                item = self._prepared.get_nowait()
-            except stdqueue.Empty:
-                return
+        for item in self._prefetch.drain():
             job = self.jobs.find(item.path)
             if job and job.state == JobState.RUNNING:
                 self.jobs.release(job.id)
@@ -191,6 +210,8 @@ class Service:
             self.systemd.ready()
             return False
         self.config = new
+        self.models.set_memory_limit(new.gpu_memory_limit)
+        self._start_workers()  # for devices the new config adds
         self.watcher.update([watch_spec(f) for f in new.folders])
         self.notifier.update(notify_rules(new))
         self._start_backfill()
@@ -290,24 +311,19 @@ class Service:
     # ------------------------------------------------------------ loader thread
 
     def _loader_loop(self) -> None:
-        while not self._stopping.is_set():
+        # Room first, then a job: decoding stops at the prefetch bound, not one file past it.
+        while self._prefetch.wait_for_room(self._stopping):
             job = self.jobs.claim()
             if job is None:
                 self._wait_for_work()
                 continue
             prepared = self._prepare(job)
-            if prepared is not None and not self._hand_over(prepared):
-                self.jobs.release(job.id)
-
-    def _hand_over(self, prepared: pipeline.Prepared) -> bool:
-        """Wait for room among the PREFETCH decoded files; False if the daemon stops first."""
-        while not self._stopping.is_set():
-            try:
-                self._prepared.put(prepared, timeout=0.5)
-                return True
-            except stdqueue.Full:
+            if prepared is None:
                 continue
-        return False
+            if self._stopping.is_set():
+                self.jobs.release(job.id)
+            else:
+                self._prefetch.put(prepared)
 
     def _wait_for_work(self) -> None:
         wakeup = self.jobs.next_wakeup()
@@ -336,49 +352,138 @@ class Service:
             self._failed(job, f"internal error: {exc}", permanent=False, rules=rules)
         return None
 
-    # ------------------------------------------------------------ transcriber thread
+    # ------------------------------------------------------------ transcriber workers
 
-    def _transcriber_loop(self) -> None:
-        # Checked before each file: at shutdown only the file in hand is finished.
+    def _start_workers(self) -> None:
+        """Start a worker for each device of the config that has none yet (at start and after a reload)."""
+        for device in worker_devices(rules.devices for rules in self.config.folders):
+            if device not in self.workers:
+                worker = self.workers[device] = Worker(device, Activity(heartbeat=time.monotonic()))
+                name = f"transcriber {device}"
+                worker.thread = self._start_thread(name, partial(self._worker_loop, worker))
+
+    def _worker_loop(self, worker: Worker) -> None:
+        # Checked before each batch: at shutdown only the batch in hand is finished.
         while not self._stopping.is_set():
-            self.activity.heartbeat = time.monotonic()
-            try:
-                item = self._prepared.get(timeout=0.5)
-            except stdqueue.Empty:
+            worker.activity.heartbeat = time.monotonic()
+            first = self._prefetch.peek(worker.device, 0.5, self._leave_to(worker))
+            if first is None:
                 continue
-            self._transcribe_one(item)
+            try:
+                self._next_batch(worker, first)
+            except Exception:  # a bug must cost its batch, never the worker
+                log.exception("unexpected error in the transcriber for %s", worker.device)
 
-    def _transcribe_one(self, item: pipeline.Prepared) -> None:
-        job = self.jobs.find(item.path)
-        if job is None or job.state != JobState.RUNNING:
-            return  # forgotten or dropped while it waited
-        self.activity.current, self.activity.job_id, self.activity.progress = item.path.name, job.id, 0.0
+    def _leave_to(self, worker: Worker) -> tuple[str, ...]:
+        """Return the devices whose workers get the files they share with this one: all working
+        others once its own device is missing, so it only fails the files nobody else can take."""
+        if worker.usable:
+            return ()
+        return tuple(w.device for w in self.workers.values() if w.usable and w is not worker)
+
+    def _next_batch(self, worker: Worker, first: pipeline.Prepared) -> None:
+        """Load the model of the worker's first waiting file, then take its batch and transcribe it.
+
+        Loading comes first: files decoded meanwhile (a backlog at start) join the batch.
+        """
+        spec, error, permanent = first.rules.model, None, True
+        with ExitStack() as held:
+            try:
+                with self._working_on(worker.activity, [first.path.name], ()):
+                    device = resolve_device(worker.device)
+                    model = held.enter_context(self.models.use(spec, device))
+            except DeviceUnavailable as exc:
+                error = str(exc)
+                if worker.usable:
+                    worker.usable = False
+                    log.error("device %s: %s; its files go to their folders' other devices, if any",
+                              worker.device, error)
+            except ModelNotFound as exc:
+                error = str(exc)
+            except Exception as exc:  # out of memory, bugs: retried with backoff
+                log.debug("loading %s on %s failed", spec, worker.device, exc_info=True)
+                error, permanent = _one_line(exc), False
+            if self._stopping.is_set():
+                return  # stopped while the model loaded: the files wait in the prefetch, released there
+            live = self._still_running(self._prefetch.take(worker.device, spec, self._leave_to(worker)))
+            if error is not None:
+                for item, job in live:
+                    self._failed(job, error, permanent=permanent, rules=item.rules)
+                return
+            self._transcribe(worker, model, live)
+
+    def _transcribe(self, worker: Worker, model: Any, live: list[tuple[pipeline.Prepared, Job]]) -> None:
+        """Transcribe a batch in one pass and finish each file; if the pass fails, go one file at a time,
+        so the error lands on the file that causes it and the others are done."""
+        if not live:
+            return
+        names = [item.path.name for item, _ in live]
+        if len(live) > 1:
+            log.info("transcribing %d files together on %s: %s", len(live), worker.device,
+                     ", ".join(printable(name) for name in names))
+        failure = None
         try:
-            model = self.models.get(item.rules.model, resolve_device(item.rules.device))
-            transcript = transcribe(item.audio, pipeline.options_for(item.rules), model, self._progress)
-            result = pipeline.complete(item, transcript, self._owned)
+            with self._working_on(worker.activity, names, [job.id for _, job in live]):
+                transcripts = transcribe_many(
+                    [(item.audio, pipeline.options_for(item.rules)) for item, _ in live], model,
+                    lambda fraction: self._progress(worker.activity, fraction),
+                )
         except Cancelled:
-            self.jobs.release(job.id)
-            job_log(log, "released", item.path, "stopping: returned to the queue", job.id)
+            for item, job in live:
+                self.jobs.release(job.id)
+                job_log(log, "released", item.path, "stopping: returned to the queue", job.id)
             return
-        except (ModelNotFound, DeviceUnavailable) as exc:
-            self._failed(job, str(exc), permanent=True, rules=item.rules)
+        except Exception as exc:  # out of memory, a file the model cannot take, bugs
+            log.debug("transcription of %s failed", ", ".join(names), exc_info=True)
+            if len(live) == 1:
+                item, job = live[0]
+                self._failed(job, _one_line(exc), permanent=False, rules=item.rules)
+                return
+            failure = _one_line(exc)
+        if failure is not None:  # outside the except block: its traceback holds the batch's tensors
+            log.warning("a batch of %d files failed (%s); transcribing them one at a time",
+                        len(live), failure)
+            for item, _ in live:
+                self._transcribe(worker, model, self._still_running([item]))
             return
+        for (item, job), transcript in zip(live, transcripts, strict=True):
+            self._complete(job, item, transcript)
+
+    def _complete(self, job: Job, item: pipeline.Prepared, transcript: Any) -> None:
+        try:
+            result = pipeline.complete(item, transcript, self._owned)
         except media.MediaGone:
             self.jobs.drop(item.path, claimed=True)
             job_log(log, "dropped", item.path, "deleted while it was transcribed; dropped", job.id)
             return
-        except Exception as exc:  # out of memory, disk full, bugs: retried with backoff
-            log.debug("transcription of %s failed", item.path, exc_info=True)
+        except Exception as exc:  # disk full, permissions: retried with backoff
+            log.debug("writing the subtitles of %s failed", item.path, exc_info=True)
             self._failed(job, _one_line(exc), permanent=False, rules=item.rules)
             return
-        finally:
-            self.activity.current, self.activity.job_id, self.activity.progress = None, None, None
         self._done(job, item, result)
 
-    def _progress(self, fraction: float) -> None:
-        self.activity.progress = fraction
-        self.activity.heartbeat = time.monotonic()
+    def _still_running(self, items: Iterable[pipeline.Prepared]) -> list[tuple[pipeline.Prepared, Job]]:
+        """Return the items whose job is still running, each with its job; one forgotten or dropped
+        while its file waited is left out."""
+        live = []
+        for item in items:
+            job = self.jobs.find(item.path)
+            if job is not None and job.state == JobState.RUNNING:
+                live.append((item, job))
+        return live
+
+    @contextmanager
+    def _working_on(self, activity: Activity, names: list[str], job_ids: Iterable[int]) -> Iterator[None]:
+        activity.current, activity.job_ids, activity.progress = describe_files(names), tuple(job_ids), 0.0
+        try:
+            yield
+        finally:
+            activity.current, activity.job_ids, activity.progress = None, (), None
+            activity.heartbeat = time.monotonic()
+
+    def _progress(self, activity: Activity, fraction: float) -> None:
+        activity.progress = fraction
+        activity.heartbeat = time.monotonic()
         if self._abandon.is_set():
             raise Cancelled()
 
@@ -419,16 +524,31 @@ class Service:
     # ------------------------------------------------------------ systemd
 
     def _healthy(self) -> bool:
-        return time.monotonic() - self.activity.heartbeat < WEDGED_AFTER_SECONDS
+        now = time.monotonic()
+        return all(now - w.activity.heartbeat < WEDGED_AFTER_SECONDS for w in list(self.workers.values()))
 
     def _status_text(self) -> str:
         counts = self.jobs.counts()
         queued = counts.get(JobState.PENDING, 0)
-        state = "transcribing" if self.activity.current else "idle"
-        return status_line(state, self.activity.current, self.activity.progress, queued)
+        busy = [(w.device, w.activity.current, w.activity.progress) for w in list(self.workers.values())]
+        busy = [(device, current, progress) for device, current, progress in busy if current]
+        if not busy:
+            return status_line("idle", None, None, queued)
+        if len(busy) == 1:
+            return status_line("transcribing", busy[0][1], busy[0][2], queued)
+        each = [f"{device}: {current}" + (f" {percent(progress)}" if progress is not None else "")
+                for device, current, progress in busy]
+        return status_line("transcribing", "; ".join(each), None, queued)
 
 
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) < 300 else text[:297] + "…"
 
+
+def _join_all(threads: Iterable[threading.Thread | None], timeout: float) -> None:
+    """Join the threads within `timeout` seconds in all."""
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        if thread is not None:
+            thread.join(max(0.0, deadline - time.monotonic()))

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from daemon.config import WHISPER_LANGUAGES, WHISPER_MODELS, ConfigError, load_config
+from daemon.datatypes import MemoryLimit
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,7 +60,7 @@ def test_folder_inherits_defaults_and_overrides(tmp_path: Path) -> None:
     assert config.db_path == tmp_path / "state" / "jobs.sqlite3"
     assert (a.path, a.model, a.language, a.prompt, a.formats, a.task) == (
         tmp_path / "a", "small", "de", "Berlin", ("srt",), "transcribe")
-    assert a.settle_seconds == 10.0 and a.device == "auto" and a.recursive is True
+    assert a.settle_seconds == 10.0 and a.devices == ("auto",) and a.recursive is True
     assert (anime.path, anime.model, anime.language, anime.task, anime.prompt) == (
         Path("/srv/anime"), "large-v3", "ja", "translate", None)
     assert anime.notify.urls == ("json://127.0.0.1:8/",) and anime.notify.replace
@@ -127,11 +128,64 @@ def test_duplicate_folder(tmp_path: Path) -> None:
      "at 'folders[0].model': must not be empty (remove the line to use the default)"),
     ("folders: [{path: /a, device: gpu}]\n", "at 'folders[0].device': unknown device 'gpu'; "
      "use auto, cpu, cuda or cuda:N"),
+    ("folders: [{path: /a, device: [cuda:0, gpu1]}]\n", "at 'folders[0].device': unknown device 'gpu1' in "
+     "the list; use auto, cpu, cuda or cuda:N"),
+    ("folders: [{path: /a, device: [cuda:0, cuda:1, cuda:0]}]\n",
+     "at 'folders[0].device': device 'cuda:0' is listed twice"),
+    ("defaults: {device: []}\nfolders: [{path: /a}]\n",
+     "at 'defaults.device': the list is empty; name at least one device (auto, cpu, cuda or cuda:N)"),
+    ("folders: [{path: /a, device: 1}]\n", "at 'folders[0].device': got 1; use auto, cpu, cuda or cuda:N, "
+     "or a list of them"),
+    ("folders: [{path: /a, device: 'cuda:x'}]\n", "at 'folders[0].device': unknown device 'cuda:x'; "
+     "use auto, cpu, cuda or cuda:N"),
+    ("gpu_memory_limit: 20 parsecs\nfolders: [{path: /a}]\n", "at 'gpu_memory_limit': got '20 parsecs'; "
+     "write a size with its unit (20GiB, 20000MB) or a fraction of the card (0.5)"),
+    ("gpu_memory_limit: 20\nfolders: [{path: /a}]\n", "at 'gpu_memory_limit': got 20: a number without a "
+     "unit is a fraction of the card, above 0 and at most 1; for a size add its unit (20GiB, 20000MB)"),
+    ("gpu_memory_limit: 0\nfolders: [{path: /a}]\n", "at 'gpu_memory_limit': got 0: a number without a "
+     "unit is a fraction of the card, above 0 and at most 1; for a size add its unit (20GiB, 20000MB)"),
+    ("gpu_memory_limit: 0GiB\nfolders: [{path: /a}]\n",
+     "at 'gpu_memory_limit': got '0GiB'; the limit must be more than 0 bytes"),
+    ("gpu_memory_limit: true\nfolders: [{path: /a}]\n", "at 'gpu_memory_limit': got True; "
+     "write a size with its unit (20GiB, 20000MB) or a fraction of the card (0.5)"),
     ("folders: [{path: /a, name_template: '../{stem}.srt'}]\n", "at 'folders[0].name_template': "
      "name_template must stay inside the video's folder (no '..', no absolute path)"),
 ])
 def test_single_problem_wording(tmp_path: Path, text: str, expected: str) -> None:
     assert problems_of(write(tmp_path, text)) == [expected]
+
+
+def test_device_lists_and_inheritance(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, """
+        defaults: {device: [cuda:0, cuda:1]}
+        folders:
+          - path: /films
+          - path: /clips
+            device: cpu
+          - path: /shows
+            device: [cuda:1, auto]
+    """))
+    films, clips, shows = config.folders
+    assert films.devices == ("cuda:0", "cuda:1")
+    assert clips.devices == ("cpu",)
+    assert shows.devices == ("cuda:1", "auto")
+    assert config.gpu_memory_limit is None
+
+
+@pytest.mark.parametrize(("written", "limit", "on_24_gib"), [
+    ("20GiB", MemoryLimit(bytes=20 * 2**30), 20 * 2**30),
+    ("20000MB", MemoryLimit(bytes=20 * 10**9), 20 * 10**9),
+    ("1.5 gb", MemoryLimit(bytes=15 * 10**8), 15 * 10**8),
+    ("8G", MemoryLimit(bytes=8 * 2**30), 8 * 2**30),
+    ("64GiB", MemoryLimit(bytes=64 * 2**30), 24 * 2**30),  # never more than the card
+    ("0.5", MemoryLimit(fraction=0.5), 12 * 2**30),
+    ("1", MemoryLimit(fraction=1.0), 24 * 2**30),
+    ("'25%'", MemoryLimit(fraction=0.25), 6 * 2**30),
+])
+def test_gpu_memory_limit_forms(tmp_path: Path, written: str, limit: MemoryLimit, on_24_gib: int) -> None:
+    config = load_config(write(tmp_path, f"gpu_memory_limit: {written}\nfolders: [{{path: /a}}]\n"))
+    assert config.gpu_memory_limit == limit
+    assert config.gpu_memory_limit.on_card(24 * 2**30) == on_24_gib
 
 
 def test_yaml_syntax_error_names_line(tmp_path: Path) -> None:
