@@ -379,7 +379,8 @@ class Service:
         others once its own device is missing, so it only fails the files nobody else can take."""
         if worker.usable:
             return ()
-        return tuple(w.device for w in self.workers.values() if w.usable and w is not worker)
+        others = list(self.workers.values())  # a reload may add workers meanwhile
+        return tuple(w.device for w in others if w.usable and w is not worker)
 
     def _next_batch(self, worker: Worker, first: pipeline.Prepared) -> None:
         """Load the model of the worker's first waiting file, then take its batch and transcribe it.
