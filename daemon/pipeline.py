@@ -8,6 +8,7 @@ functions, so a one-shot run and the service write identical sidecars.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -36,6 +37,7 @@ class Prepared:
     stream: AudioStream
     audio: Audio
     started: float  # time.monotonic() when preparation began, for the elapsed time
+    job_id: int | None = None  # the daemon's job; it follows a rename, the path does not
 
 
 def options_for(rules: FolderRules) -> TranscribeOptions:
@@ -98,11 +100,19 @@ def media_end(prepared: Prepared) -> float:
     return min(audio, prepared.info.duration) if prepared.info.duration else audio
 
 
-def complete(prepared: Prepared, transcript: Transcript, owned: Callable[[Path], bool]) -> JobResult:
+def complete(
+    prepared: Prepared,
+    transcript: Transcript,
+    owned: Callable[[Path], bool],
+    claim: Callable[[Path, str], None] | None = None,
+) -> JobResult:
     """Given a prepared file and its transcript, write the sidecars and return the job's result.
 
     A sidecar path that holds a subtitle subwatch did not write (or one the user
-    edited) is left untouched and reported in `kept`.
+    edited) is left untouched and reported in `kept`. `claim(path, sha256)` is
+    called before each sidecar is written, so the daemon records it as its own
+    first: killed between writing and finishing the job, it finds the file is
+    its own on restart and replaces it instead of mistaking it for the user's.
     """
     rules = prepared.rules
     if not prepared.path.exists():
@@ -115,7 +125,10 @@ def complete(prepared: Prepared, transcript: Transcript, owned: Callable[[Path],
     for fmt in rules.formats:
         target = subtitles.sidecar_path(prepared.path, transcript.language, fmt, naming_for(rules))
         text = subtitles.RENDERERS[fmt](cues, transcript)
-        if subtitles.write_sidecar(target, text, may_replace=owned):
+        mine = owned(target)  # asked before claiming: the record is about to describe the new text
+        if claim is not None:
+            claim(target, hashlib.sha256(text.encode("utf-8")).hexdigest())
+        if subtitles.write_sidecar(target, text, may_replace=lambda _, mine=mine: mine):
             written.append(target)
         else:
             log.warning("kept %s: it is not a subtitle subwatch wrote", target)

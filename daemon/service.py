@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -193,10 +193,8 @@ class Service:
         log.info("stopped")
 
     def _release_prefetched(self) -> None:
-        for item in self._prefetch.drain():
-            job = self.jobs.find(item.path)
-            if job and job.state == JobState.RUNNING:
-                self.jobs.release(job.id)
+        for _, job in self._still_running(self._prefetch.drain()):
+            self.jobs.release(job.id)
 
     # ------------------------------------------------------------ reload (SIGHUP)
 
@@ -251,7 +249,7 @@ class Service:
         rules = self.config.folder_for(new)
         job = self.jobs.move(old, new, rules.path if rules else None)
         if job and rules is None:
-            self.jobs.drop(new)
+            self.jobs.drop(new, claimed=True)  # moved out of the watched folders: a worker holding it lets go
         elif job and job.state == JobState.DONE:
             self._follow_move(old, new)
 
@@ -338,19 +336,32 @@ class Service:
             return None
         job_log(log, "started", job.path, f"attempt {job.attempts}", job.id)
         try:
-            return pipeline.prepare(job.path, rules, self._owned)
+            return replace(pipeline.prepare(job.path, rules, self._owned), job_id=job.id)
         except pipeline.Skip as exc:
             self.jobs.skip(job.id, str(exc))
             job_log(log, "skipped", job.path, str(exc), job.id)
         except media.MediaGone:
-            self.jobs.drop(job.path, claimed=True)
-            job_log(log, "dropped", job.path, "gone before it was read; dropped", job.id)
+            self._gone(job, "gone before it was read; dropped")
         except media.MediaError as exc:
             self._failed(job, str(exc), permanent=exc.permanent, rules=rules)
         except Exception as exc:  # a bug must cost one job, never the loader thread
             log.exception("unexpected error preparing %s", job.path)
             self._failed(job, f"internal error: {exc}", permanent=False, rules=rules)
         return None
+
+    def _gone(self, job: Job, why: str) -> None:
+        """A claimed job's file is not at the path the worker has: drop the job, or requeue it
+        if the watcher saw it renamed meanwhile (Sonarr and Radarr rename right after import)."""
+        current = self.jobs.get(job.id)
+        if current is None:
+            return  # forgotten or dropped meanwhile
+        if current.path != job.path and current.path.exists():
+            self.jobs.release(job.id)
+            job_log(log, "requeued", current.path, f"renamed from {job.path.name} while in hand", job.id)
+            self._wake.set()
+            return
+        if self.jobs.drop(current.path, claimed=True) is not None:
+            job_log(log, "dropped", job.path, why, job.id)
 
     # ------------------------------------------------------------ transcriber workers
 
@@ -451,11 +462,14 @@ class Service:
             self._complete(job, item, transcript)
 
     def _complete(self, job: Job, item: pipeline.Prepared, transcript: Any) -> None:
+        live = self._still_running([item])  # renamed while it was transcribed: write beside the new name
+        if not live:
+            return
+        item, job = live[0]
         try:
-            result = pipeline.complete(item, transcript, self._owned)
+            result = pipeline.complete(item, transcript, self._owned, claim=partial(self._claim, job.id))
         except media.MediaGone:
-            self.jobs.drop(item.path, claimed=True)
-            job_log(log, "dropped", item.path, "deleted while it was transcribed; dropped", job.id)
+            self._gone(job, "deleted while it was transcribed; dropped")
             return
         except Exception as exc:  # disk full, permissions: retried with backoff
             log.debug("writing the subtitles of %s failed", item.path, exc_info=True)
@@ -465,12 +479,13 @@ class Service:
 
     def _still_running(self, items: Iterable[pipeline.Prepared]) -> list[tuple[pipeline.Prepared, Job]]:
         """Return the items whose job is still running, each with its job; one forgotten or dropped
-        while its file waited is left out."""
+        while its file waited is left out. An item whose file the watcher saw renamed meanwhile
+        comes back with the new path (same content: a rename keeps the job)."""
         live = []
         for item in items:
-            job = self.jobs.find(item.path)
+            job = self.jobs.get(item.job_id) if item.job_id is not None else self.jobs.find(item.path)
             if job is not None and job.state == JobState.RUNNING:
-                live.append((item, job))
+                live.append((item if job.path == item.path else replace(item, path=job.path), job))
         return live
 
     @contextmanager
@@ -488,9 +503,11 @@ class Service:
         if self._abandon.is_set():
             raise Cancelled()
 
+    def _claim(self, job_id: int, path: Path, sha256: str) -> None:
+        """Record a sidecar as ours before it is written (see pipeline.complete)."""
+        self.jobs.record_sidecar(path, sha256, job_id)
+
     def _done(self, job: Job, item: pipeline.Prepared, result: JobResult) -> None:
-        for output in result.outputs:
-            self.jobs.record_sidecar(output, subtitles.file_sha256(output), job.id)
         done = self.jobs.finish(job.id, result)
         details = done_details(result.language, result.media_duration, result.elapsed)
         job_log(log, "done", job.path, details, done.id)
