@@ -20,7 +20,7 @@ from pathlib import Path
 from daemon import __version__
 from daemon.config import BUILTIN_DEFAULTS, Config, ConfigError, FolderNotify, FolderRules, load_config
 from daemon.queue import QueueError
-from daemon.text import printable
+from daemon.text import format_speed, printable
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 78
 DEFAULT_CONFIG = Path(os.environ.get("SUBWATCH_CONFIG", "/etc/subwatch/config.yaml"))
@@ -232,9 +232,9 @@ def _transcribe_file(path: Path, rules: FolderRules, models_dir: Path, overwrite
         print(f"{kept}: exists and was kept (use --overwrite to replace it)", file=sys.stderr)
     for output in result.outputs:
         print(output)
-    speed = result.media_duration / result.elapsed if result.elapsed else 0
+    speed = format_speed(result.media_duration, result.elapsed) or "?"
     print(f"{path.name}: done  {result.language}  {media.format_duration(result.media_duration)} in "
-          f"{result.elapsed:.0f} s ({speed:.0f}x)", file=sys.stderr)
+          f"{result.elapsed:.0f} s ({speed} realtime)", file=sys.stderr)
     return True
 
 

@@ -1,7 +1,7 @@
 """Logging set-up: to the journal under systemd, to stderr otherwise.
 
 Job transitions are logged as one line a person can read in `journalctl`
-(`done  Movie (2009).mkv  en  1:52:10 in 41 s (164x)`) and, in the journal,
+(`done  Movie (2009).mkv  en  1:52:10 in 41 s (164x realtime)`) and, in the journal,
 also carry SUBWATCH_JOB, SUBWATCH_PATH and SUBWATCH_STATE fields, so
 `journalctl -u subwatch SUBWATCH_STATE=failed` lists the failures.
 """
@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
+from daemon.text import format_speed
 from daemon.text import printable as _printable
 
 LEVELS: dict[str, int] = {
@@ -176,14 +177,14 @@ def _without_state(message: str, state: str) -> str:
 
 
 def done_details(language: str | None, media_duration: float | None, elapsed: float | None) -> str:
-    """Given a finished job's language and times in seconds, return "en  1:52:10 in 41 s (164x)"."""
+    """Given a finished job's language and times in seconds, return "en  1:52:10 in 41 s (164x realtime)"."""
     parts = []
     if language:
         parts.append(language)
     if media_duration is not None:
         timing = _hms(media_duration)
         if elapsed:
-            timing += f" in {elapsed:.0f} s ({media_duration / elapsed:.0f}x)"
+            timing += f" in {elapsed:.0f} s ({format_speed(media_duration, elapsed)} realtime)"
         parts.append(timing)
     elif elapsed is not None:
         parts.append(f"in {elapsed:.0f} s")

@@ -17,13 +17,14 @@ import logging
 import queue
 import threading
 import time
-import unicodedata
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
+
+from daemon.text import format_speed, printable
 
 logger = logging.getLogger("subwatch.notify")
 
@@ -46,8 +47,6 @@ LANGUAGE_NAMES: dict[str, str] = {
 
 # Characters that must not reach a title or body as they are: they would break a
 # line, reorder the text shown (bidi overrides) or fail to encode as UTF-8.
-_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 @dataclass(frozen=True)
@@ -103,28 +102,6 @@ class Message:
     urls: tuple[str, ...]
 
 
-def printable(text: str) -> str:
-    """Given text from a filename or an error, return it with control characters escaped.
-
-    Newlines become a visible backslash-n, bytes that were not valid UTF-8 in
-    the filename (Python keeps them as lone surrogates) become backslash-x escapes.
-    """
-    if text.isprintable():
-        return text
-    return "".join(_escape_char(char) for char in text)
-
-
-def _escape_char(char: str) -> str:
-    if char in _ESCAPES:
-        return _ESCAPES[char]
-    code = ord(char)
-    if 0xDC80 <= code <= 0xDCFF:  # os.fsdecode's stand-in for an undecodable byte
-        return f"\\x{code - 0xDC00:02x}"
-    if unicodedata.category(char) in ("Cc", "Cs", "Zl", "Zp") or char in _BIDI_CONTROLS:
-        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-    return char
-
-
 def format_duration(seconds: float) -> str:
     """Given a length in seconds, return it as H:MM:SS, e.g. "1:52:10"."""
     total = max(0, round(seconds))
@@ -141,14 +118,6 @@ def format_elapsed(seconds: float) -> str:
     if total < 3600:
         return f"{total // 60} min {total % 60} s"
     return f"{total // 3600} h {total % 3600 // 60} min"
-
-
-def format_speed(media_duration: float, elapsed: float) -> str | None:
-    """Given media length and job time in seconds, return the speed like "164x", or None if unknown."""
-    if elapsed <= 0 or media_duration <= 0:
-        return None
-    factor = media_duration / elapsed
-    return f"{factor:.0f}x" if factor >= 10 else f"{factor:.1f}x"
 
 
 def language_label(code: str) -> str:

@@ -142,7 +142,7 @@ def test_journald_with_systemd_python_sends_fields(
     odd = Path(os.fsdecode(b"/srv/media/Caf\xe9.mkv"))
     job_log(logging.getLogger("subwatch.service"), "done", odd, done_details("fr", 600, 20), job_id=7)
     [entry] = sent
-    assert entry["MESSAGE"] == "done  Caf\\xe9.mkv  fr  0:10:00 in 20 s (30x)"
+    assert entry["MESSAGE"] == "done  Caf\\xe9.mkv  fr  0:10:00 in 20 s (30x realtime)"
     assert entry["SUBWATCH_JOB"] == "7"
     assert entry["SUBWATCH_PATH"] == b"/srv/media/Caf\xe9.mkv"
     assert entry["SUBWATCH_STATE"] == "done"
@@ -184,10 +184,10 @@ def test_job_log_line_and_extras(caplog: pytest.LogCaptureFixture) -> None:
     logger = logging.getLogger("subwatch.service")
     with caplog.at_level(logging.INFO):
         job_log(logger, "done", MOVIE, done_details("en", 6730, 41), job_id=12)
-        job_log(logger, "done", MOVIE, "done  en  1:52:10 in 41 s (164x)", job_id=12)  # state said twice
+        job_log(logger, "done", MOVIE, "done  en  1:52:10 in 41 s (164x realtime)", job_id=12)  # said twice
         job_log(logger, "queued", Path("/m/New\nLine.mkv"), "queued")
     first, second, third = caplog.records
-    assert first.getMessage() == "done  Movie (2009).mkv  en  1:52:10 in 41 s (164x)"
+    assert first.getMessage() == "done  Movie (2009).mkv  en  1:52:10 in 41 s (164x realtime)"
     assert second.getMessage() == first.getMessage()
     assert third.getMessage() == "queued  New\\nLine.mkv"
     assert (first.job, first.path, first.state) == (12, MOVIE, "done")  # type: ignore[attr-defined]
@@ -195,5 +195,6 @@ def test_job_log_line_and_extras(caplog: pytest.LogCaptureFixture) -> None:
 
 
 def test_done_details() -> None:
-    assert done_details("en", 6730, 41) == "en  1:52:10 in 41 s (164x)"
+    assert done_details("en", 6730, 41) == "en  1:52:10 in 41 s (164x realtime)"
+    assert done_details("en", 3, 10) == "en  0:00:03 in 10 s (0.3x realtime)"  # not "0x"
     assert done_details(None, 95, None) == "0:01:35"
