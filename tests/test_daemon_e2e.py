@@ -32,7 +32,7 @@ def sink() -> Iterator[NotificationSink]:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path, sink: NotificationSink):  # noqa: ANN201
     root = tmp_path_factory.mktemp("e2e")
-    for name in ("movies", "shows", "bad", "nomodel"):
+    for name in ("movies", "shows", "nomodel"):
         (root / name).mkdir()
     config = write_config(root / "config.yaml", f"""
         state_dir: {root / "state"}
@@ -50,12 +50,11 @@ def world(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path, sink:
           - path: {root / "movies"}
           - path: {root / "shows"}
             language: auto
-          - path: {root / "bad"}
           - path: {root / "nomodel"}
             model: {root / "missing" / "model.pt"}
     """)
     daemon = Daemon(config)
-    daemon.wait_log("watching 4 folder(s)", timeout=120)
+    daemon.wait_log("watching 3 folder(s)", timeout=120)
     yield root, config, daemon
     assert daemon.stop() == 0, daemon.log()
 
@@ -148,25 +147,6 @@ def test_users_subtitle_is_never_overwritten(world, tmp_path: Path) -> None:  # 
     assert job["state"] == "skipped" and "already has en subtitles" in job["error"], job
     assert (folder / "Home Video.en.srt").read_text() == mine
     assert not [p for p in folder.iterdir() if p.name.startswith(".")], "temp files left behind"
-
-
-@pytest.mark.parametrize(("name", "make", "reason"), [
-    ("empty.mkv", lambda p: p.write_bytes(b""), "the file is empty (0 bytes)"),
-    ("notes.mkv", lambda p: p.write_text("not a video\n" * 100), "not a media file, or corrupt"),
-    ("silent.mkv", lambda p: make_media(p, audio=False, seconds=2), "no audio stream"),
-])
-def test_bad_file_fails_clearly_and_the_next_is_processed(world, sink, tmp_path, name, make, reason) -> None:  # noqa: ANN001
-    root, config, daemon = world
-    make(root / "bad" / name)
-    job = wait_for_state(config, name, {"done", "failed"})
-    assert job["state"] == "failed" and job["error"].startswith(reason), job
-    assert job["attempts"] == 1  # permanent: not retried
-    note = sink.wait_for(lambda m: m.get("title") == f"Subtitles failed: {Path(name).stem}")
-    assert reason in note["message"] and str(root / "bad" / name) in note["message"]
-    good = root / "bad" / f"after-{Path(name).stem}.mkv"
-    shutil.copy(make_media(tmp_path / "good.mkv", speech="Still working.", seconds=3), good)
-    assert wait_for_state(config, good.name, {"done", "failed"})["state"] == "done"
-    assert daemon.process.poll() is None
 
 
 def test_missing_model_fails_the_job_with_where_it_looked(world, sink, tmp_path: Path) -> None:  # noqa: ANN001
