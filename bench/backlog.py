@@ -108,15 +108,17 @@ def make_backlog(folder: Path, files: int, minutes: float) -> list[Path]:
 def speech_clips() -> list:
     """Return the shared test data's speech as 16 kHz arrays (espeak-ng sentences if it is missing)."""
     import numpy as np
+    import whisper
 
     sources = sorted(SHARED.glob("fleurs/*.ogg")) + sorted(SHARED.glob("librispeech/*.flac"))
     if sources:
-        return [decode_raw(p) for p in sources]
+        return [whisper.load_audio(str(p)) for p in sources]
     from tests.media_factory import speak
 
     sentences = ["The quick brown fox jumps over the lazy dog.", "Subtitles appear beside the video file."]
     tmp = Path("/tmp/subwatch-backlog/speech")
-    return [decode_raw(speak(s, tmp / f"{i}.wav")) for i, s in enumerate(sentences)] or [np.zeros(RATE)]
+    clips = [whisper.load_audio(str(speak(s, tmp / f"{i}.wav"))) for i, s in enumerate(sentences)]
+    return clips or [np.zeros(RATE)]
 
 
 def episode(clips: list, seconds: float, rng) -> object:  # noqa: ANN001
@@ -140,31 +142,6 @@ def episode(clips: list, seconds: float, rng) -> object:  # noqa: ANN001
         length = sum(len(p) for p in parts) / RATE
     samples = np.concatenate(parts)[: round((seconds - credits) * RATE)]
     return np.concatenate([samples, music(credits)])
-
-
-def decode_raw(path: Path):  # noqa: ANN201
-    import numpy as np
-
-    raw = subprocess.run(
-        [
-            "ffmpeg",
-            "-nostdin",
-            "-loglevel",
-            "error",
-            "-i",
-            str(path),
-            "-ac",
-            "1",
-            "-ar",
-            str(RATE),
-            "-f",
-            "f32le",
-            "-",
-        ],
-        capture_output=True,
-        check=True,
-    ).stdout
-    return np.frombuffer(raw, np.float32).copy()
 
 
 def encode(samples, path: Path, fmt: tuple[str, str, str | None]) -> None:  # noqa: ANN001

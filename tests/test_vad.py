@@ -9,33 +9,16 @@ import numpy as np
 import pytest
 
 from daemon.datatypes import Audio
+from daemon.media import choose_audio_stream, load_audio, probe
 from daemon.vad import SpeechChunk, VadOptions, find_speech, find_speech_many, group_regions
 
 RATE = 16000
 
 
 def decode(path: Path) -> np.ndarray:
-    """Return `path` as 16 kHz mono float32 samples (ffmpeg, as the media stage does)."""
-    raw = subprocess.run(
-        [
-            "ffmpeg",
-            "-nostdin",
-            "-loglevel",
-            "error",
-            "-i",
-            str(path),
-            "-ac",
-            "1",
-            "-ar",
-            str(RATE),
-            "-f",
-            "f32le",
-            "-",
-        ],
-        capture_output=True,
-        check=True,
-    ).stdout
-    return np.frombuffer(raw, np.float32).copy()
+    """Return `path` as 16 kHz mono float32 samples, decoded by the media stage itself."""
+    info = probe(path)
+    return load_audio(path, info, choose_audio_stream(info)).samples
 
 
 def silence(seconds: float) -> np.ndarray:
