@@ -74,11 +74,12 @@ class TranscribeOptions:
     prompt: str | None = None
     beam_size: int | None = None
     word_timestamps: bool = True
-    temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
-    compression_ratio_threshold: float | None = 2.4
-    logprob_threshold: float | None = -1.0
-    no_speech_threshold: float | None = 0.6
-    batch_size: int | None = None
+    # The guards' defaults are the engine's, written once there.
+    temperatures: tuple[float, ...] = EngineOptions.temperatures
+    compression_ratio_threshold: float | None = EngineOptions.compression_ratio_threshold
+    logprob_threshold: float | None = EngineOptions.logprob_threshold
+    no_speech_threshold: float | None = EngineOptions.no_speech_threshold
+    batch_size: int | None = EngineOptions.batch_size
     max_repeated_lines: int = 2
     language_windows: int = 5
     vad: VadOptions = field(default_factory=VadOptions)
