@@ -17,7 +17,6 @@ import os
 import shutil
 import signal
 import sqlite3
-import struct
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 SETTLE = 1.0
 
 
@@ -44,14 +44,12 @@ def main() -> int:
 
 def write_wavs(folder: Path, count: int) -> float:
     """Write `count` 0.1 s WAVs whose content differs (distinct fingerprints); return the seconds taken."""
+    from tests.media_factory import write_distinct_wav
+
     folder.mkdir(parents=True, exist_ok=True)
-    fmt = struct.pack("<HHIIHH", 1, 1, 16000, 32000, 2, 16)
     started = time.monotonic()
     for n in range(count):
-        data = struct.pack("<hh", n % 32768, n // 32768) + bytes(3196)
-        body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt
-        body += b"data" + struct.pack("<I", len(data)) + data
-        (folder / f"clip {n:05d}.wav").write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+        write_distinct_wav(folder / f"clip {n:05d}.wav", n)
     return time.monotonic() - started
 
 

@@ -73,11 +73,20 @@ def duration_of(path: Path) -> float:
     return float(out)
 
 
-def write_odd_wav(path: Path, seconds: float = 3.0) -> Path:
-    """Write a WAV whose format tag (0x3313) no ffmpeg decoder knows: probes fine, cannot decode."""
-    data = bytes(range(256)) * int(seconds * 32000 / 256)
-    fmt = struct.pack("<HHIIHH", 0x3313, 1, 16000, 32000, 2, 16)
+def write_wav(path: Path, data: bytes, format_tag: int = 1) -> Path:
+    """Write `data` as a mono 16 kHz 16-bit WAV with the given format tag (1 = PCM); return the path."""
+    fmt = struct.pack("<HHIIHH", format_tag, 1, 16000, 32000, 2, 16)
     chunks = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt
     chunks += b"data" + struct.pack("<I", len(data)) + data
     path.write_bytes(b"RIFF" + struct.pack("<I", len(chunks)) + chunks)
     return path
+
+
+def write_odd_wav(path: Path, seconds: float = 3.0) -> Path:
+    """Write a WAV whose format tag (0x3313) no ffmpeg decoder knows: probes fine, cannot decode."""
+    return write_wav(path, bytes(range(256)) * int(seconds * 32000 / 256), format_tag=0x3313)
+
+
+def write_distinct_wav(path: Path, serial: int) -> Path:
+    """Write a 0.1 s silent PCM WAV whose first samples encode `serial`: distinct content per file."""
+    return write_wav(path, struct.pack("<hh", serial % 32768, serial // 32768) + bytes(3196))

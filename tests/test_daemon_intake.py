@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import REPO, Daemon, NotificationSink, status, wait_for_state, write_config
-from tests.media_factory import duration_of, make_media, write_odd_wav
+from tests.media_factory import duration_of, make_media, write_distinct_wav, write_odd_wav
 from tests.test_daemon_e2e import assert_cues_valid
 
 SETTLE = 1.0
@@ -367,25 +367,39 @@ def test_done_file_renamed_keeps_its_subtitles_and_replaced_content_is_redone(wo
 # ---------------------------------------------------------------- crash recovery and scale
 
 
-def _daemon_config(tmp_path: Path, checkpoint: Path, sink: NotificationSink, inbox: Path,
-                   settle: float = 0.5) -> Path:
-    return write_config(tmp_path / "config.yaml", f"""
-        state_dir: {tmp_path / "state"}
-        log_level: info
-        defaults: {{model: {checkpoint}, device: cpu, settle_seconds: {settle}, language: en}}
-        notify: {{urls: ["{sink.url}"]}}
-        folders: [{{path: {inbox}}}]
-    """)
+@dataclass
+class Solo:
+    """A folder, a notification sink and a config for tests that start (and restart) their own daemon."""
+
+    inbox: Path
+    sink: NotificationSink
+    config: Path
+
+    def start(self, spawn: Callable[[Path], Daemon]) -> Daemon:
+        daemon = spawn(self.config)
+        daemon.wait_log("watching 1 folder(s)", timeout=120)
+        return daemon
 
 
-def test_sigkill_mid_job_then_restart_does_it_exactly_once(tmp_path: Path, tiny_checkpoint: Path,
-                                                          spawn) -> None:  # noqa: ANN001
+@pytest.fixture
+def solo(tmp_path: Path, tiny_checkpoint: Path) -> Iterator[Solo]:
     sink = NotificationSink()
     inbox = tmp_path / "inbox"
     inbox.mkdir()
-    config = _daemon_config(tmp_path, tiny_checkpoint, sink, inbox)
-    first = spawn(config)
-    first.wait_log("watching 1 folder(s)", timeout=120)
+    config = write_config(tmp_path / "config.yaml", f"""
+        state_dir: {tmp_path / "state"}
+        log_level: info
+        defaults: {{model: {tiny_checkpoint}, device: cpu, settle_seconds: 0.5, language: en}}
+        notify: {{urls: ["{sink.url}"]}}
+        folders: [{{path: {inbox}}}]
+    """)
+    yield Solo(inbox, sink, config)
+    sink.close()
+
+
+def test_sigkill_mid_job_then_restart_does_it_exactly_once(solo: Solo, tmp_path: Path, spawn) -> None:  # noqa: ANN001
+    inbox, sink, config = solo.inbox, solo.sink, solo.config
+    first = solo.start(spawn)
     long_source = make_media(tmp_path / "src" / "Long.mkv", speech="Interrupted by a crash. " * 10,
                              seconds=30)
     shutil.copy(long_source, inbox / "Long.mkv")
@@ -398,8 +412,7 @@ def test_sigkill_mid_job_then_restart_does_it_exactly_once(tmp_path: Path, tiny_
     assert wait_for_state(config, "Long.mkv", {"running"})["state"] == "running"
     first.kill(signal.SIGKILL)
 
-    second = spawn(config)
-    second.wait_log("watching 1 folder(s)", timeout=120)
+    second = solo.start(spawn)
     assert "requeued  Long.mkv  left running by a crash or stop" in second.log()
     for name, source in (("Long.mkv", long_source), ("Next.mkv", next_source)):
         job = wait_for_state(config, name, {"done", "failed"})
@@ -412,35 +425,19 @@ def test_sigkill_mid_job_then_restart_does_it_exactly_once(tmp_path: Path, tiny_
     assert "Subtitles failed" not in " ".join(titles)
     assert sorted(p.name for p in inbox.iterdir()) == [
         "Long.en.srt", "Long.en.vtt", "Long.mkv", "Next.en.srt", "Next.en.vtt", "Next.mkv"]
-    sink.close()
-
-
-def _tiny_wav(path: Path, serial: int) -> None:
-    """Write a 0.1 s silent 16 kHz WAV whose one sample differs per file (distinct fingerprints)."""
-    import struct
-
-    data = struct.pack("<hh", serial % 32768, serial // 32768) + bytes(3196)
-    fmt = struct.pack("<HHIIHH", 1, 1, 16000, 32000, 2, 16)
-    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt
-    body += b"data" + struct.pack("<I", len(data)) + data
-    path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
 
 
 def _threads(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/task"))
 
 
-def test_two_thousand_files_are_queued_in_seconds(tmp_path: Path, tiny_checkpoint: Path, spawn) -> None:  # noqa: ANN001
-    sink = NotificationSink()
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
-    config = _daemon_config(tmp_path, tiny_checkpoint, sink, inbox)
-    daemon = spawn(config)
-    daemon.wait_log("watching 1 folder(s)", timeout=120)
+def test_two_thousand_files_are_queued_in_seconds(solo: Solo, spawn) -> None:  # noqa: ANN001
+    config = solo.config
+    daemon = solo.start(spawn)
     idle_threads = _threads(daemon.process.pid)
     started = time.monotonic()
     for n in range(2000):
-        _tiny_wav(inbox / f"clip {n:04d}.wav", n)
+        write_distinct_wav(solo.inbox / f"clip {n:04d}.wav", n)
     written = time.monotonic() - started
     most_threads = idle_threads
     deadline = time.monotonic() + 120  # generous for a loaded CI box; typically a few seconds
@@ -457,4 +454,3 @@ def test_two_thousand_files_are_queued_in_seconds(tmp_path: Path, tiny_checkpoin
     assert most_threads <= idle_threads + 4, (idle_threads, most_threads)  # no thread per file
     assert daemon.stop() == 0
     assert "queued  clip 1999.wav" in daemon.log()
-    sink.close()
