@@ -483,7 +483,7 @@ class Service:
         comes back with the new path (same content: a rename keeps the job)."""
         live = []
         for item in items:
-            job = self.jobs.get(item.job_id) if item.job_id is not None else self.jobs.find(item.path)
+            job = self.jobs.get(item.job_id) if item.job_id is not None else None
             if job is not None and job.state == JobState.RUNNING:
                 live.append((item if job.path == item.path else replace(item, path=job.path), job))
         return live

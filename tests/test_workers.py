@@ -254,7 +254,10 @@ def test_a_file_that_breaks_its_batch_fails_alone(make_service, tmp_path: Path, 
     queue_files(service, [good, bad])
     rules = service.config.folders[0]
     assert {service.jobs.claim().path, service.jobs.claim().path} == {good, bad}
-    prepared = {p: pipeline.prepare(p, rules, service._owned) for p in (good, bad)}
+    prepared = {  # with their job ids, as the service's loader hands them over
+        p: replace(pipeline.prepare(p, rules, service._owned), job_id=service.jobs.find(p).id)
+        for p in (good, bad)
+    }
     # its samples labelled 44.1 kHz: a file the model cannot take, as a decoder bug would hand over
     wrong = prepared[bad].audio
     service._prefetch.put(prepared[good])
