@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterator, Sequence
@@ -17,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from daemon import models
 from daemon.datatypes import Audio, MemoryLimit, Segment, Transcript, Word
 from daemon.engine import (
     ChunkDecoding,
@@ -31,16 +31,15 @@ from daemon.engine import (
     transcribe_chunks,
     vote_language,
 )
+from daemon.models import ModelNotFound
 from daemon.vad import SpeechChunk, VadOptions, find_speech_many
+
+__all__ = ["ModelNotFound"]  # raised by load_model and ModelStore; callers import it from here
 
 if TYPE_CHECKING:
     from whisper.model import Whisper
 
 log = logging.getLogger("subwatch.transcribe")
-
-
-class ModelNotFound(Exception):
-    """The model named in the config is neither a readable file nor available to download."""
 
 
 class DeviceUnavailable(Exception):
@@ -122,50 +121,30 @@ def resolve_device(spec: str) -> str:
     return spec
 
 
-def model_file_for(name: str, models_dir: Path) -> Path | None:
-    """Given an official Whisper model name, return where its checkpoint lives under models_dir."""
-    import whisper
-
-    url = whisper._MODELS.get(name)  # the names and URLs are whisper's own table
-    return models_dir / os.path.basename(url) if url else None
-
-
 def load_model(spec: str, models_dir: Path, device: str) -> Whisper:
-    """Given a model name or checkpoint path, return the loaded model on `device`.
+    """Given `model:` as configured (name, .pt file or model folder), return the loaded model on `device`.
 
     Raise ModelNotFound, saying where we looked and how to provide the model,
-    if it is neither a file nor downloadable.
+    if it is neither readable nor downloadable.
     """
-    import whisper
-
-    path = Path(spec).expanduser()
-    if spec.endswith(".pt") or os.sep in spec:
-        if not path.is_file():
-            raise ModelNotFound(
-                f"model file {path} does not exist or is not a file; set `model:` to an existing "
-                f".pt checkpoint or to a Whisper name ({', '.join(whisper.available_models())})"
-            )
-        return whisper.load_model(str(path), device=device)
-    if spec not in whisper.available_models():
-        raise ModelNotFound(f"unknown model {spec!r}; use one of {', '.join(whisper.available_models())}")
-    target = model_file_for(spec, models_dir)
+    source = models.resolve(spec, models_dir)
     try:
-        models_dir.mkdir(parents=True, exist_ok=True)
-        return whisper.load_model(spec, device=device, download_root=str(models_dir))
+        return models.load(source, models_dir, device)
+    except ModelNotFound:
+        raise
     except Exception as exc:  # urllib, SSL, checksum and disk errors all mean the same to the user
-        if _out_of_memory(exc):
-            raise  # found, but it does not fit: not a missing model
+        if _out_of_memory(exc) or source.kind != "name":
+            raise  # found, but it does not fit (or a bug): not a missing model
+        target = source.path
         raise ModelNotFound(
             f"model {spec!r} is not in {models_dir} (looked for {target}) and downloading it failed: "
             f"{exc}. Copy {target.name if target else 'the checkpoint'} there from a machine with "
-            f"internet access (~/.cache/whisper), or set `model:` to the path of a .pt file"
+            f"internet access (~/.cache/whisper), or set `model:` to a .pt file or a model folder"
         ) from exc
 
 
 # Parameters of the published models, in millions, to estimate memory before one is downloaded.
 MODEL_PARAMETERS = {"tiny": 39, "base": 74, "small": 244, "medium": 769, "large": 1550, "turbo": 809}
-
-K = TypeVar("K", bound=Hashable)
 
 
 def load_estimate(spec: str, models_dir: Path) -> int:
@@ -175,14 +154,18 @@ def load_estimate(spec: str, models_dir: Path) -> int:
     device and then builds an fp32 copy of the model there: about three times
     the file's size, or 6 bytes per parameter. 0 if the spec is unknown.
     """
-    named = not (spec.endswith(".pt") or os.sep in spec)
-    path = model_file_for(spec, models_dir) if named else Path(spec).expanduser()
     try:
-        return 3 * path.stat().st_size if path else 0
-    except OSError:
-        pass
+        source = models.resolve(spec, models_dir)
+    except ModelNotFound:
+        return 0
+    on_disk = models.source_bytes(source)
+    if on_disk or source.kind != "name":
+        return 3 * on_disk
     family = "turbo" if "turbo" in spec else spec.split(".")[0].split("-")[0]
-    return MODEL_PARAMETERS.get(family, 0) * 10**6 * 6 if named else 0
+    return MODEL_PARAMETERS.get(family, 0) * 10**6 * 6
+
+
+K = TypeVar("K", bound=Hashable)
 
 
 def model_bytes(model: Any) -> int:
