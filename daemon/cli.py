@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     one.add_argument("--language", help="ISO 639-1 code, or auto (default)")
     one.add_argument("--task", choices=("transcribe", "translate"))
     one.add_argument("--prompt", help="initial prompt: names, jargon, spelling")
+    one.add_argument("--beam-size", type=int, help="beams searched per window; 1 = greedy (default: 5)")
     one.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     one.add_argument("--formats", help="comma-separated: srt,vtt,txt,json")
     one.add_argument("--models-dir", type=Path, help="where Whisper checkpoints are kept "
@@ -168,6 +169,7 @@ def _one_shot_rules(path: Path, config: Config | None, args: argparse.Namespace)
         "model": args.model and _model_arg(args.model),
         "task": args.task,
         "prompt": args.prompt,
+        "beam_size": args.beam_size,
         "devices": (args.device,) if args.device else None,
         "formats": tuple(args.formats.split(",")) if args.formats else None,
     }
@@ -185,7 +187,7 @@ def _default_rules(folder: Path) -> FolderRules:
     d = BUILTIN_DEFAULTS
     return FolderRules(
         path=folder, recursive=False, create_if_missing=False, model=d["model"], language=None,
-        task=d["task"], prompt=None,
+        task=d["task"], prompt=None, beam_size=d["beam_size"],
         devices=(d["device"],), formats=tuple(d["formats"]), settle_seconds=0.0, poll=None,
         poll_interval=d["poll_interval"], include=(), exclude=(), min_duration_seconds=0.0,
         skip_if_embedded=False, audio_language=None, max_line_chars=d["max_line_chars"],
@@ -202,7 +204,7 @@ def _validated(rules: FolderRules) -> FolderRules:
 
     try:
         _RulesModel(model=rules.model, language=rules.language, device=list(rules.devices),
-                    formats=list(rules.formats))
+                    formats=list(rules.formats), beam_size=rules.beam_size)
     except ValidationError as exc:
         first = exc.errors()[0]
         message = first["msg"].removeprefix("Value error, ")

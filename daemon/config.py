@@ -78,6 +78,7 @@ class FolderRules:
     language: str | None  # None = detect
     task: str
     prompt: str | None
+    beam_size: int  # 1 = greedy decoding
     devices: tuple[str, ...]  # auto, cpu, cuda, cuda:N; several = served by the worker of any of them
     formats: tuple[str, ...]
     settle_seconds: float
@@ -147,6 +148,7 @@ class _RulesModel(_Strict):
     language: str | None = None
     task: Literal["transcribe", "translate"] | None = None
     prompt: str | None = None
+    beam_size: int | None = Field(default=None, ge=1, le=16)
     device: str | list[str] | None = None
     formats: list[Literal["srt", "vtt", "txt", "json"]] | None = Field(default=None, min_length=1)
     settle_seconds: float | None = Field(default=None, ge=0)
@@ -295,6 +297,7 @@ BUILTIN_DEFAULTS: dict[str, Any] = {
     "language": "auto",
     "task": "transcribe",
     "prompt": None,
+    "beam_size": 5,
     "device": "auto",
     "formats": ["srt", "vtt"],
     "settle_seconds": 10.0,

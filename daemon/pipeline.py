@@ -42,7 +42,10 @@ class Prepared:
 
 def options_for(rules: FolderRules) -> TranscribeOptions:
     """Given a folder's rules, return the decoding options for its files."""
-    return TranscribeOptions(model=rules.model, language=rules.language, task=rules.task, prompt=rules.prompt)
+    return TranscribeOptions(
+        model=rules.model, language=rules.language, task=rules.task, prompt=rules.prompt,
+        beam_size=None if rules.beam_size == 1 else rules.beam_size,
+    )
 
 
 def output_language(rules: FolderRules) -> str | None:

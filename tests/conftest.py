@@ -1,4 +1,4 @@
-"""Shared fixtures: a random-weight Whisper checkpoint and media made with ffmpeg."""
+"""Shared fixtures: real Whisper weights (base, tiny.en), a random-weight checkpoint, the shared speech."""
 
 from __future__ import annotations
 
@@ -8,16 +8,61 @@ from pathlib import Path
 import pytest
 
 from tests.harness import Daemon
+from tests.real_weights import assemble_base, converted, tiny_en_folder
+from tests.speech import SHARED_TESTDATA
 from tests.whisper_checkpoint import make_checkpoint
 
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small multilingual Whisper checkpoint with random weights, as a .pt file."""
+    """A small multilingual Whisper checkpoint with random weights, as a .pt file.
+
+    Only for what no real model here can show (a shape, a failure); its words are nonsense.
+    """
     return make_checkpoint(tmp_path_factory.mktemp("models") / "tiny-random.pt", shape="test", seed=0)
 
 
-SHARED_TESTDATA = Path(__file__).resolve().parents[2] / "shared" / "testdata"
+@pytest.fixture(scope="session")
+def base_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real multilingual Whisper base as a faster-whisper (CTranslate2) folder, assembled once.
+
+    The registry packages split model.bin in two; joined, it is the folder a
+    faster-whisper user has on disk.
+    """
+    return assemble_base(tmp_path_factory.mktemp("faster-whisper-base"))
+
+
+@pytest.fixture(scope="session")
+def tiny_en_dir() -> Path:
+    """Real English-only Whisper tiny.en as a faster-whisper folder (read in place, never written)."""
+    return tiny_en_folder()
+
+
+@pytest.fixture(scope="session")
+def base_checkpoint(base_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real Whisper base as an OpenAI-format .pt, converted once by subwatch's own loader."""
+    return converted(base_model_dir, tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
+def tiny_en_checkpoint(tiny_en_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real Whisper tiny.en as an OpenAI-format .pt, converted once."""
+    return converted(tiny_en_dir, tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
+def base_model(base_checkpoint: Path):  # noqa: ANN201 - whisper.model.Whisper, imported lazily
+    """The real base model loaded on the CPU, shared by the tests that transcribe in-process."""
+    from daemon.models import load_checkpoint
+
+    return load_checkpoint(base_checkpoint, "cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_en_model(tiny_en_checkpoint: Path):  # noqa: ANN201
+    from daemon.models import load_checkpoint
+
+    return load_checkpoint(tiny_en_checkpoint, "cpu")
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,103 @@
+"""Real recorded speech from ../shared/testdata, with its transcripts, for tests and benchmarks.
+
+`clips(lang)` lists a language's clips with their reference text; `long_file`
+joins clips into one long recording and says where each one landed, so a test
+(or bench/accuracy.py) can ask of every utterance whether a subtitle covers it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+SHARED_TESTDATA = Path(__file__).resolve().parents[2] / "shared" / "testdata"
+SPEECH = SHARED_TESTDATA / "speech"
+LANGUAGES = ("en", "de", "es", "fr", "pt")
+JFK_TEXT = (
+    "And so my fellow Americans, ask not what your country can do for you, "
+    "ask what you can do for your country."
+)
+SAMPLE_RATE = 16000
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One recorded utterance and what is said in it."""
+
+    path: Path
+    language: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Placed:
+    """A clip inside a long recording: from `start` to `end` seconds."""
+
+    clip: Clip
+    start: float
+    end: float
+
+
+def fleurs(language: str) -> list[Clip]:
+    """Return the ten FLEURS clips of `language` with their transcripts, in order."""
+    folder = SPEECH / "fleurs"
+    return [
+        Clip(ogg, language, ogg.with_suffix(".txt").read_text(encoding="utf-8").strip())
+        for ogg in sorted(folder.glob(f"fleurs-{language}-*.ogg"))
+    ]
+
+
+def librispeech() -> list[Clip]:
+    """Return the four LibriSpeech utterances with their (upper-case) transcripts."""
+    folder = SPEECH / "librispeech"
+    texts = {}
+    for listing in sorted(folder.glob("*.trans.txt")):
+        for line in listing.read_text(encoding="utf-8").splitlines():
+            key, _, text = line.partition(" ")
+            texts[key] = text.strip()
+    return [Clip(folder / f"{key}.flac", "en", text) for key, text in sorted(texts.items())]
+
+
+def jfk() -> Clip:
+    return Clip(SPEECH / "jfk.flac", "en", JFK_TEXT)
+
+
+def clips(language: str) -> list[Clip]:
+    """Every clip of `language`: FLEURS, plus LibriSpeech and jfk.flac for English."""
+    return fleurs(language) + (librispeech() + [jfk()] if language == "en" else [])
+
+
+def load(clip: Clip):  # -> numpy float32 array at 16 kHz
+    """Return the clip decoded to 16 kHz mono float32 by ffmpeg (whisper.load_audio)."""
+    import whisper
+
+    return whisper.load_audio(str(clip.path))
+
+
+def long_file(
+    path: Path, sequence: Sequence[Clip], repeat: int = 3, gap: float = 1.0
+) -> list[Placed]:
+    """Write `sequence` `repeat` times over, `gap` seconds of silence between clips, as a 16 kHz WAV.
+
+    Return where each clip landed, in order. This is the long file of issue #10:
+    many utterances sharing Whisper's 30 s windows.
+    """
+    import numpy as np
+
+    from tests.media_factory import write_wav
+
+    silence = np.zeros(round(gap * SAMPLE_RATE), dtype=np.float32)
+    decoded = {clip.path: load(clip) for clip in sequence}
+    pieces, placed, at = [silence], [], gap
+    for _ in range(repeat):
+        for clip in sequence:
+            samples = decoded[clip.path]
+            pieces += [samples, silence]
+            placed.append(Placed(clip, at, at + len(samples) / SAMPLE_RATE))
+            at += len(samples) / SAMPLE_RATE + gap
+    audio = np.concatenate(pieces)
+    pcm = (np.clip(audio, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_wav(path, pcm)
+    return placed
