@@ -45,6 +45,8 @@ class Transcript:
     language: str  # ISO 639-1 code of the text (English for task=translate)
     language_probability: float | None  # None when the language was given, not detected
     duration: float  # seconds of audio that were transcribed
+    speech_seconds: float = 0.0  # seconds speech detection found
+    uncovered_seconds: float = 0.0  # of those, seconds no decoded word covers, after every retry
 
 
 @dataclass(frozen=True)
