@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from daemon import models
+from daemon import coverage, models
+from daemon.coverage import CoverageOptions
 from daemon.datatypes import Audio, MemoryLimit, Segment, Transcript, Word
 from daemon.engine import (
     ChunkDecoding,
@@ -65,6 +66,8 @@ class TranscribeOptions:
         decoding loop and is kept once (2).
     language_windows: speech chunks that vote on the language (5).
     vad: how speech is found and cut into chunks (see vad.VadOptions).
+    coverage: how speech that no decoded word covers is decoded again (see
+        coverage.CoverageOptions).
     """
 
     model: str
@@ -82,6 +85,7 @@ class TranscribeOptions:
     max_repeated_lines: int = 2
     language_windows: int = 5
     vad: VadOptions = field(default_factory=VadOptions)
+    coverage: CoverageOptions = field(default_factory=CoverageOptions)
 
 
 _warned_cpu: list[bool] = []  # the CPU fallback is logged once per process, not per job
@@ -395,30 +399,57 @@ class _File:
 
 
 class _Progress:
-    """Turns settled chunks into progress fractions (by seconds of speech) and an optional bar."""
+    """Turns settled chunks into progress fractions (by seconds of audio) and an optional bar.
 
-    def __init__(self, seconds: list[float], callback: Callable[[float], None] | None, bar: bool) -> None:
-        self.seconds, self.callback = seconds, callback
-        self.total, self.done = max(sum(seconds), 1e-9), 0.0
+    Coverage rounds add work as they find it (`add`); the fraction never goes back.
+    """
+
+    def __init__(self, callback: Callable[[float], None] | None, bar: bool) -> None:
+        self.callback = callback
+        self.seconds: list[float] = []
+        self.done, self.shown = 0.0, 0.0
         self.bar = None
         if bar:
             import tqdm
 
-            self.bar = tqdm.tqdm(total=round(sum(seconds)), unit="s", desc="transcribing", leave=False)
+            self.bar = tqdm.tqdm(total=0, unit="s", desc="transcribing", leave=False)
+
+    def add(self, seconds: list[float]) -> int:
+        """Count more windows of work; return the index of the first of them."""
+        first = len(self.seconds)
+        self.seconds += seconds
+        if self.bar is not None:
+            self.bar.total = round(sum(self.seconds))
+            self.bar.refresh()
+        return first
 
     def report(self, fraction: float) -> None:
+        self.shown = max(self.shown, min(1.0, fraction))
         if self.callback is not None:
-            self.callback(min(1.0, fraction))
+            self.callback(self.shown)
 
     def chunk_done(self, index: int) -> None:
         self.done += self.seconds[index]
         if self.bar is not None:
             self.bar.update(round(self.done) - self.bar.n)
-        self.report(0.02 + 0.98 * self.done / self.total)  # the first 2 % were speech detection
+        self.report(0.02 + 0.98 * self.done / max(sum(self.seconds), 1e-9))  # 2 %: speech detection
 
     def close_bar(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+@dataclass(frozen=True)
+class _Decoded:
+    """One decoded window of a file; `retry` is the stretch a coverage round decoded it for."""
+
+    chunk: SpeechChunk
+    result: ChunkDecoding
+    retry: tuple[float, float] | None = None
+
+
+# A window to decode: (file index, the window, the uncovered stretch it retries or None).
+_Work = tuple[int, SpeechChunk, "tuple[float, float] | None"]
 
 
 def _transcribe(
@@ -431,46 +462,84 @@ def _transcribe(
     files = [
         _File(audio, options, chunks) for (audio, options), chunks in zip(items, _speech(items), strict=True)
     ]
-    requests: list[ChunkRequest] = []
-    owners: list[tuple[int, int]] = []  # (file, chunk) of each request
     features = _detect_languages(model, files)
-    for f, file in enumerate(files):
-        for c, chunk in enumerate(file.chunks):
-            requests.append(_request(model, file, chunk, features.get((f, c))))
-            owners.append((f, c))
-    features.clear()
-    tracker = _Progress([request.duration for request in requests], progress, show_progress_bar)
+    tracker = _Progress(progress, show_progress_bar)
     tracker.report(0.02)
+    decoded: list[list[_Decoded]] = [[] for _ in files]
     try:
-        results = _decode(model, files, requests, owners, tracker)
+        first: list[_Work] = [(f, chunk, None) for f, file in enumerate(files) for chunk in file.chunks]
+        _decode_round(model, files, first, features, tracker, decoded)
+        features.clear()
+        tried: list[list[tuple[float, float]]] = [[] for _ in files]
+        for _ in range(max((file.options.coverage.max_rounds for file in files), default=0)):
+            retries = _coverage_round(files, decoded, tried)
+            if not retries:
+                break
+            _decode_round(model, files, retries, {}, tracker, decoded)
     finally:
         tracker.close_bar()
     tracker.report(1.0)
-    per_file: list[list[tuple[SpeechChunk, ChunkDecoding]]] = [[] for _ in files]
-    for (f, c), result in zip(owners, results, strict=True):
-        per_file[f].append((files[f].chunks[c], result))
-    return [_transcript(file, decoded) for file, decoded in zip(files, per_file, strict=True)]
+    return [_transcript(file, mine) for file, mine in zip(files, decoded, strict=True)]
 
 
-def _decode(
+def _decode_round(
     model: Whisper,
     files: list[_File],
-    requests: list[ChunkRequest],
-    owners: list[tuple[int, int]],
+    work: list[_Work],
+    features: dict[tuple[int, SpeechChunk], Any],
     tracker: _Progress,
-) -> list[ChunkDecoding]:
-    """Decode all requests with the engine, one call per set of quality guards (usually one)."""
-    results: list[ChunkDecoding | None] = [None] * len(requests)
-    for engine_options, indices in _by_engine_options(files, owners).items():
-        decoded = transcribe_chunks(
+    decoded: list[list[_Decoded]],
+) -> None:
+    """Decode the windows in `work` and add each result to its file's list in `decoded`.
+
+    One engine call per set of quality guards (usually one), so all files' windows share batches.
+    """
+    requests = [_request(model, files[f], chunk, features.get((f, chunk))) for f, chunk, _ in work]
+    first = tracker.add([request.duration for request in requests])
+    groups: dict[EngineOptions, list[int]] = {}
+    for index, (f, _, _) in enumerate(work):
+        groups.setdefault(_engine_options(files[f].options), []).append(index)
+    for engine_options, indices in groups.items():
+        results = transcribe_chunks(
             model,
             [requests[i] for i in indices],
             engine_options,
-            on_done=lambda n, indices=indices: tracker.chunk_done(indices[n]),
+            on_done=lambda n, indices=indices: tracker.chunk_done(first + indices[n]),
         )
-        for i, result in zip(indices, decoded, strict=True):
-            results[i] = result
-    return results  # type: ignore[return-value]
+        for i, result in zip(indices, results, strict=True):
+            f, chunk, stretch = work[i]
+            decoded[f].append(_Decoded(chunk, result, stretch))
+
+
+def _coverage_round(
+    files: list[_File], decoded: list[list[_Decoded]], tried: list[list[tuple[float, float]]]
+) -> list[_Work]:
+    """Return the windows of the next coverage round: each file's uncovered speech not yet tried alone.
+
+    Each stretch is a window of its own (cut at 30 s), so the model meets that
+    speech at the window's start, with nothing before it to end the window on.
+    """
+    work: list[_Work] = []
+    for f, file in enumerate(files):
+        if not file.options.coverage.max_rounds:
+            continue
+        stretches = coverage.untried(_uncovered(file, decoded[f]), tried[f])
+        for stretch in stretches:
+            tried[f].append(stretch)
+            for piece in coverage.split_long(stretch, file.options.vad.max_chunk_s):
+                work.append((f, SpeechChunk((piece,), (piece,)), piece))
+        if stretches:
+            log.debug("no words over %.1f s of speech in %d stretch(es) (%s); decoding them alone",
+                      coverage.total(stretches), len(stretches),
+                      ", ".join(f"{a:.1f}-{b:.1f}" for a, b in stretches[:8]))
+    return work
+
+
+def _uncovered(file: _File, decoded: list[_Decoded]) -> list[tuple[float, float]]:
+    """Return the file's speech stretches that none of its decoded words covers (see daemon.coverage)."""
+    speech = [region for chunk in file.chunks for region in chunk.regions]
+    timed = [(t.start, t.end) for segment in _placed(file, decoded) for t in (segment.words or (segment,))]
+    return coverage.uncovered(speech, timed, file.options.coverage)
 
 
 def _speech(items: Sequence[tuple[Audio, TranscribeOptions]]) -> list[list[SpeechChunk]]:
@@ -489,7 +558,7 @@ def _speech(items: Sequence[tuple[Audio, TranscribeOptions]]) -> list[list[Speec
     return chunks
 
 
-def _detect_languages(model: Whisper, files: list[_File]) -> dict[tuple[int, int], Any]:
+def _detect_languages(model: Whisper, files: list[_File]) -> dict[tuple[int, SpeechChunk], Any]:
     """Set each file's language (given, or voted by several of its chunks); return the voters' encodings.
 
     The voters' encoder outputs are handed back so that decoding does not encode them again.
@@ -509,7 +578,7 @@ def _detect_languages(model: Whisper, files: list[_File]) -> dict[tuple[int, int
         )
         encoded.update(zip(part, encode(model, mel), strict=True))
     if not voters:
-        return encoded
+        return {}
     import torch
 
     distributions = language_probabilities(model, torch.stack([encoded[v] for v in voters]))
@@ -519,7 +588,7 @@ def _detect_languages(model: Whisper, files: list[_File]) -> dict[tuple[int, int
             weights = [_speech_seconds(file.chunks[voters[i][1]]) for i in mine]
             file.language, file.probability = vote_language([distributions[i] for i in mine], weights)
             log.debug("language %s (%.2f) by %d chunk(s)", file.language, file.probability, len(mine))
-    return encoded
+    return {(f, files[f].chunks[c]): features for (f, c), features in encoded.items()}
 
 
 def _voter_chunks(chunks: list[SpeechChunk], count: int) -> list[int]:
@@ -562,34 +631,58 @@ def _request(model: Whisper, file: _File, chunk: SpeechChunk, features: Any) -> 
     )
 
 
-def _by_engine_options(files: list[_File], owners: list[tuple[int, int]]) -> dict[EngineOptions, list[int]]:
-    """Group request indices by the quality guards of their folders (usually one group)."""
-    groups: dict[EngineOptions, list[int]] = {}
-    for index, (f, _) in enumerate(owners):
-        o = files[f].options
-        key = EngineOptions(
-            temperatures=o.temperatures,
-            compression_ratio_threshold=o.compression_ratio_threshold,
-            logprob_threshold=o.logprob_threshold,
-            no_speech_threshold=o.no_speech_threshold,
-            batch_size=o.batch_size,
-        )
-        groups.setdefault(key, []).append(index)
-    return groups
+def _engine_options(o: TranscribeOptions) -> EngineOptions:
+    """The engine's share of a folder's options: its quality guards and batch size."""
+    return EngineOptions(
+        temperatures=o.temperatures,
+        compression_ratio_threshold=o.compression_ratio_threshold,
+        logprob_threshold=o.logprob_threshold,
+        no_speech_threshold=o.no_speech_threshold,
+        batch_size=o.batch_size,
+    )
 
 
-def _transcript(file: _File, decoded: list[tuple[SpeechChunk, ChunkDecoding]]) -> Transcript:
-    """Put a file's decoded chunks onto its timeline and return its Transcript."""
+def _transcript(file: _File, decoded: list[_Decoded]) -> Transcript:
+    """Put a file's decoded windows onto its timeline and return its Transcript."""
+    segments = collapse_repeats(_placed(file, decoded), file.options.max_repeated_lines)
+    speech = coverage.merge(region for chunk in file.chunks for region in chunk.regions)
+    left = _uncovered(file, decoded)
+    language = "en" if file.options.task == "translate" else (file.language or "en")
+    probability = None if file.options.task == "translate" else file.probability
+    return Transcript(
+        tuple(segments), language, probability, file.audio.duration,
+        speech_seconds=round(coverage.total(speech), 2), uncovered_seconds=round(coverage.total(left), 2),
+    )
+
+
+def _placed(file: _File, decoded: list[_Decoded]) -> list[Segment]:
+    """Return the segments of all decoded windows on the file's timeline, in time order.
+
+    A coverage retry keeps only the words inside the stretch it was decoded
+    for: the rest of its window's text is already there from an earlier round.
+    """
     duration = file.audio.duration
-    segments = []
-    for chunk, result in decoded:
-        if not result.silent:
-            segments += [_on_timeline(segment, chunk, duration) for segment in result.segments]
-    segments = collapse_repeats(segments, file.options.max_repeated_lines)
-    if file.options.task == "translate":
-        return Transcript(tuple(segments), "en", None, duration)
-    language = file.language or "en"
-    return Transcript(tuple(segments), language, file.probability, duration)
+    segments: list[Segment] = []
+    for item in decoded:
+        if item.result.silent:
+            continue
+        placed = [_on_timeline(segment, item.chunk, duration) for segment in item.result.segments]
+        if item.retry is not None:
+            placed = [s for s in (_within(segment, item.retry) for segment in placed) if s is not None]
+        segments += placed
+    return sorted(segments, key=lambda segment: (segment.start, segment.end))
+
+
+def _within(segment: Segment, stretch: tuple[float, float]) -> Segment | None:
+    """Return the part of a segment inside `stretch` (by its words' middles), or None if nothing is."""
+    if not segment.words:
+        return segment if coverage.inside((segment.start, segment.end), stretch) else None
+    words = tuple(w for w in segment.words if coverage.inside((w.start, w.end), stretch))
+    if not words:
+        return None
+    if len(words) == len(segment.words):
+        return segment
+    return Segment(words[0].start, words[-1].end, "".join(w.text for w in words), words)
 
 
 def _on_timeline(segment: Segment, chunk: SpeechChunk, duration: float) -> Segment:
