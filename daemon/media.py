@@ -36,7 +36,7 @@ TEXT_SUBTITLE_CODECS = frozenset({"subrip", "srt", "ass", "ssa", "mov_text", "we
 # A decode that yields less than this share of the audio stream's own length is a truncated file.
 TRUNCATION_RATIO = 0.9
 # What ffmpeg's demuxers log (at error level, exit status still 0) when the bytes stop
-# before the file's own structure does: Matroska/WebM, then MP4/MOV (including fragmented).
+# before the file's own structure does: Matroska/WebM, then MP4/MOV.
 ENDED_EARLY = ("File ended prematurely", "partial file")
 # Matroska statistics tag: "DURATION", or "DURATION-eng" when the tag carries a language.
 _DURATION_TAG = re.compile(r"DURATION(-\w+)?", re.IGNORECASE)
@@ -315,8 +315,8 @@ def _check_stream_length(path: Path, info: MediaInfo, stream: AudioStream, decod
     if expected - decoded > 2.0 and decoded < expected * TRUNCATION_RATIO:
         raise MediaError(
             path,
-            f"truncated or corrupt: the audio stream says {format_duration(expected)} but the decoded "
-            f"audio ends at {format_duration(decoded)}; replace the file with a complete copy",
+            f"truncated or corrupt: the audio stream should end at {format_duration(expected)} but the "
+            f"decoded audio ends at {format_duration(decoded)}; replace the file with a complete copy",
             permanent=True,
         )
 

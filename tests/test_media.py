@@ -122,12 +122,12 @@ def _truncated_untagged(p: Path) -> Path:
 
 
 REPLACE = "; replace the file with a complete copy"
+CUT_AT_HALF = ("truncated or corrupt: the audio stream should end at 0:20 "
+               "but the decoded audio ends at 0:(09|10)" + REPLACE)
 TRUNCATED = [
     # The audio stream's own length survives the cut (Matroska DURATION tag, MP4 track duration).
-    ("truncated.mkv", _truncated, 20.0,
-     "truncated or corrupt: the audio stream says 0:20 but the decoded audio ends at 0:(09|10)" + REPLACE),
-    ("truncated-faststart.mp4", _truncated_faststart, 20.0,
-     "truncated or corrupt: the audio stream says 0:20 but the decoded audio ends at 0:(09|10)" + REPLACE),
+    ("truncated.mkv", _truncated, 20.0, CUT_AT_HALF),
+    ("truncated-faststart.mp4", _truncated_faststart, 20.0, CUT_AT_HALF),
     # No per-stream length to compare with: ffmpeg's own report of the cut is the evidence.
     ("truncated-untagged.mkv", _truncated_untagged, 0.0,
      r"truncated or corrupt: the file ends inside its own data \(ffmpeg: File ended prematurely\) "
