@@ -67,7 +67,7 @@ class AudioStream:
     default: bool
     channels: int
     start_time: float = 0.0  # seconds on the container's clock where this stream's first sample sits
-    duration: float = 0.0  # the stream's own duration when the container records one, else 0
+    duration: float = 0.0  # the stream's own length (not its end time) when the container records one, else 0
     secondary: bool = False  # commentary or audio description, by disposition
 
 

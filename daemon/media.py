@@ -4,6 +4,12 @@ Audio comes out as 16 kHz mono float32 through a pipe (no temporary WAV files),
 exactly what Whisper's log-mel front end expects. Every ffmpeg/ffprobe call goes
 through `run_tool`, which logs the command and keeps the end of stderr for the
 error message.
+
+A decode that stops early is judged against the audio stream's own length where
+the container records one (Matroska DURATION tags, MP4 track durations), never
+against the container's length: films whose audio ends before their silent end
+credits are common. Where no such length exists, only ffmpeg saying that the
+file ends inside its own data counts as truncation.
 """
 
 from __future__ import annotations
@@ -27,8 +33,14 @@ SAMPLE_RATE = 16000
 # Streams whose title or disposition says they are not the main programme.
 NOT_MAIN_AUDIO = ("commentary", "comment", "description", "descriptive", "audio description", "karaoke")
 TEXT_SUBTITLE_CODECS = frozenset({"subrip", "srt", "ass", "ssa", "mov_text", "webvtt", "text", "ttml"})
-# A decode that yields less than this share of the probed duration is a truncated file.
+# A decode that yields less than this share of the audio stream's own length is a truncated file.
 TRUNCATION_RATIO = 0.9
+# What ffmpeg's demuxers log (at error level, exit status still 0) when the bytes stop
+# before the file's own structure does: Matroska/WebM, then MP4/MOV.
+ENDED_EARLY = ("File ended prematurely", "partial file")
+# Matroska statistics tag: "DURATION", or "DURATION-eng" when the tag carries a language.
+_DURATION_TAG = re.compile(r"DURATION(-\w+)?", re.IGNORECASE)
+_HMS = re.compile(r"(\d+):(\d{1,2}):(\d{1,2}(?:\.\d+)?)")
 
 
 class MediaError(Exception):
@@ -51,8 +63,10 @@ class MediaGone(MediaError):
         super().__init__(path, "the file is gone (deleted or moved before it was read)", permanent=True)
 
 
-def run_tool(args: list[str], path: Path, *, timeout: float | None = None) -> bytes:
-    """Given an ffmpeg/ffprobe argument list, run it and return its stdout.
+def run_tool(
+    args: list[str], path: Path, *, timeout: float | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    """Given an ffmpeg/ffprobe argument list, run it and return the finished run (stdout, stderr).
 
     Raise MediaError with the last lines of stderr if it fails; a run killed by a
     signal or a timeout is transient, a non-zero exit is treated as permanent.
@@ -66,7 +80,7 @@ def run_tool(args: list[str], path: Path, *, timeout: float | None = None) -> by
     except subprocess.TimeoutExpired:
         raise MediaError(path, f"{args[0]} took longer than {timeout:.0f} s", permanent=False) from None
     if done.returncode == 0:
-        return done.stdout
+        return done
     reason = _stderr_reason(done.stderr, path)
     if done.returncode < 0:
         raise MediaError(path, f"{args[0]} was killed by signal {-done.returncode}: {reason}",
@@ -74,11 +88,16 @@ def run_tool(args: list[str], path: Path, *, timeout: float | None = None) -> by
     raise MediaError(path, reason, permanent=True)
 
 
-def _stderr_reason(stderr: bytes, path: Path) -> str:
+def _stderr_lines(stderr: bytes, path: Path) -> list[str]:
+    """Given ffmpeg's stderr, return its distinct non-empty lines, without path or demuxer prefixes."""
     text = stderr.decode("utf-8", "replace").replace(f"{path}: ", "")
     # ffmpeg prefixes lines with "[matroska,webm @ 0x55…]"; the address means nothing to a reader.
     lines = [_DEMUXER_PREFIX.sub("", line).strip() for line in text.splitlines()]
-    lines = list(dict.fromkeys(line for line in lines if line))
+    return list(dict.fromkeys(line for line in lines if line))
+
+
+def _stderr_reason(stderr: bytes, path: Path) -> str:
+    lines = _stderr_lines(stderr, path)
     return ("; ".join(lines[-3:]) if lines else "no error output")[-500:]
 
 
@@ -112,7 +131,7 @@ def probe(path: Path) -> MediaInfo:
         out = run_tool(
             ["ffprobe", "-v", "error", "-print_format", "json", "-show_format", "-show_streams", str(path)],
             path, timeout=120,
-        )
+        ).stdout
     except MediaError as exc:
         if not path.exists():
             raise MediaGone(path) from None
@@ -150,10 +169,37 @@ def _audio_stream(raw: dict) -> AudioStream:
         default=bool(disposition.get("default")),
         channels=int(raw.get("channels") or 0),
         start_time=_float(raw.get("start_time")),
-        duration=_float(raw.get("duration")),
+        duration=_stream_length(raw),
         secondary=bool(disposition.get("comment") or disposition.get("visual_impaired")
                        or disposition.get("descriptions")),
     )
+
+
+def _stream_length(raw: dict) -> float:
+    """Given an ffprobe stream, return its own length in seconds where the container records one, else 0.
+
+    ffprobe gives MP4/MOV track durations (and MP3, FLAC headers) as `duration`. For
+    Matroska it says N/A, and the length is in the DURATION statistics tag instead.
+    """
+    seconds = _float(raw.get("duration"))
+    if seconds > 0:
+        return seconds
+    tags = raw.get("tags") or {}
+    end = next((_hms(value) for key, value in tags.items() if _DURATION_TAG.fullmatch(key)), 0.0)
+    start = _float(raw.get("start_time"))
+    # ffmpeg's muxer writes the stream's end timestamp, mkvmerge its end minus its start.
+    # Subtracting the start is exact for the first and, for the second, errs short: a late
+    # stream is never taken for a truncated one.
+    return end - start if 0 < start < end else end
+
+
+def _hms(value: object) -> float:
+    """Given "HH:MM:SS.nnnnnnnnn" (Matroska's DURATION tag), return seconds; 0 if it is not that."""
+    match = _HMS.fullmatch(str(value).strip())
+    if not match:
+        return 0.0
+    hours, minutes, seconds = match.groups()
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
 
 
 def _language(raw: dict) -> str | None:
@@ -214,7 +260,9 @@ def load_audio(path: Path, info: MediaInfo, stream: AudioStream) -> Audio:
 
     The samples are placed on the timeline the player shows (time 0 = the
     container's start), so subtitle times match even when the audio starts late.
-    Raise MediaError if ffmpeg cannot decode it, or it is clearly truncated.
+    Raise MediaError if ffmpeg cannot decode it, or it is clearly truncated: its
+    audio ends well before the audio stream's own recorded length, or (where the
+    container records none) ffmpeg says the file ends inside its own data.
     """
     args = (
         # ffmpeg-python hashes its arguments as UTF-8 and fails on a file name that is not;
@@ -230,7 +278,7 @@ def load_audio(path: Path, info: MediaInfo, stream: AudioStream) -> Audio:
     )
     args = [str(path) if arg == _INPUT else arg for arg in args]
     try:
-        raw = run_tool(args, path)
+        done = run_tool(args, path)
     except MediaError as exc:
         if not path.exists():
             raise MediaGone(path) from None
@@ -238,24 +286,54 @@ def load_audio(path: Path, info: MediaInfo, stream: AudioStream) -> Audio:
             raise MediaError(path, f"ffmpeg has no decoder for its audio codec ({stream.codec}); convert "
                              "the audio to a common codec (AAC, Opus, FLAC)", permanent=True) from None
         raise MediaError(path, f"ffmpeg could not decode the audio: {exc}", permanent=exc.permanent) from None
-    samples = np.frombuffer(raw, dtype=np.float32)
+    samples = np.frombuffer(done.stdout, dtype=np.float32)
     if samples.size == 0:
         raise MediaError(path, "ffmpeg decoded no audio samples (unsupported or broken audio codec "
                          f"{stream.codec!r})", permanent=True)
-    _check_not_truncated(path, info, stream, len(samples) / SAMPLE_RATE)
+    decoded = len(samples) / SAMPLE_RATE
+    # -xerror already stops ffmpeg (non-zero exit, above) at a corrupt packet or a decoder
+    # error; what is left here are errors it logged and read past.
+    errors = _stderr_lines(done.stderr, path)
+    if stream.duration:
+        _check_stream_length(path, info, stream, decoded)
+    else:
+        _check_not_ended_early(path, errors, decoded)
+    if errors:
+        log.warning("%s: ffmpeg reported while decoding: %s", path, "; ".join(errors[-3:]))
     return Audio(samples=samples, sample_rate=SAMPLE_RATE)
 
 
-def _check_not_truncated(path: Path, info: MediaInfo, stream: AudioStream, decoded: float) -> None:
-    # The stream's own duration is the honest yardstick; some muxers report the
-    # format duration as an end time that includes the start offset.
+def _check_stream_length(path: Path, info: MediaInfo, stream: AudioStream, decoded: float) -> None:
+    """Raise MediaError if the decoded audio ends well before the audio stream's own length.
+
+    Never the container's length: that covers the video too, which often runs on
+    past the audio (silent end credits).
+    """
+    # The decode is padded to start at the container's time 0, so the stream ends at its offset + length.
     offset = max(stream.start_time - info.start_time, 0.0)
-    expected = offset + stream.duration if stream.duration else info.duration
+    expected = offset + stream.duration
     if expected - decoded > 2.0 and decoded < expected * TRUNCATION_RATIO:
         raise MediaError(
             path,
-            f"truncated or corrupt: the container says {format_duration(expected)} but the audio "
-            f"ends at {format_duration(decoded)}; replace the file with a complete copy",
+            f"truncated or corrupt: the audio stream should end at {format_duration(expected)} but the "
+            f"decoded audio ends at {format_duration(decoded)}; replace the file with a complete copy",
+            permanent=True,
+        )
+
+
+def _check_not_ended_early(path: Path, errors: list[str], decoded: float) -> None:
+    """Raise MediaError if ffmpeg logged that the file ends inside its own data (a cut-off file).
+
+    For a container that records no length for the audio stream, this is the only
+    sign of a cut: other errors ffmpeg read past (a damaged block mid-file) leave
+    audio worth transcribing, so they are only logged.
+    """
+    sign = next((s for s in ENDED_EARLY if any(s in line for line in errors)), None)
+    if sign:
+        raise MediaError(
+            path,
+            f"truncated or corrupt: the file ends inside its own data (ffmpeg: {sign}) after "
+            f"{format_duration(decoded)} of audio; replace the file with a complete copy",
             permanent=True,
         )
 

@@ -29,21 +29,27 @@ def make_media(
     audio: bool = True,
     start_time: float = 0.0,
     voice: str = "en",
+    audio_seconds: float | None = None,
+    faststart: bool = False,
 ) -> Path:
     """Write a media file at `path` (container from the suffix) and return the path.
 
     With `speech`, the audio is espeak-ng saying it, padded with silence to
     `seconds` (or longer if the speech is longer); otherwise a quiet tone.
+    `audio_seconds` makes the audio that long instead, shorter or longer than the
+    video (a film whose audio ends before its silent end credits).
     `start_time` shifts the container's timestamps, as web downloads often do.
+    `faststart` puts an MP4's index (moov) before its data, as files made for streaming have it.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     cmd = ["ffmpeg", "-nostdin", "-y", "-loglevel", "error"]
+    sound = seconds if audio_seconds is None else audio_seconds
     if audio and speech is not None:
         wav = speak(speech, path.with_name(path.name + ".speech.wav"), voice=voice)
         cmd += ["-i", str(wav)]
-        audio_filter = ["-af", f"apad=whole_dur={seconds}"]
+        audio_filter = ["-af", f"apad=whole_dur={sound}"]
     elif audio:
-        cmd += ["-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=16000:duration={seconds}"]
+        cmd += ["-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=16000:duration={sound}"]
         audio_filter = ["-af", "volume=0.1"]
     else:
         audio_filter = []
@@ -57,10 +63,33 @@ def make_media(
                          ".wav": "pcm_s16le"}.get(path.suffix, "aac")]
     if start_time:
         cmd += ["-output_ts_offset", str(start_time)]
+    if faststart:
+        cmd += ["-movflags", "+faststart"]
     cmd.append(str(path))
     _run(cmd)
     if audio and speech is not None:
         path.with_name(path.name + ".speech.wav").unlink()
+    return path
+
+
+def drop_stream_lengths(path: Path) -> Path:
+    """Rename the per-stream DURATION tags of an ffmpeg-made Matroska file; return the path.
+
+    What is left records only the container's length, like files from muxers that
+    write no statistics tags (HandBrake, many older ones). The tag name is an EBML
+    string, so a same-length rename keeps every element size valid.
+    """
+    data = path.read_bytes()
+    if b"DURATION" not in data:
+        raise RuntimeError(f"{path} has no DURATION tags to drop")
+    path.write_bytes(data.replace(b"DURATION", b"XURATION"))
+    return path
+
+
+def cut_in_half(full: Path, path: Path) -> Path:
+    """Write the first half of `full`'s bytes to `path` (a copy cut off mid-way); return `path`."""
+    data = full.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
     return path
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -14,12 +15,13 @@ from daemon.media import (
     SAMPLE_RATE,
     MediaError,
     MediaGone,
+    _stream_length,
     choose_audio_stream,
     format_duration,
     load_audio,
     probe,
 )
-from tests.media_factory import make_media, write_odd_wav
+from tests.media_factory import cut_in_half, drop_stream_lengths, make_media, write_odd_wav
 
 
 def decode(path: Path):  # noqa: ANN201
@@ -58,6 +60,8 @@ def test_audio_starting_after_container_start_is_shifted(tmp_path: Path) -> None
                     "-c:v", "mpeg4", "-c:a", "aac", str(path)], check=True)
     info, audio = decode(path)
     assert choose_audio_stream(info).start_time > 1.0  # the container really starts the audio late
+    # ffmpeg's DURATION tag holds the end time (3.5 s); the stream itself lasts 2 s.
+    assert choose_audio_stream(info).duration == pytest.approx(2.0, abs=0.1)
     energy = np.abs(audio.samples)
     first_loud = int(np.argmax(energy > 0.05)) / SAMPLE_RATE
     assert first_loud == pytest.approx(1.5, abs=0.05)
@@ -75,9 +79,7 @@ def _text(p: Path) -> Path:
 
 def _truncated(p: Path) -> Path:
     full = make_media(p.with_name("full" + p.suffix), speech="A sentence that runs for a while.", seconds=20)
-    data = full.read_bytes()
-    p.write_bytes(data[: len(data) // 2])
-    return p
+    return cut_in_half(full, p)
 
 
 def _no_audio(p: Path) -> Path:
@@ -93,7 +95,7 @@ def _unreadable(p: Path) -> Path:
 BAD_INPUT = [
     ("zero.mkv", _zero, "the file is empty (0 bytes)"),
     ("text.mkv", _text, "not a media file, or corrupt"),
-    ("truncated.mkv", _truncated, "truncated or corrupt: the container says 0:20 but the audio ends at 0:0"),
+    # ffmpeg writes an MP4's index (moov) last: the first half has none, so ffprobe gives up.
     ("truncated.mp4", _truncated, "not a media file, or corrupt: moov atom not found"),
     ("silent-film.mkv", _no_audio, "no audio stream (streams: video); nothing to transcribe"),
 ]
@@ -107,6 +109,82 @@ def test_bad_input_is_a_permanent_clear_error(tmp_path: Path, name: str, make, m
     assert str(info.value).startswith(message), str(info.value)
     assert info.value.permanent and info.value.path == path
     assert "0x" not in str(info.value)  # no ffmpeg pointer noise in the user's error
+
+
+def _truncated_faststart(p: Path) -> Path:
+    full = make_media(p.with_name("full" + p.suffix), seconds=20, faststart=True)
+    return cut_in_half(full, p)
+
+
+def _truncated_untagged(p: Path) -> Path:
+    full = drop_stream_lengths(make_media(p.with_name("full" + p.suffix), seconds=20))
+    return cut_in_half(full, p)
+
+
+REPLACE = "; replace the file with a complete copy"
+CUT_AT_HALF = ("truncated or corrupt: the audio stream should end at 0:20 "
+               "but the decoded audio ends at 0:(09|10)" + REPLACE)
+TRUNCATED = [
+    # The audio stream's own length survives the cut (Matroska DURATION tag, MP4 track duration).
+    ("truncated.mkv", _truncated, 20.0, CUT_AT_HALF),
+    ("truncated-faststart.mp4", _truncated_faststart, 20.0, CUT_AT_HALF),
+    # No per-stream length to compare with: ffmpeg's own report of the cut is the evidence.
+    ("truncated-untagged.mkv", _truncated_untagged, 0.0,
+     r"truncated or corrupt: the file ends inside its own data \(ffmpeg: File ended prematurely\) "
+     "after 0:(09|10) of audio" + REPLACE),
+]
+
+
+@pytest.mark.parametrize(("name", "make", "length", "message"), TRUNCATED, ids=[t[0] for t in TRUNCATED])
+def test_truncated_file_says_what_was_expected_and_found(
+    tmp_path: Path, name: str, make, length: float, message: str,  # noqa: ANN001
+) -> None:
+    path = make(tmp_path / name)
+    info = probe(path)
+    assert choose_audio_stream(info).duration == pytest.approx(length, abs=0.1)  # the yardstick used
+    with pytest.raises(MediaError) as err:
+        load_audio(path, info, choose_audio_stream(info))
+    assert re.fullmatch(message, str(err.value)), str(err.value)
+    assert err.value.permanent and err.value.path == path
+    assert "0x" not in str(err.value)
+
+
+def _short_audio(p: Path) -> Path:
+    return make_media(p, seconds=7.6, audio_seconds=2.7)
+
+
+def _short_audio_untagged(p: Path) -> Path:
+    return drop_stream_lengths(_short_audio(p))
+
+
+SHORT_AUDIO = [("credits.mkv", _short_audio, 2.7), ("credits.mp4", _short_audio, 2.7),
+               ("credits-untagged.mkv", _short_audio_untagged, 0.0)]
+
+
+@pytest.mark.parametrize(("name", "make", "length"), SHORT_AUDIO, ids=[s[0] for s in SHORT_AUDIO])
+def test_audio_ending_before_the_video_is_not_truncated(
+    tmp_path: Path, name: str, make, length: float,  # noqa: ANN001
+) -> None:
+    # A film with silent end credits: the container runs 7.6 s, its audio only 2.7 s.
+    info, audio = decode(make(tmp_path / name))
+    assert info.duration == pytest.approx(7.6, abs=0.1)
+    assert choose_audio_stream(info).duration == pytest.approx(length, abs=0.1)
+    assert audio.duration == pytest.approx(2.7, abs=0.15)
+    # the quiet tone itself (RMS about 0.009), not silence
+    assert float(np.sqrt(np.mean(audio.samples[: int(2.5 * SAMPLE_RATE)] ** 2))) > 0.005
+
+
+@pytest.mark.parametrize(("raw", "length"), [
+    ({"duration": "2.700000", "start_time": "0.000000"}, 2.7),  # MP4: ffprobe has the track's length
+    ({"duration": "N/A", "start_time": "1.436000", "tags": {"DURATION": "00:00:03.500000000"}}, 2.064),
+    ({"start_time": "0.000000", "tags": {"DURATION-eng": "01:52:10.500000000"}}, 6730.5),
+    # mkvmerge writes the length itself; one shorter than the start cannot be an end time.
+    ({"start_time": "60.000000", "tags": {"DURATION": "00:00:30.000000000"}}, 30.0),
+    ({"start_time": "0.000000", "tags": {"DURATION": "soon"}}, 0.0),
+    ({"start_time": "0.000000", "tags": {"ENCODER": "Lavc"}}, 0.0),
+])
+def test_stream_length_from_ffprobe_fields(raw: dict, length: float) -> None:
+    assert _stream_length(raw) == pytest.approx(length, abs=1e-6)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
