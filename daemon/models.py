@@ -79,9 +79,10 @@ def resolve(spec: str, models_dir: Path) -> ModelSource:
                 f"{TRANSFORMERS_FILES}; point `model:` at such a folder, a .pt checkpoint or a Whisper name"
             )
         return ModelSource(spec, kind, path)
+    what = "file" if spec.endswith(".pt") else "folder"
     raise ModelNotFound(
-        f"model {path} does not exist; set `model:` to an existing .pt checkpoint, a faster-whisper or "
-        "Hugging Face model folder, or a Whisper name (tiny, base, small, medium, large-v3, turbo)"
+        f"model {what} {path} does not exist; set `model:` to an existing .pt checkpoint, a faster-whisper "
+        "or Hugging Face model folder, or a Whisper name (tiny, base, small, medium, large-v3, turbo)"
     )
 
 
