@@ -193,8 +193,39 @@ def converted_checkpoint(source: ModelSource, models_dir: Path) -> Path:
         return target
     convert = _read_ctranslate2 if source.kind == "ctranslate2" else _read_transformers
     dims, state, heads = convert(source.path)
+    _check_complete(dims, state, source)
     _save_atomically(target, {"dims": asdict(dims), "model_state_dict": state, "alignment_heads": heads})
     return target
+
+
+def _check_complete(dims: Any, state: dict[str, torch.Tensor], source: ModelSource) -> None:
+    """Raise ModelNotFound naming the folder if `state` lacks a tensor of the model `dims` describe,
+    or holds one of another shape: caught here, not as a RuntimeError when the cached file loads."""
+    import torch
+    from whisper.model import AudioEncoder, TextDecoder
+
+    with torch.device("meta"):  # shapes only: nothing is allocated
+        encoder = AudioEncoder(dims.n_mels, dims.n_audio_ctx, dims.n_audio_state, dims.n_audio_head,
+                               dims.n_audio_layer)
+        decoder = TextDecoder(dims.n_vocab, dims.n_text_ctx, dims.n_text_state, dims.n_text_head,
+                              dims.n_text_layer)
+    expected = {
+        **{f"encoder.{name}": tensor.shape for name, tensor in encoder.state_dict().items()},
+        **{f"decoder.{name}": tensor.shape for name, tensor in decoder.state_dict().items()},
+    }
+    files = FASTER_WHISPER_FILES if source.kind == "ctranslate2" else TRANSFORMERS_FILES
+    missing = [name for name in expected if name not in state]
+    if missing:
+        raise ModelNotFound(
+            f"the model in {source.path} is not a complete Whisper model: it lacks {missing[0]}"
+            f"{f' and {len(missing) - 1} more tensors' if len(missing) > 1 else ''}; expected {files}"
+        )
+    for name, shape in expected.items():
+        if state[name].shape != shape:
+            raise ModelNotFound(
+                f"the model in {source.path} is inconsistent: {name} has shape {tuple(state[name].shape)} "
+                f"where its dimensions call for {tuple(shape)}; download or copy the model folder again"
+            )
 
 
 def content_hash(source: ModelSource) -> str:
