@@ -188,9 +188,12 @@ def converted_checkpoint(source: ModelSource, models_dir: Path) -> Path:
     content converts once however many folders or paths hold it.
     """
     assert source.path is not None and source.kind in ("ctranslate2", "transformers")
-    target = models_dir / "converted" / f"{source.path.name}-{content_hash(source)[:16]}.pt"
-    if target.is_file():
-        return target
+    digest = content_hash(source)[:16]
+    # The folder's name is only there for people reading the directory: any name with this hash will do.
+    cached = sorted((models_dir / "converted").glob(f"*-{digest}.pt"))
+    if cached:
+        return cached[0]
+    target = models_dir / "converted" / f"{source.path.name}-{digest}.pt"
     convert = _read_ctranslate2 if source.kind == "ctranslate2" else _read_transformers
     dims, state, heads = convert(source.path)
     _check_complete(dims, state, source)
