@@ -24,6 +24,7 @@ import hashlib
 import io
 import json
 import os
+import pickle
 import re
 import struct
 from collections.abc import Iterator
@@ -155,9 +156,13 @@ def load_checkpoint(path: Path, device: str) -> Whisper:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         dims = ModelDimensions(**checkpoint["dims"])
         state = checkpoint["model_state_dict"]
-    except (OSError, RuntimeError, KeyError, TypeError, EOFError, ValueError, struct.error) as exc:
+    except (
+        OSError, RuntimeError, KeyError, TypeError, EOFError, ValueError, struct.error, pickle.UnpicklingError
+    ) as exc:
+        # torch's unpickling text advises weights_only=False: wrong for a file that is no checkpoint at all
+        detail = "not a PyTorch file of tensors" if isinstance(exc, pickle.UnpicklingError) else exc
         raise ModelNotFound(
-            f"model file {path} is not a readable Whisper checkpoint ({type(exc).__name__}: {exc}); "
+            f"model file {path} is not a readable Whisper checkpoint ({type(exc).__name__}: {detail}); "
             "replace it with an OpenAI-format .pt file or point `model:` at a model folder"
         ) from None
     model = Whisper(dims)

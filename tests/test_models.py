@@ -384,3 +384,19 @@ def test_truncated_transformers_file(tmp_path: Path) -> None:
     (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
     assert_fails(folder, tmp_path / "models", f"cannot read the Hugging Face model in {folder}")
 
+
+
+@pytest.mark.parametrize("kind", ["whisper.cpp ggml", "pickled objects"])
+def test_file_that_is_no_checkpoint(kind: str, tmp_path: Path) -> None:
+    """A whisper.cpp model, or a pickle of objects, fails the job for good, not as a retried torch error."""
+    import argparse
+    import pickle
+
+    path = tmp_path / ("ggml-base.bin" if kind == "whisper.cpp ggml" else "notes.pt")
+    if kind == "whisper.cpp ggml":  # magic, then n_vocab, n_audio_ctx, n_audio_state …
+        path.write_bytes(struct.pack("<I", 0x67676D6C) + struct.pack("<5i", 51865, 1500, 512, 8, 6))
+    else:
+        path.write_bytes(pickle.dumps(argparse.Namespace(dims={"n_mels": 80}), protocol=2))
+    message = assert_fails(path, tmp_path / "models",
+                           f"model file {path} is not a readable Whisper checkpoint (UnpicklingError")
+    assert "OpenAI-format .pt file" in message and "weights_only" not in message
