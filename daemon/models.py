@@ -266,7 +266,21 @@ def _config_files(folder: Path) -> list[Path]:
 
 
 def _safetensors_files(folder: Path) -> list[Path]:
-    return sorted(folder.glob("*.safetensors"))
+    """The weight files transformers itself would read: model.safetensors, else the shards its index
+    lists (those present: a missing one shows as missing tensors), else every .safetensors file.
+
+    Other .safetensors beside model.safetensors are other copies (model.fp32-00001-of-00002.safetensors,
+    written with variant="fp32") or other models (adapter_model.safetensors): not read, not hashed.
+    """
+    single = folder / "model.safetensors"
+    if single.is_file():
+        return [single]
+    try:
+        index = json.loads((folder / "model.safetensors.index.json").read_text(encoding="utf-8"))
+        shards = sorted(set(index["weight_map"].values()))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
+        return sorted(folder.glob("*.safetensors"))
+    return [folder / name for name in shards if (folder / name).is_file()]
 
 
 def _save_atomically(target: Path, checkpoint: dict[str, Any]) -> None:

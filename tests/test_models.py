@@ -184,6 +184,7 @@ def save_transformers_folder(
     state: dict[str, torch.Tensor],
     folder: Path,
     alignment_heads: list[list[int]] | None,
+    **save_options: Any,
 ) -> Path:
     """Write an OpenAI-format model as a transformers Whisper folder, with transformers' own classes."""
     from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration
@@ -202,7 +203,7 @@ def save_transformers_folder(
     assert model.proj_out.weight.data_ptr() == model.model.decoder.embed_tokens.weight.data_ptr()
     if alignment_heads is not None:
         model.generation_config = GenerationConfig(alignment_heads=alignment_heads)
-    model.save_pretrained(folder)  # transformers 5 writes safetensors only: model.safetensors
+    model.save_pretrained(folder, **save_options)  # transformers 5 writes safetensors only
     return folder
 
 
@@ -285,6 +286,48 @@ def test_transformers_folder_without_generation_config_keeps_whisper_default_hea
         assert torch.equal(model.state_dict()[name], tensor), name
     # whisper's default: every head of the last half of the decoder's layers
     assert heads_of(model) == [[1, 0], [1, 1]]
+
+
+@pytest.mark.parametrize("other", ["model.fp32-00001-of-00001.safetensors", "model_backup.safetensors"])
+def test_transformers_folder_reads_model_safetensors_not_other_copies_beside_it(
+    other: str, tmp_path: Path
+) -> None:
+    """A folder may hold model.safetensors and another copy (a variant="fp32" one, a backup):
+    transformers reads model.safetensors only, and so does subwatch; the copy is not even hashed."""
+    from safetensors.torch import load_file, save_file
+
+    from tests.whisper_checkpoint import random_whisper
+
+    small = random_whisper("test", seed=3)
+    folder = save_transformers_folder(asdict(small.dims), small.state_dict(), tmp_path / "variants", None)
+    source = resolve(str(folder), tmp_path / "models")
+    alone = content_hash(source)
+    decoy = {name: torch.zeros_like(t) for name, t in load_file(folder / "model.safetensors").items()}
+    save_file(decoy, folder / other)
+    assert content_hash(source) == alone
+    model = load_model(str(folder), tmp_path / "models", "cpu")
+    for name, tensor in small.state_dict().items():
+        assert torch.equal(model.state_dict()[name], tensor), name
+
+
+def test_sharded_transformers_folder(tmp_path: Path) -> None:
+    """Shards listed in model.safetensors.index.json load as one model; a lost shard is named as missing
+    tensors, not a crash."""
+    from tests.whisper_checkpoint import random_whisper
+
+    small = random_whisper("test", seed=4)
+    folder = save_transformers_folder(asdict(small.dims), small.state_dict(), tmp_path / "sharded", None,
+                                      max_shard_size="2MB")
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 1 and not (folder / "model.safetensors").exists()
+    model = load_model(str(folder), tmp_path / "models", "cpu")
+    for name, tensor in small.state_dict().items():
+        assert torch.equal(model.state_dict()[name], tensor), name
+
+    (folder / shards[0]).unlink()
+    assert_fails(folder, tmp_path / "models-after-loss",
+                 f"the model in {folder} is not a complete Whisper model: it lacks")
 
 
 # ----------------------------------------------------------------------------- errors
