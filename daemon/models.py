@@ -208,7 +208,7 @@ def converted_checkpoint(source: ModelSource, models_dir: Path) -> Path:
 
 def _check_complete(dims: Any, state: dict[str, torch.Tensor], source: ModelSource) -> None:
     """Raise ModelNotFound naming the folder if `state` lacks a tensor of the model `dims` describe,
-    or holds one of another shape: caught here, not as a RuntimeError when the cached file loads."""
+    holds one more, or one of another shape: caught here, not as a RuntimeError when the cached file loads."""
     import torch
     from whisper.model import AudioEncoder, TextDecoder
 
@@ -227,6 +227,12 @@ def _check_complete(dims: Any, state: dict[str, torch.Tensor], source: ModelSour
         raise ModelNotFound(
             f"the model in {source.path} is not a complete Whisper model: it lacks {missing[0]}"
             f"{f' and {len(missing) - 1} more tensors' if len(missing) > 1 else ''}; expected {files}"
+        )
+    extra = [name for name in state if name not in expected]
+    if extra:
+        raise ModelNotFound(
+            f"the model in {source.path} holds {extra[0]}, which a Whisper model of its dimensions has no "
+            f"place for: it is not a model subwatch can read (expected {files})"
         )
     for name, shape in expected.items():
         if state[name].shape != shape:

@@ -416,6 +416,21 @@ def test_transformers_folder_missing_a_tensor(tmp_path: Path) -> None:
                  "lacks decoder.blocks.1.mlp.2.weight", "model.safetensors")
 
 
+def test_transformers_folder_with_a_tensor_whisper_has_no_place_for(tmp_path: Path) -> None:
+    """Whisper's cross-attention key has no bias: a folder with one is no model openai-whisper can hold."""
+    from safetensors.torch import load_file, save_file
+
+    from tests.whisper_checkpoint import random_whisper
+
+    small = random_whisper("test", seed=5)
+    folder = save_transformers_folder(asdict(small.dims), small.state_dict(), tmp_path / "odd", None)
+    tensors = load_file(folder / "model.safetensors")
+    tensors["model.decoder.layers.0.encoder_attn.k_proj.bias"] = torch.ones(64)
+    save_file(tensors, folder / "model.safetensors")
+    assert_fails(folder, tmp_path / "models",
+                 f"the model in {folder} holds decoder.blocks.0.cross_attn.key.bias", "model.safetensors")
+
+
 def test_truncated_transformers_file(tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
