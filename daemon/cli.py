@@ -19,6 +19,7 @@ from pathlib import Path
 
 from daemon import __version__
 from daemon.config import BUILTIN_DEFAULTS, Config, ConfigError, FolderNotify, FolderRules, load_config
+from daemon.models import is_model_path
 from daemon.queue import QueueError
 from daemon.text import format_speed, printable
 
@@ -65,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     one.add_argument("files", nargs="+", type=Path, metavar="FILE")
     one.add_argument("--config", type=Path, help="take defaults (and the folder rules for files inside "
                      "a watched folder) from this config")
-    one.add_argument("--model", help="Whisper model name or .pt path (default: turbo)")
+    one.add_argument("--model", help="Whisper model name, .pt checkpoint, or faster-whisper / Hugging Face "
+                     "model folder (default: turbo)")
     one.add_argument("--language", help="ISO 639-1 code, or auto (default)")
     one.add_argument("--task", choices=("transcribe", "translate"))
     one.add_argument("--prompt", help="initial prompt: names, jargon, spelling")
@@ -180,7 +182,7 @@ def _one_shot_rules(path: Path, config: Config | None, args: argparse.Namespace)
 
 
 def _model_arg(value: str) -> str:
-    return str(absolute(Path(value))) if value.endswith(".pt") or os.sep in value else value
+    return str(absolute(Path(value))) if is_model_path(value) else value
 
 
 def _default_rules(folder: Path) -> FolderRules:

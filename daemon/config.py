@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from daemon.datatypes import MemoryLimit
+from daemon.models import is_model_path  # no torch: config stays instant
 
 # Whisper's own tables, copied so that loading a config does not import torch.
 # tests/test_config.py asserts they equal whisper.available_models() / tokenizer.LANGUAGES.
@@ -171,11 +172,12 @@ class _RulesModel(_Strict):
     @field_validator("model")
     @classmethod
     def _model_known(cls, value: str | None) -> str | None:
-        if value is None or value in WHISPER_MODELS or value.endswith(".pt") or "/" in value:
+        if value is None or value in WHISPER_MODELS or is_model_path(value):
             return value
         raise ValueError(
             f"unknown model {value!r}{_did_you_mean(value, WHISPER_MODELS)}; use one of "
-            f"{', '.join(WHISPER_MODELS)}, or a path to a .pt checkpoint"
+            f"{', '.join(WHISPER_MODELS)}, or a path to a .pt checkpoint or a faster-whisper / "
+            "Hugging Face model folder"
         )
 
     @field_validator("language")
@@ -425,7 +427,7 @@ def _folder(model: _FolderModel, defaults: dict[str, Any], base: Path) -> Folder
     language = rules.pop("language")
     model_spec = rules.pop("model")
     device = rules.pop("device")
-    if model_spec.endswith(".pt") or "/" in model_spec:
+    if is_model_path(model_spec):  # a .pt file or a model folder, relative to the config file
         model_spec = str(_absolute(model_spec, base))
     return FolderRules(
         path=_absolute(model.path, base),

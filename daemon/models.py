@@ -24,6 +24,7 @@ import hashlib
 import io
 import json
 import os
+import pickle
 import re
 import struct
 from collections.abc import Iterator
@@ -79,9 +80,10 @@ def resolve(spec: str, models_dir: Path) -> ModelSource:
                 f"{TRANSFORMERS_FILES}; point `model:` at such a folder, a .pt checkpoint or a Whisper name"
             )
         return ModelSource(spec, kind, path)
+    what = "file" if spec.endswith(".pt") else "folder"
     raise ModelNotFound(
-        f"model {path} does not exist; set `model:` to an existing .pt checkpoint, a faster-whisper or "
-        "Hugging Face model folder, or a Whisper name (tiny, base, small, medium, large-v3, turbo)"
+        f"model {what} {path} does not exist; set `model:` to an existing .pt checkpoint, a faster-whisper "
+        "or Hugging Face model folder, or a Whisper name (tiny, base, small, medium, large-v3, turbo)"
     )
 
 
@@ -154,9 +156,13 @@ def load_checkpoint(path: Path, device: str) -> Whisper:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         dims = ModelDimensions(**checkpoint["dims"])
         state = checkpoint["model_state_dict"]
-    except (OSError, RuntimeError, KeyError, TypeError, EOFError, ValueError, struct.error) as exc:
+    except (
+        OSError, RuntimeError, KeyError, TypeError, EOFError, ValueError, struct.error, pickle.UnpicklingError
+    ) as exc:
+        # torch's unpickling text advises weights_only=False: wrong for a file that is no checkpoint at all
+        detail = "not a PyTorch file of tensors" if isinstance(exc, pickle.UnpicklingError) else exc
         raise ModelNotFound(
-            f"model file {path} is not a readable Whisper checkpoint ({type(exc).__name__}: {exc}); "
+            f"model file {path} is not a readable Whisper checkpoint ({type(exc).__name__}: {detail}); "
             "replace it with an OpenAI-format .pt file or point `model:` at a model folder"
         ) from None
     model = Whisper(dims)
@@ -187,13 +193,53 @@ def converted_checkpoint(source: ModelSource, models_dir: Path) -> Path:
     content converts once however many folders or paths hold it.
     """
     assert source.path is not None and source.kind in ("ctranslate2", "transformers")
-    target = models_dir / "converted" / f"{source.path.name}-{content_hash(source)[:16]}.pt"
-    if target.is_file():
-        return target
+    digest = content_hash(source)[:16]
+    # The folder's name is only there for people reading the directory: any name with this hash will do.
+    cached = sorted((models_dir / "converted").glob(f"*-{digest}.pt"))
+    if cached:
+        return cached[0]
+    target = models_dir / "converted" / f"{source.path.name}-{digest}.pt"
     convert = _read_ctranslate2 if source.kind == "ctranslate2" else _read_transformers
     dims, state, heads = convert(source.path)
+    _check_complete(dims, state, source)
     _save_atomically(target, {"dims": asdict(dims), "model_state_dict": state, "alignment_heads": heads})
     return target
+
+
+def _check_complete(dims: Any, state: dict[str, torch.Tensor], source: ModelSource) -> None:
+    """Raise ModelNotFound naming the folder if `state` lacks a tensor of the model `dims` describe,
+    holds one more, or one of another shape: caught here, not as a RuntimeError when the cached file loads."""
+    import torch
+    from whisper.model import AudioEncoder, TextDecoder
+
+    with torch.device("meta"):  # shapes only: nothing is allocated
+        encoder = AudioEncoder(dims.n_mels, dims.n_audio_ctx, dims.n_audio_state, dims.n_audio_head,
+                               dims.n_audio_layer)
+        decoder = TextDecoder(dims.n_vocab, dims.n_text_ctx, dims.n_text_state, dims.n_text_head,
+                              dims.n_text_layer)
+    expected = {
+        **{f"encoder.{name}": tensor.shape for name, tensor in encoder.state_dict().items()},
+        **{f"decoder.{name}": tensor.shape for name, tensor in decoder.state_dict().items()},
+    }
+    files = FASTER_WHISPER_FILES if source.kind == "ctranslate2" else TRANSFORMERS_FILES
+    missing = [name for name in expected if name not in state]
+    if missing:
+        raise ModelNotFound(
+            f"the model in {source.path} is not a complete Whisper model: it lacks {missing[0]}"
+            f"{f' and {len(missing) - 1} more tensors' if len(missing) > 1 else ''}; expected {files}"
+        )
+    extra = [name for name in state if name not in expected]
+    if extra:
+        raise ModelNotFound(
+            f"the model in {source.path} holds {extra[0]}, which a Whisper model of its dimensions has no "
+            f"place for: it is not a model subwatch can read (expected {files})"
+        )
+    for name, shape in expected.items():
+        if state[name].shape != shape:
+            raise ModelNotFound(
+                f"the model in {source.path} is inconsistent: {name} has shape {tuple(state[name].shape)} "
+                f"where its dimensions call for {tuple(shape)}; download or copy the model folder again"
+            )
 
 
 def content_hash(source: ModelSource) -> str:
@@ -226,7 +272,21 @@ def _config_files(folder: Path) -> list[Path]:
 
 
 def _safetensors_files(folder: Path) -> list[Path]:
-    return sorted(folder.glob("*.safetensors"))
+    """The weight files transformers itself would read: model.safetensors, else the shards its index
+    lists (those present: a missing one shows as missing tensors), else every .safetensors file.
+
+    Other .safetensors beside model.safetensors are other copies (model.fp32-00001-of-00002.safetensors,
+    written with variant="fp32") or other models (adapter_model.safetensors): not read, not hashed.
+    """
+    single = folder / "model.safetensors"
+    if single.is_file():
+        return [single]
+    try:
+        index = json.loads((folder / "model.safetensors.index.json").read_text(encoding="utf-8"))
+        shards = sorted(set(index["weight_map"].values()))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
+        return sorted(folder.glob("*.safetensors"))
+    return [folder / name for name in shards if (folder / name).is_file()]
 
 
 def _save_atomically(target: Path, checkpoint: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -149,6 +150,23 @@ def test_transcribe_reports_bad_files_and_exits_1(tmp_path: Path, tiny_checkpoin
     done = subwatch("transcribe", str(empty), "--model", str(tiny_checkpoint), "--device", "cpu")
     assert done.returncode == 1
     assert done.stderr.strip().endswith(f"{empty}: the file is empty (0 bytes)")
+
+
+def test_transcribe_takes_a_relative_model_folder(tmp_path: Path) -> None:
+    """--model ../folder is a path (it has a "/"), made absolute: the error names the folder in full."""
+    video = make_media(tmp_path / "clip.mkv", speech="Which model is this?", seconds=2)
+    folder = tmp_path / "not-a-model"
+    folder.mkdir()
+    (folder / "pytorch_model.bin").write_bytes(b"")
+    relative = os.path.relpath(folder, REPO)  # subwatch runs in REPO
+    assert not relative.startswith("/")
+    done = subwatch("transcribe", str(video), "--model", relative, "--device", "cpu")
+    assert done.returncode == 1
+    assert done.stderr.strip().endswith(
+        f"{video}: model folder {folder} holds no Whisper model: expected model.bin and config.json (a "
+        "faster-whisper / CTranslate2 model), or config.json and model.safetensors (a Hugging Face "
+        "transformers Whisper model); point `model:` at such a folder, a .pt checkpoint or a Whisper name"
+    ), done.stderr
 
 
 def test_transcribe_rejects_bad_flag_values(tmp_path: Path) -> None:

@@ -77,6 +77,30 @@ def test_model_path_resolved_relative_to_config(tmp_path: Path) -> None:
     assert config.folders[0].model == str(tmp_path / "models" / "mine.pt")
 
 
+def test_model_folder_resolved_relative_to_config(tmp_path: Path) -> None:
+    """A faster-whisper or Hugging Face folder is a path like a .pt file: anything with a "/"."""
+    config = load_config(write(tmp_path, """
+        defaults:
+          model: ./faster-whisper-base
+        folders:
+          - path: x
+          - path: y
+            model: ../hf/whisper-small/
+          - path: z
+            model: base.en
+    """))
+    assert [f.model for f in config.folders] == [
+        str(tmp_path / "faster-whisper-base"), str(tmp_path.parent / "hf" / "whisper-small"), "base.en"]
+
+
+def test_unknown_model_says_paths_and_folders_are_allowed(tmp_path: Path) -> None:
+    problems = problems_of(write(tmp_path, "folders: [{path: x, model: faster-whisper-base}]\n"))
+    assert len(problems) == 1 and problems[0].startswith("at 'folders[0].model': unknown model "
+                                                         "'faster-whisper-base'")
+    assert problems[0].endswith(
+        "turbo, or a path to a .pt checkpoint or a faster-whisper / Hugging Face model folder")
+
+
 def test_typo_names_key_path_and_suggestion(tmp_path: Path) -> None:
     path = write(tmp_path, """
         folders:

@@ -32,8 +32,12 @@ def sink() -> Iterator[NotificationSink]:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path, sink: NotificationSink):  # noqa: ANN201
     root = tmp_path_factory.mktemp("e2e")
-    for name in ("movies", "shows", "nomodel"):
+    for name in ("movies", "shows", "nomodel", "badmodel"):
         (root / name).mkdir()
+    # A Hugging Face folder in the old format (pytorch_model.bin): neither kind subwatch reads.
+    (root / "old-hf-model").mkdir()
+    (root / "old-hf-model" / "config.json").write_text('{"model_type": "whisper"}')
+    (root / "old-hf-model" / "pytorch_model.bin").write_bytes(b"")
     config = write_config(root / "config.yaml", f"""
         state_dir: {root / "state"}
         log_level: info
@@ -52,9 +56,11 @@ def world(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path, sink:
             language: auto
           - path: {root / "nomodel"}
             model: {root / "missing" / "model.pt"}
+          - path: {root / "badmodel"}
+            model: ./old-hf-model
     """)
     daemon = Daemon(config)
-    daemon.wait_log("watching 3 folder(s)", timeout=120)
+    daemon.wait_log("watching 4 folder(s)", timeout=120)
     yield root, config, daemon
     assert daemon.stop() == 0, daemon.log()
 
@@ -158,6 +164,25 @@ def test_missing_model_fails_the_job_with_where_it_looked(world, sink, tmp_path:
     assert job["error"].startswith(f"model file {root / 'missing' / 'model.pt'} does not exist"), job
     note = sink.wait_for(lambda m: m.get("title") == "Subtitles failed: x")
     assert "model file" in note["message"]
+    assert daemon.process.poll() is None
+
+
+def test_bad_model_folder_fails_the_job_naming_what_it_expected(world, sink, tmp_path: Path) -> None:  # noqa: ANN001
+    root, config, daemon = world
+    source = make_media(tmp_path / "y.mkv", speech="Which model is this?", seconds=3)
+    shutil.copy(source, root / "badmodel" / "y.mkv")
+    job = wait_for_state(config, "y.mkv", {"done", "failed"})
+    assert job["state"] == "failed"
+    folder = root / "old-hf-model"  # written relative to the config, named in full
+    assert job["error"] == (
+        f"model folder {folder} holds no Whisper model: expected model.bin and config.json (a faster-whisper "
+        "/ CTranslate2 model), or config.json and model.safetensors (a Hugging Face transformers Whisper "
+        "model); point `model:` at such a folder, a .pt checkpoint or a Whisper name"
+    ), job
+    assert job["attempts"] == 1
+    note = sink.wait_for(lambda m: m.get("title") == "Subtitles failed: y")
+    assert f"model folder {folder}" in note["message"]
+    assert not (root / "state" / "models" / "converted").exists()
     assert daemon.process.poll() is None
 
 
