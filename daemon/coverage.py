@@ -2,10 +2,13 @@
 
 Whisper sometimes ends a window early, or skips an utterance inside it: the
 words it returned cover only part of the speech the window held, and nothing
-ever decodes the rest. Speech detection says where speech is, so the gap is
-visible: speech that no word (give or take `margin_s`) covers, in stretches
-of at least `min_seconds`, is decoded again in windows of its own, from where
-the words stopped, until every such stretch has words or has been tried alone.
+ever decodes the rest. Speech detection says where speech may be (its faint
+map, see vad.SpeechMap), so the gap is visible: speech that no word (give or
+take `margin_s`) covers, in stretches of at least `min_seconds`, is decoded
+again in a window of its own that starts where the words before it stopped
+(whisper's seek, for gaps in the middle too: silero often hears a quiet
+speaker seconds late), until every such stretch has words or its window has
+been tried.
 
 Pure functions on (start, end) seconds of the file's timeline; the
 transcription stage calls them between decoding rounds.
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 Interval = tuple[float, float]
 
@@ -29,11 +33,22 @@ class CoverageOptions:
         edges from cross-attention are a few tenths of a second loose (0.5).
     max_rounds: decoding rounds after the first; each decodes the stretches
         still uncovered, alone (3).
+    reach_back_s: a retry window starts up to this long before its stretch, at
+        the end of the last word before it (8.0).
+    reach_forward_s: and ends up to this long after it, at the next word (1.0).
+    max_no_speech_prob, min_avg_logprob: what a retried window's decoding must
+        show to be kept (0.5, -1.0). Whisper's own rule drops text only when
+        both are bad; a window the first pass found nothing in needs both to be
+        good, or Whisper's "Thank you." over a speaker's trailing breath gets in.
     """
 
     min_seconds: float = 1.0
     margin_s: float = 0.5
     max_rounds: int = 3
+    reach_back_s: float = 8.0
+    reach_forward_s: float = 1.0
+    max_no_speech_prob: float = 0.5
+    min_avg_logprob: float = -1.0
 
 
 def merge(intervals: Iterable[Interval]) -> list[Interval]:
@@ -84,20 +99,35 @@ def uncovered(
     return [(start, end) for start, end in left if end - start >= options.min_seconds]
 
 
-def untried(stretches: Sequence[Interval], tried: Sequence[Interval]) -> list[Interval]:
-    """Return the stretches worth decoding again: those not (nearly) equal to one already decoded alone.
+def retry_window(stretch: Interval, words: Sequence[Interval], options: CoverageOptions) -> Interval:
+    """Given an uncovered stretch and the file's word times (sorted), return the window to decode it in.
 
-    A stretch inside a tried one and at least 80 % of its length is the same
-    audio again; decoding it once more would give the same nothing. A smaller
-    remainder (the words stopped part way) is new: it starts where they stopped.
+    It reaches back to where the last word before the stretch ended (at most
+    `reach_back_s`) and on to where the next word starts (at most
+    `reach_forward_s`), so the model hears the speech from its real start and
+    every word it returns there is new.
     """
-    def seen(stretch: Interval) -> bool:
-        length = stretch[1] - stretch[0]
-        return any(
-            a - 0.05 <= stretch[0] and stretch[1] <= b + 0.05 and length >= 0.8 * (b - a) for a, b in tried
-        )
+    before = [end for _, end in words if end <= stretch[0]]
+    after = [start for start, _ in words if start >= stretch[1]]
+    start = max(max(before, default=0.0), stretch[0] - options.reach_back_s)
+    end = min(min(after, default=stretch[1] + options.reach_forward_s), stretch[1] + options.reach_forward_s)
+    return start, max(end, stretch[1])
 
-    return [stretch for stretch in stretches if not seen(stretch)]
+
+def confident(result: Any, options: CoverageOptions) -> bool:
+    """True if a retried window's decoding (engine.ChunkDecoding) is speech by both of Whisper's measures."""
+    return (
+        result.no_speech_prob <= options.max_no_speech_prob and result.avg_logprob >= options.min_avg_logprob
+    )
+
+
+def untried(windows: Sequence[Interval], tried: Sequence[Interval]) -> list[Interval]:
+    """Return the windows not decoded before (the same window again would give the same nothing)."""
+    return [
+        window
+        for window in windows
+        if not any(abs(window[0] - a) <= 0.05 and abs(window[1] - b) <= 0.05 for a, b in tried)
+    ]
 
 
 def split_long(stretch: Interval, max_seconds: float) -> list[Interval]:
@@ -108,7 +138,7 @@ def split_long(stretch: Interval, max_seconds: float) -> list[Interval]:
     return [(start + i * step, start + (i + 1) * step if i < pieces - 1 else end) for i in range(pieces)]
 
 
-def inside(word: Interval, stretch: Interval, slack: float = 0.2) -> bool:
-    """True if the word's middle lies in the stretch (with `slack` seconds either side)."""
+def inside(word: Interval, window: Interval) -> bool:
+    """True if the word's middle lies in the window."""
     middle = (word[0] + word[1]) / 2
-    return stretch[0] - slack <= middle <= stretch[1] + slack
+    return window[0] <= middle <= window[1]

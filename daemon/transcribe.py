@@ -33,7 +33,7 @@ from daemon.engine import (
     vote_language,
 )
 from daemon.models import ModelNotFound
-from daemon.vad import SpeechChunk, VadOptions, find_speech_many
+from daemon.vad import SpeechChunk, SpeechMap, VadOptions, map_speech_many
 
 __all__ = ["ModelNotFound"]  # raised by load_model and ModelStore; callers import it from here
 
@@ -394,6 +394,7 @@ class _File:
     audio: Audio
     options: TranscribeOptions
     chunks: list[SpeechChunk]
+    faint: tuple[tuple[float, float], ...]  # where speech may be: what must end up with words
     language: str | None = None
     probability: float | None = None
 
@@ -460,7 +461,8 @@ def _transcribe(
 ) -> list[Transcript]:
     model = prepare_model(model)
     files = [
-        _File(audio, options, chunks) for (audio, options), chunks in zip(items, _speech(items), strict=True)
+        _File(audio, options, list(found.chunks), found.faint)
+        for (audio, options), found in zip(items, _speech(items), strict=True)
     ]
     features = _detect_languages(model, files)
     tracker = _Progress(progress, show_progress_bar)
@@ -514,48 +516,56 @@ def _decode_round(
 def _coverage_round(
     files: list[_File], decoded: list[list[_Decoded]], tried: list[list[tuple[float, float]]]
 ) -> list[_Work]:
-    """Return the windows of the next coverage round: each file's uncovered speech not yet tried alone.
+    """Return the windows of the next coverage round: each file's uncovered speech, in windows not tried.
 
-    Each stretch is a window of its own (cut at 30 s), so the model meets that
-    speech at the window's start, with nothing before it to end the window on.
+    Each window starts where the words before its stretch stopped (see
+    coverage.retry_window) and is decoded alone, so the model meets that speech
+    at the window's start, with nothing before it to end the window on.
     """
     work: list[_Work] = []
     for f, file in enumerate(files):
         if not file.options.coverage.max_rounds:
             continue
-        stretches = coverage.untried(_uncovered(file, decoded[f]), tried[f])
-        for stretch in stretches:
-            tried[f].append(stretch)
-            for piece in coverage.split_long(stretch, file.options.vad.max_chunk_s):
+        words = _word_times(file, decoded[f])
+        stretches = _uncovered(file, words)
+        windows = coverage.merge(coverage.retry_window(s, words, file.options.coverage) for s in stretches)
+        windows = coverage.untried(windows, tried[f])
+        for window in windows:
+            tried[f].append(window)
+            for piece in coverage.split_long(window, file.options.vad.max_chunk_s):
                 work.append((f, SpeechChunk((piece,), (piece,)), piece))
-        if stretches:
-            log.debug("no words over %.1f s of speech in %d stretch(es) (%s); decoding them alone",
+        if windows:
+            log.debug("no words over %.1f s of speech in %d stretch(es); decoding %s again",
                       coverage.total(stretches), len(stretches),
-                      ", ".join(f"{a:.1f}-{b:.1f}" for a, b in stretches[:8]))
+                      ", ".join(f"{a:.1f}-{b:.1f}" for a, b in windows[:8]))
     return work
 
 
-def _uncovered(file: _File, decoded: list[_Decoded]) -> list[tuple[float, float]]:
-    """Return the file's speech stretches that none of its decoded words covers (see daemon.coverage)."""
-    speech = [region for chunk in file.chunks for region in chunk.regions]
+def _word_times(file: _File, decoded: list[_Decoded]) -> list[tuple[float, float]]:
+    """Return the (start, end) of every decoded word on the file's timeline (segments without words
+    count whole), in time order."""
     timed = [(t.start, t.end) for segment in _placed(file, decoded) for t in (segment.words or (segment,))]
-    return coverage.uncovered(speech, timed, file.options.coverage)
+    return sorted(timed)
 
 
-def _speech(items: Sequence[tuple[Audio, TranscribeOptions]]) -> list[list[SpeechChunk]]:
-    """Return the chunks of each item's audio to decode, finding speech in all files together."""
-    chunks: list[list[SpeechChunk]] = [[] for _ in items]
+def _uncovered(file: _File, words: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Return the file's stretches of possible speech that none of its words covers (see daemon.coverage)."""
+    return coverage.uncovered(file.faint, words, file.options.coverage)
+
+
+def _speech(items: Sequence[tuple[Audio, TranscribeOptions]]) -> list[SpeechMap]:
+    """Return the speech map of each item's audio, finding speech in all files together."""
+    maps: list[SpeechMap | None] = [None] * len(items)
     groups: dict[VadOptions, list[int]] = {}
     for index, (_, options) in enumerate(items):
         groups.setdefault(options.vad, []).append(index)
     for vad_options, indices in groups.items():
-        found = find_speech_many([items[i][0] for i in indices], vad_options)
-        for i, file_chunks in zip(indices, found, strict=True):
-            chunks[i] = file_chunks
-            audio = items[i][0]
-            speech = sum(c.duration for c in file_chunks)
-            log.debug("%d speech chunk(s), %.1f of %.1f s", len(file_chunks), speech, audio.duration)
-    return chunks
+        found_all = map_speech_many([items[i][0] for i in indices], vad_options)
+        for i, found in zip(indices, found_all, strict=True):
+            maps[i] = found
+            seconds = sum(c.duration for c in found.chunks)
+            log.debug("%d speech chunk(s), %.1f of %.1f s", len(found.chunks), seconds, items[i][0].duration)
+    return maps  # type: ignore[return-value]
 
 
 def _detect_languages(model: Whisper, files: list[_File]) -> dict[tuple[int, SpeechChunk], Any]:
@@ -646,7 +656,7 @@ def _transcript(file: _File, decoded: list[_Decoded]) -> Transcript:
     """Put a file's decoded windows onto its timeline and return its Transcript."""
     segments = collapse_repeats(_placed(file, decoded), file.options.max_repeated_lines)
     speech = coverage.merge(region for chunk in file.chunks for region in chunk.regions)
-    left = _uncovered(file, decoded)
+    left = _uncovered(file, _word_times(file, decoded))
     language = "en" if file.options.task == "translate" else (file.language or "en")
     probability = None if file.options.task == "translate" else file.probability
     return Transcript(
@@ -658,13 +668,13 @@ def _transcript(file: _File, decoded: list[_Decoded]) -> Transcript:
 def _placed(file: _File, decoded: list[_Decoded]) -> list[Segment]:
     """Return the segments of all decoded windows on the file's timeline, in time order.
 
-    A coverage retry keeps only the words inside the stretch it was decoded
-    for: the rest of its window's text is already there from an earlier round.
+    A coverage retry keeps only the words inside its window (by their middle):
+    the window lies between words of earlier rounds, so every one of them is new.
     """
     duration = file.audio.duration
     segments: list[Segment] = []
     for item in decoded:
-        if item.result.silent:
+        if item.result.silent or (item.retry and not coverage.confident(item.result, file.options.coverage)):
             continue
         placed = [_on_timeline(segment, item.chunk, duration) for segment in item.result.segments]
         if item.retry is not None:
@@ -673,11 +683,11 @@ def _placed(file: _File, decoded: list[_Decoded]) -> list[Segment]:
     return sorted(segments, key=lambda segment: (segment.start, segment.end))
 
 
-def _within(segment: Segment, stretch: tuple[float, float]) -> Segment | None:
-    """Return the part of a segment inside `stretch` (by its words' middles), or None if nothing is."""
+def _within(segment: Segment, window: tuple[float, float]) -> Segment | None:
+    """Return the part of a segment inside `window` (by its words' middles), or None if nothing is."""
     if not segment.words:
-        return segment if coverage.inside((segment.start, segment.end), stretch) else None
-    words = tuple(w for w in segment.words if coverage.inside((w.start, w.end), stretch))
+        return segment if coverage.inside((segment.start, segment.end), window) else None
+    words = tuple(w for w in segment.words if coverage.inside((w.start, w.end), window))
     if not words:
         return None
     if len(words) == len(segment.words):

@@ -18,9 +18,10 @@ import logging
 import threading
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from daemon.coverage import merge
 from daemon.datatypes import Audio
 
 if TYPE_CHECKING:
@@ -47,6 +48,12 @@ class VadOptions:
                       are cut out, so Whisper never decodes long silence (3.0).
     pack:             put several spans back to back in one window (True): a window costs
                       the encoder the same 30 s of work however little speech it holds.
+    faint_threshold:  probability above which audio may be speech silero is unsure of (0.3).
+                      Nothing is decoded for it alone, but speech there that got no words
+                      is decoded again (see daemon.coverage): silero misses the first
+                      seconds of quiet speakers at 0.5, the very lines a viewer needs.
+    level_window_s:   silero hears audio levelled over this many seconds (see
+                      level_gains); 0 hears it as it is (3.0).
     stream_s, min_stream_s, warmup_s: the file is scored as parallel streams of at
                       most `stream_s` seconds (shorter for short files, down to
                       `min_stream_s`, so that even a one-minute clip is a batch), each
@@ -63,6 +70,8 @@ class VadOptions:
     max_chunk_s: float = 30.0
     max_merge_gap_s: float = 3.0
     pack: bool = True
+    faint_threshold: float = 0.3
+    level_window_s: float = 3.0
     stream_s: float = 30.0
     min_stream_s: float = 8.0
     warmup_s: float = 2.0
@@ -151,6 +160,7 @@ def speech_probabilities(
     import torch
 
     audio = [np.asarray(s, dtype=np.float32) for s in signals]  # may be read-only (bytes buffers)
+    gains = [level_gains(a, options.level_window_s) for a in audio]
     windows = [-(-len(a) // WINDOW) for a in audio]
     total = sum(len(a) for a in audio) / SAMPLE_RATE
     seconds = min(options.stream_s, max(options.min_stream_s, total / 32))
@@ -163,7 +173,7 @@ def speech_probabilities(
     with _model_lock, torch.inference_mode(), torch.jit.optimized_execution(False):
         model = _silero_model()
         for first in range(0, len(streams), 128):  # 128 streams per call: the fastest batch measured
-            batch = _stream_batch(audio, streams[first : first + 128], stream, warmup)
+            batch = _stream_batch(audio, gains, streams[first : first + 128], stream, warmup)
             model.reset_states()
             scores = [model(batch[:, i : i + WINDOW], SAMPLE_RATE) for i in range(0, batch.shape[1], WINDOW)]
             scored += list(torch.cat(scores, dim=1)[:, warmup // WINDOW :].numpy())
@@ -177,9 +187,14 @@ def speech_probabilities(
 
 
 def _stream_batch(
-    audio: Sequence[np.ndarray], streams: Sequence[tuple[int, int]], stream: int, warmup: int
+    audio: Sequence[np.ndarray],
+    gains: Sequence[np.ndarray],
+    streams: Sequence[tuple[int, int]],
+    stream: int,
+    warmup: int,
 ) -> torch.Tensor:
-    """Return a (streams, warmup + stream) tensor: each stream with the audio before it as warm-up."""
+    """Return a (streams, warmup + stream) tensor: each stream with the audio before it as warm-up,
+    levelled by its gains (applied piece by piece: a whole film's worth would double its memory)."""
     import numpy as np
     import torch
 
@@ -187,8 +202,43 @@ def _stream_batch(
     for row, (signal, start) in enumerate(streams):
         lead = min(warmup, start)
         piece = audio[signal][start - lead : start + stream]
-        batch[row, warmup - lead : warmup - lead + len(piece)] = piece
+        frames = np.arange(start - lead, start - lead + len(piece)) // LEVEL_FRAME
+        levelled = piece * gains[signal][np.minimum(frames, len(gains[signal]) - 1)]
+        batch[row, warmup - lead : warmup - lead + len(piece)] = np.clip(levelled, -1.0, 1.0)
     return torch.from_numpy(batch)
+
+
+LEVEL_FRAME = 320  # samples per loudness frame (20 ms)
+LEVEL_TARGET = 0.05  # RMS the loudest frame near any moment is brought to (about -26 dBFS)
+LEVEL_FLOOR = 3e-4  # RMS below which a stretch is silence: it is not amplified past target / floor
+
+
+def level_gains(samples: np.ndarray, window_s: float) -> np.ndarray:
+    """Given 16 kHz samples, return a gain per 20 ms frame that brings the loudest frame within
+    ±window_s/2 to LEVEL_TARGET: an automatic gain control for speech detection alone.
+
+    silero misses quiet speech, and not only a little: on FLEURS recordings
+    (peaks near -40 dBFS) it heard a speaker only 4 s into her sentence, and
+    Whisper, never given those seconds, never wrote them. Levelling over a few
+    seconds lifts a quiet speaker without lifting silence past the floor; it
+    found no speech in noise or music that it did not find before (tests/test_vad.py).
+    Whisper still decodes the original audio. A window of 0 turns it off.
+    """
+    import numpy as np
+
+    frames = -(-len(samples) // LEVEL_FRAME)
+    if window_s <= 0 or frames == 0:
+        return np.ones(max(frames, 1), np.float32)
+    whole = len(samples) // LEVEL_FRAME
+    view = samples[: whole * LEVEL_FRAME].reshape(whole, LEVEL_FRAME)
+    energy = np.einsum("ij,ij->i", view, view)  # no squared copy of a whole film
+    tail = samples[whole * LEVEL_FRAME :]
+    if len(tail):
+        energy = np.append(energy, np.dot(tail, tail))
+    rms = np.sqrt(energy / LEVEL_FRAME)
+    half = max(1, round(window_s * SAMPLE_RATE / LEVEL_FRAME / 2))
+    around = np.lib.stride_tricks.sliding_window_view(np.pad(rms, half, mode="edge"), 2 * half + 1)
+    return (LEVEL_TARGET / np.maximum(around.max(axis=1), LEVEL_FLOOR)).astype(np.float32)
 
 
 def speech_regions(probs: np.ndarray, n_samples: int, options: VadOptions) -> list[tuple[float, float]]:
@@ -246,6 +296,38 @@ def _chunk(spans: list[list[tuple[float, float]]]) -> SpeechChunk:
     return SpeechChunk(tuple((s[0][0], s[-1][1]) for s in spans), tuple(r for s in spans for r in s))
 
 
+@dataclass(frozen=True)
+class SpeechMap:
+    """What speech detection found in one file.
+
+    chunks: the windows to decode (speech at `threshold`, packed).
+    faint: every stretch that may be speech (at `faint_threshold`), a superset
+        of the chunks' regions: the speech that must end up with words.
+    """
+
+    chunks: tuple[SpeechChunk, ...]
+    faint: tuple[tuple[float, float], ...]
+
+
+def map_speech_many(audios: Sequence[Audio], options: VadOptions = VadOptions()) -> list[SpeechMap]:
+    """Given several files' 16 kHz audio, return each one's SpeechMap; they are scored together.
+
+    Raise ValueError if any audio is not 16 kHz (the media stage resamples).
+    """
+    for audio in audios:
+        if audio.sample_rate != SAMPLE_RATE:
+            raise ValueError(f"speech detection needs {SAMPLE_RATE} Hz audio, got {audio.sample_rate} Hz")
+    probs = speech_probabilities([a.samples for a in audios], options)  # type: ignore[misc]
+    faint_options = replace(options, threshold=options.faint_threshold)
+    maps = []
+    for p, audio in zip(probs, audios, strict=True):
+        n = len(audio.samples)  # type: ignore[arg-type]
+        chunks = group_regions(speech_regions(p, n, options), options)
+        faint = [*speech_regions(p, n, faint_options), *(r for c in chunks for r in c.regions)]
+        maps.append(SpeechMap(tuple(chunks), tuple(merge(faint))))
+    return maps
+
+
 def find_speech(audio: Audio, options: VadOptions = VadOptions()) -> list[SpeechChunk]:
     """Given 16 kHz mono audio, return the chunks of it that contain speech, in order.
 
@@ -259,11 +341,4 @@ def find_speech_many(audios: Sequence[Audio], options: VadOptions = VadOptions()
 
     Raise ValueError if any audio is not 16 kHz (the media stage resamples).
     """
-    for audio in audios:
-        if audio.sample_rate != SAMPLE_RATE:
-            raise ValueError(f"speech detection needs {SAMPLE_RATE} Hz audio, got {audio.sample_rate} Hz")
-    probs = speech_probabilities([a.samples for a in audios], options)  # type: ignore[misc]
-    return [
-        group_regions(speech_regions(p, len(a.samples), options), options)  # type: ignore[arg-type]
-        for p, a in zip(probs, audios, strict=True)
-    ]
+    return [list(found.chunks) for found in map_speech_many(audios, options)]

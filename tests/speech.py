@@ -101,3 +101,33 @@ def long_file(
     path.parent.mkdir(parents=True, exist_ok=True)
     write_wav(path, pcm)
     return placed
+
+
+def normalise(text: str, language: str) -> str:
+    """Return `text` as word error rates compare it: whisper's own normalisers (English's spells out
+    numbers and spellings; the basic one drops case, punctuation and diacritics' variants)."""
+    from whisper.normalizers import BasicTextNormalizer, EnglishTextNormalizer
+
+    normaliser = EnglishTextNormalizer() if language == "en" else BasicTextNormalizer()
+    return " ".join(normaliser(text).split())
+
+
+def word_error_rate(references: Sequence[str], hypotheses: Sequence[str], language: str) -> float:
+    """Return the corpus word error rate of `hypotheses` against `references`, both normalised."""
+    import jiwer
+
+    refs = [normalise(text, language) for text in references]
+    hyps = [normalise(text, language) for text in hypotheses]
+    return jiwer.wer(refs, hyps)
+
+
+def speech_bounds(samples, threshold_db: float = -25.0, frame: int = 320) -> tuple[float, float]:  # noqa: ANN001
+    """Return (first, last) second at which a clean recording's 20 ms RMS energy is within
+    `threshold_db` of its loudest frame: where the talking starts and stops, measured without
+    any of subwatch's own speech detection."""
+    import numpy as np
+
+    frames = len(samples) // frame
+    rms = np.sqrt(np.mean(np.reshape(samples[: frames * frame], (frames, frame)) ** 2, axis=1) + 1e-12)
+    loud = np.nonzero(20 * np.log10(rms / rms.max()) > threshold_db)[0]
+    return loud[0] * frame / SAMPLE_RATE, (loud[-1] + 1) * frame / SAMPLE_RATE
