@@ -99,7 +99,9 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
 )
 
-EnqueueAction = Literal["queued", "requeued", "duplicate", "already_done", "already_failed", "moved"]
+EnqueueAction = Literal[
+    "queued", "requeued", "copied", "duplicate", "already_done", "already_failed", "moved"
+]
 
 
 class QueueError(Exception):
@@ -113,12 +115,21 @@ class EnqueueOutcome:
     - queued: a new pending job (`job`).
     - requeued: the path had a done/skipped/failed job but the content changed;
       that job is pending again with attempts 0.
-    - duplicate: the path, or the same content elsewhere, is already pending or
-      running; `job` is that job (its path may differ from the one given).
-    - already_done: the content was already done or skipped, at this path or at
-      another one that still exists (a copy); `job` is that job.
-    - already_failed: the content already failed, here or at another existing
-      path; it stays failed until the user runs `subwatch retry`.
+    - copied: a new pending job (`job`) for a copy of content that is done (or
+      skipped) at `copy_of`, another path that still exists: the same film in
+      a second library, a hard link. The copy gets its own sidecars, written
+      from the transcript stored for its content and its folder's rules when
+      there is one (no decoding), else transcribed.
+    - duplicate: this path's job is pending or running, or the same content is
+      pending or running at another existing path and done nowhere; `job` is
+      that job (its path may differ from the one given). No job is made for a
+      copy then: the caller enqueues it again once that job has finished,
+      and it is `copied` (or `already_failed`) then.
+    - already_done: this path's job is done or skipped and its content has
+      not changed; `job` is that job.
+    - already_failed: this path's job failed, or the same content failed at
+      another existing path and is done, pending and running nowhere; it
+      stays failed until `subwatch retry` (or new content).
     - moved: a job for the same content sat at `previous_path`, which no longer
       exists; the job now has the new path and keeps its state. The caller
       moves the sidecars and calls `move_sidecar` for each.
@@ -127,11 +138,12 @@ class EnqueueOutcome:
     job: Job
     action: EnqueueAction
     previous_path: Path | None = None
+    copy_of: Path | None = None
 
     @property
     def queued(self) -> bool:
         """Return True if a worker has new work because of this call."""
-        return self.action in ("queued", "requeued")
+        return self.action in ("queued", "requeued", "copied")
 
 
 def fingerprint(path: Path) -> tuple[int, float, str]:
@@ -426,7 +438,8 @@ class JobQueue:
     def _enqueue_new(
         self, conn: sqlite3.Connection, path: Path, folder: Path, size: int, mtime: float, content: str
     ) -> EnqueueOutcome:
-        """Given a path without a job, move a job for the same content here, or report it, or insert."""
+        """Given a path without a job, move a job for the same content here, or give this copy its
+        own job, or report the job it waits for, or insert a new one."""
         twins = [
             _job(row)
             for row in conn.execute(
@@ -440,15 +453,25 @@ class JobQueue:
             if twin.state is not JobState.RUNNING and not twin.path.exists():
                 moved = self._set(conn, twin.id, path=_key(path), folder=_key(folder), size=size, mtime=mtime)
                 return EnqueueOutcome(moved, "moved", previous_path=twin.path)
-        if twins:
-            return EnqueueOutcome(twins[0], _action_for_existing(twins[0].state))
+        twin = min(twins, key=lambda t: _TWIN_PREFERENCE[t.state], default=None)
+        if twin is None:
+            return EnqueueOutcome(self._insert(conn, path, folder, size, mtime, content), "queued")
+        if twin.state in (JobState.DONE, JobState.SKIPPED):
+            copy = self._insert(conn, path, folder, size, mtime, content)
+            return EnqueueOutcome(copy, "copied", copy_of=twin.path)
+        return EnqueueOutcome(twin, _action_for_existing(twin.state))
+
+    def _insert(
+        self, conn: sqlite3.Connection, path: Path, folder: Path, size: int, mtime: float, content: str
+    ) -> Job:
+        """Given a path without a job and its identity, return a new pending job for it."""
         now = time.time()
         cursor = conn.execute(
             "INSERT INTO jobs (path, folder, state, size, mtime, fingerprint, created_at, updated_at) "
             "VALUES (?, ?, 'pending', ?, ?, ?, ?, ?)",
             (_key(path), _key(folder), size, mtime, content, now, now),
         )
-        return EnqueueOutcome(self._require(conn, cursor.lastrowid or 0), "queued")
+        return self._require(conn, cursor.lastrowid or 0)
 
     def _requeue(
         self, conn: sqlite3.Connection, job_id: int, folder: Path, size: int, mtime: float, content: str
@@ -795,6 +818,12 @@ class JobQueue:
         """Given a job id, return the sidecar paths recorded for it, sorted."""
         rows = self._conn().execute("SELECT path FROM sidecars WHERE job_id = ? ORDER BY path", (job_id,))
         return [_path(row["path"]) for row in rows]
+
+
+# Which job a copy follows when its content has several: a done one (its transcript is stored), else
+# one still in the works (wait for it), else a skipped one (the reason may be its path), else a failure.
+_TWIN_PREFERENCE = {JobState.DONE: 0, JobState.PENDING: 1, JobState.RUNNING: 1, JobState.SKIPPED: 2,
+                    JobState.FAILED: 3}
 
 
 def _action_for_existing(state: JobState) -> EnqueueAction:

@@ -131,16 +131,63 @@ def test_enqueue_same_path_twice_is_a_duplicate(q: JobQueue, media: Path) -> Non
     assert len(q.jobs()) == 1
 
 
-def test_a_copy_of_queued_or_done_content_is_not_queued(q: JobQueue, media: Path) -> None:
+def test_a_copy_waits_while_its_content_is_queued_then_gets_its_own_job(q: JobQueue, media: Path) -> None:
     film = write(media / "Film.mkv", b"same bytes")
     copy = write(media / "other" / "Film copy.mkv", b"same bytes")
     job = q.enqueue(film, media).job
     pending_copy = q.enqueue(copy, media)
     assert (pending_copy.action, pending_copy.job.id, pending_copy.job.path) == ("duplicate", job.id, film)
+    assert q.find(copy) is None and not pending_copy.queued
     q.finish(q.claim().id, result())
-    done_copy = q.enqueue(copy, media)
-    assert (done_copy.action, done_copy.job.id) == ("already_done", job.id)
-    assert q.find(copy) is None and len(q.jobs()) == 1
+    done_copy = q.enqueue(copy, media / "other")
+    assert (done_copy.action, done_copy.copy_of, done_copy.queued) == ("copied", film, True)
+    own = done_copy.job
+    assert own.id != job.id and (own.path, own.folder, own.state, own.attempts) == (
+        copy, media / "other", JobState.PENDING, 0)
+    assert own.fingerprint == job.fingerprint and q.find(copy) == own
+    assert q.get(job.id).state is JobState.DONE and len(q.jobs()) == 2
+    assert q.enqueue(copy, media).action == "duplicate"  # its own job, pending
+
+
+def test_a_hard_link_or_a_copy_of_skipped_content_gets_its_own_job(q: JobQueue, media: Path) -> None:
+    film = write(media / "Film.mkv", b"film bytes")
+    q.finish(q.enqueue(film, media).job.id, result())
+    link = media / "library" / "Film.mkv"
+    link.parent.mkdir()
+    os.link(film, link)
+    linked = q.enqueue(link, media)
+    assert (linked.action, linked.copy_of, linked.job.path) == ("copied", film, link)
+    # A skip may be about the path (a subtitle beside it), so a copy of skipped content is looked at too.
+    clip = write(media / "clip.mkv", b"clip bytes")
+    q.skip(q.enqueue(clip, media).job.id, "already has en subtitles")
+    copied = q.enqueue(write(media / "library" / "clip.mkv", b"clip bytes"), media)
+    assert (copied.action, copied.copy_of, copied.job.state) == ("copied", clip, JobState.PENDING)
+
+
+def test_a_copy_of_running_or_failed_content_gets_no_job(q: JobQueue, media: Path) -> None:
+    film = write(media / "Film.mkv", b"film bytes")
+    running = q.enqueue(film, media).job
+    q.claim()
+    copy = write(media / "copy.mkv", b"film bytes")
+    assert (q.enqueue(copy, media).action, q.enqueue(copy, media).job.id) == ("duplicate", running.id)
+    q.fail(running.id, "ffmpeg: invalid data", permanent=True)
+    failed = q.enqueue(copy, media)
+    assert (failed.action, failed.job.id, failed.queued) == ("already_failed", running.id, False)
+    assert q.find(copy) is None
+
+
+def test_content_done_at_two_paths_moves_the_job_whose_file_went(q: JobQueue, media: Path) -> None:
+    film = write(media / "Film.mkv", b"film bytes")
+    copy = write(media / "Film copy.mkv", b"film bytes")
+    original = q.enqueue(film, media).job
+    q.finish(q.claim().id, result())
+    twin = q.enqueue(copy, media).job
+    q.finish(q.claim().id, result())
+    renamed = media / "Film (2009) copy.mkv"
+    copy.rename(renamed)  # while the daemon was down
+    outcome = q.enqueue(renamed, media)
+    assert (outcome.action, outcome.previous_path, outcome.job.id) == ("moved", copy, twin.id)
+    assert q.find(film).id == original.id and len(q.jobs()) == 2
 
 
 def test_a_replaced_file_is_requeued_from_scratch(q: JobQueue, media: Path) -> None:
@@ -676,6 +723,19 @@ def test_finish_stores_the_transcript_and_records_the_speech(q: JobQueue, media:
     requeued = q.enqueue(film, media).job
     assert (requeued.speech_seconds, requeued.uncovered_seconds) == (None, None)
     assert q.transcript_of(job.id) is None and q.transcript(job.fingerprint, KEY) == transcript
+
+
+def test_forget_drops_the_transcript_unless_a_copy_uses_it(q: JobQueue, media: Path) -> None:
+    film = write(media / "Film.mkv", b"film")
+    copy = write(media / "copy.mkv", b"film")
+    job = q.enqueue(film, media).job
+    q.claim()
+    q.finish(job.id, replace(result(), transcript=awkward_transcript(), transcript_key=KEY))
+    copied = q.enqueue(copy, media).job
+    assert q.forget(film) is True
+    assert q.transcript(job.fingerprint, KEY) == awkward_transcript()  # the copy's job still has it
+    assert q.forget(copy) is True
+    assert q.transcript(copied.fingerprint, KEY) is None  # queued fresh means transcribed anew
 
 
 def test_an_unreadable_stored_transcript_is_a_queue_error_naming_the_way_out(q: JobQueue, db: Path) -> None:
