@@ -1,5 +1,5 @@
 """Stored transcripts through a real `subwatch run` with the real tiny.en model: copies of finished
-content get their own subtitles without decoding.
+content get their own subtitles without decoding, and `subwatch rewrite` lays them out anew.
 
 The `nogpu` folder's only device is a GPU that is not there: a file there can get subtitles
 only from a stored transcript, since transcribing it would fail the job.
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +18,7 @@ from pathlib import Path
 import pytest
 import srt
 
-from tests.harness import Daemon, wait_for_state, write_config
+from tests.harness import REPO, Daemon, status, wait_for_state, write_config
 from tests.media_factory import duration_of, make_media
 from tests.test_daemon_e2e import assert_cues_valid
 
@@ -137,3 +139,33 @@ def test_a_copy_that_arrives_while_its_twin_is_transcribed_follows_it(world: Wor
     assert subs(copy).read_bytes() == subs(twin).read_bytes()
     assert jobs[copy]["created_at"] >= jobs[twin]["updated_at"] - 1e-3  # its job began after the twin's ended
 
+
+def test_rewrite_lays_out_a_finished_file_anew_without_the_model(world: World) -> None:
+    source = make_media(world.staging / "Layout.mkv",
+                        speech="Subtitles can be laid out again with shorter lines and no model at all.",
+                        seconds=7)
+    film = drop(source, world.root / "movies" / "Layout.mkv")
+    assert_done(world, film, duration_of(source))
+    before = cue_lines(subs(film))
+    assert max(len(line) for cue in before for line in cue) > 20
+
+    # The same state, a new layout: short lines, SubRip only; and a model that is not there.
+    narrow = write_config(world.root / "narrow.yaml", f"""
+        state_dir: {world.root / "state"}
+        defaults: {{model: {world.root / "no-such-model.pt"}, device: cuda:99, language: en, beam_size: 1}}
+        folders:
+          - path: {world.root / "movies"}
+            max_line_chars: 20
+            formats: [srt]
+    """)
+    done = subprocess.run([sys.executable, "-m", "daemon", "rewrite", str(film), "--config", str(narrow)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"{film}: rewrote Layout.en.srt; removed Layout.en.vtt (no longer in the layout)\n"
+    after = cue_lines(subs(film))
+    assert max(len(line) for cue in after for line in cue) <= 20
+    assert [w for cue in after for line in cue for w in line.split()] == [
+        w for cue in before for line in cue for w in line.split()]  # the same words, laid out anew
+    assert not subs(film, "vtt").exists()
+    [job] = [j for j in status(world.config) if j["path"] == str(film)]
+    assert job["state"] == "done" and job["outputs"] == [str(subs(film))]
