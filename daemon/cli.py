@@ -14,13 +14,14 @@ import os
 import re
 import sys
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from daemon import __version__
 from daemon.config import BUILTIN_DEFAULTS, Config, ConfigError, FolderNotify, FolderRules, load_config
+from daemon.datatypes import Job
 from daemon.models import is_model_path
-from daemon.queue import QueueError
+from daemon.queue import JobQueue, QueueError
 from daemon.text import format_speed, printable
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 78
@@ -108,10 +109,23 @@ def build_parser() -> argparse.ArgumentParser:
     retry.set_defaults(handler=cmd_retry)
 
     forget = commands.add_parser("forget", help="remove a file's job so it can be queued fresh",
-                                 description="Delete the job (and subwatch's record of its sidecars).")
+                                 description="Delete the job, subwatch's record of its sidecars and the "
+                                 "transcript stored for its content (unless a copy's job uses it).")
     _config_arg(forget)
     forget.add_argument("path", type=Path)
     forget.set_defaults(handler=cmd_forget)
+
+    rewrite = commands.add_parser(
+        "rewrite", help="write finished files' subtitles again with the current layout rules",
+        description="Render the subtitles of done jobs again from their stored transcripts with "
+        "each folder's current layout rules (max_line_chars, max_lines, formats, lang_code, sdh, "
+        "forced, name_template), without transcribing. Subtitles subwatch did not write, or that "
+        "were edited since, are left as they are; ones the new layout no longer names are removed "
+        "if unedited.")
+    _config_arg(rewrite)
+    rewrite.add_argument("path", nargs="?", type=Path,
+                         help="only the job of this media file, or the jobs under this folder")
+    rewrite.set_defaults(handler=cmd_rewrite)
     return parser
 
 
@@ -268,8 +282,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     for job in jobs:
         detail = job.error or (", ".join(p.name for p in job.outputs) if job.outputs else "")
         line = f"{job.state.value:<8} {job.attempts:>2}  {printable(os.fsdecode(job.path))}"
-        print(line + (f"  — {printable(detail)}" if detail else ""))
+        print(line + (f"  — {printable(detail)}" if detail else "") + _speech(job))
     return EXIT_OK
+
+
+def _speech(job: Job) -> str:
+    """Return "  · speech 52 s, 3 s uncovered" for a job that recorded its speech, else ""."""
+    if job.speech_seconds is None:
+        return ""
+    uncovered = job.uncovered_seconds or 0.0
+    return f"  · speech {job.speech_seconds:.0f} s, {uncovered:.0f} s uncovered"
 
 
 def _json_text(value: object) -> str:
@@ -299,6 +321,8 @@ def _job_json(job) -> dict:  # type: ignore[no-untyped-def]
         "outputs": [str(p) for p in job.outputs],
         "media_duration": job.media_duration,
         "elapsed": job.elapsed,
+        "speech_seconds": job.speech_seconds,
+        "uncovered_seconds": job.uncovered_seconds,
         "size": job.size,
         "created_at": job.created_at,
         "updated_at": job.updated_at,
@@ -372,6 +396,93 @@ def cmd_forget(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"subwatch: no job for {args.path}", file=sys.stderr)
     return EXIT_FAILED
+
+
+# ---------------------------------------------------------------- rewrite
+
+
+def cmd_rewrite(args: argparse.Namespace) -> int:
+    from daemon.datatypes import JobState
+
+    config = load_config(args.config)
+    queue = _open_queue(config)
+    target = absolute(args.path) if args.path else None
+    jobs = [job for job in queue.jobs([JobState.DONE])
+            if target is None or job.path == target or target in job.path.parents]
+    if not jobs:
+        where = f" at or under {target}" if target else ""
+        print(f"subwatch: no finished job{where} in {config.db_path}", file=sys.stderr)
+        return EXIT_FAILED
+    failures = 0
+    for job in jobs:
+        outcome = _rewrite_job(queue, config, job)
+        failures += not outcome.ok
+        stream = sys.stdout if outcome.ok else sys.stderr
+        print(f"{printable(os.fsdecode(job.path))}: {outcome.text}", file=stream)
+    return EXIT_FAILED if failures else EXIT_OK
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    ok: bool
+    text: str  # what happened to one file, for its one line
+
+
+def _rewrite_job(queue: JobQueue, config: Config, job: Job) -> _Outcome:
+    """Given the queue, the config and a done job, write its sidecars again from its stored
+    transcript with its folder's current layout rules; return what happened, for one line."""
+    from daemon import media, pipeline
+    from daemon.service import owns
+
+    rules = config.folder_for(job.path)
+    if rules is None:
+        return _Outcome(False, f"not inside a watched folder of {config.source}; left as it is")
+    transcript = queue.transcript_of(job.id)
+    if transcript is None:
+        return _Outcome(False, "no stored transcript (it was done before subwatch stored them); to "
+                        "transcribe it again, delete its subtitles, then `subwatch forget` and "
+                        "`subwatch scan` it")
+    try:
+        prepared = pipeline.reuse(job.path, rules, transcript)
+        result = pipeline.complete(prepared, transcript, lambda p: owns(queue, p),
+                                   claim=lambda p, sha: queue.record_sidecar(p, sha, job.id))
+        queue.set_outputs(job.id, result.outputs)
+        removed, left = _remove_stale(queue, job.id, result.outputs + result.kept)
+    except media.MediaGone:
+        return _Outcome(False, "the file is gone; `subwatch forget` it if it is not coming back")
+    except (media.MediaError, OSError, ValueError) as exc:
+        return _Outcome(False, f"{exc}; its subtitles were not (all) rewritten")
+    parts = [f"rewrote {_names(result.outputs)}" if result.outputs else "rewrote nothing"]
+    if result.kept:
+        parts.append(f"kept {_names(result.kept)} (not written by subwatch, or edited since)")
+    if removed:
+        parts.append(f"removed {_names(removed)} (no longer in the layout)")
+    if left:
+        parts.append(f"left {_names(left)} (no longer in the layout, but edited since subwatch wrote it)")
+    return _Outcome(True, "; ".join(parts))
+
+
+def _remove_stale(queue: JobQueue, job_id: int, current: tuple[Path, ...]) -> tuple[list[Path], list[Path]]:
+    """Given the queue, a job and the sidecar paths its layout names now, delete the job's other
+    sidecars that are still as subwatch wrote them and drop the record of all of them (an edited
+    one is the user's now); return (removed, left because edited)."""
+    from daemon.service import owns
+
+    removed, left = [], []
+    for path in queue.sidecars_of(job_id):
+        if path in current:
+            continue
+        if owns(queue, path):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+        elif path.exists():
+            left.append(path)
+        queue.forget_sidecar(path)
+    return removed, left
+
+
+def _names(paths: Sequence[Path]) -> str:
+    return ", ".join(printable(os.fsdecode(p.name)) for p in paths)
 
 
 if __name__ == "__main__":

@@ -121,6 +121,8 @@ class Job:
     outputs: tuple[Path, ...] = ()
     media_duration: float | None = None
     elapsed: float | None = None  # seconds the last run took
+    speech_seconds: float | None = None  # seconds of speech found; None until done (or if not recorded)
+    uncovered_seconds: float | None = None  # of those, seconds no subtitle covers
     created_at: float = 0.0
     updated_at: float = 0.0
     next_attempt_at: float = 0.0
@@ -146,6 +148,22 @@ class MemoryLimit:
 
 
 @dataclass(frozen=True)
+class TranscriptKey:
+    """The folder rules that shape a transcript (layout rules do not).
+
+    With the content fingerprint it is the key under which a finished
+    transcript is stored, so a copy of the same content, or a new subtitle
+    layout, needs no decoding.
+    """
+
+    model: str
+    language: str | None  # None = detected
+    task: str
+    prompt: str | None
+    beam_size: int  # 1 = greedy
+
+
+@dataclass(frozen=True)
 class JobResult:
     """What the pipeline reports after working on one job."""
 
@@ -155,3 +173,5 @@ class JobResult:
     elapsed: float
     outputs: tuple[Path, ...] = ()
     kept: tuple[Path, ...] = field(default=())  # sidecars left alone because the user owns them
+    transcript: Transcript | None = None  # what the sidecars were written from, stored by the queue
+    transcript_key: TranscriptKey | None = None  # the rules that shaped it

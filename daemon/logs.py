@@ -176,8 +176,17 @@ def _without_state(message: str, state: str) -> str:
     return message.strip()
 
 
-def done_details(language: str | None, media_duration: float | None, elapsed: float | None) -> str:
-    """Given a finished job's language and times in seconds, return "en  1:52:10 in 41 s (164x realtime)"."""
+def done_details(
+    language: str | None,
+    media_duration: float | None,
+    elapsed: float | None,
+    uncovered_seconds: float | None = None,
+    reused: bool = False,
+) -> str:
+    """Given a finished job's language, times in seconds, seconds of speech no subtitle covers and
+    whether it was written from a stored transcript, return its details for the `done` line:
+    "en  1:52:10 in 41 s (164x realtime)  12 s of speech without subtitles  from the stored transcript".
+    The last two parts appear only when there are uncovered seconds and when reused."""
     parts = []
     if language:
         parts.append(language)
@@ -188,7 +197,18 @@ def done_details(language: str | None, media_duration: float | None, elapsed: fl
         parts.append(timing)
     elif elapsed is not None:
         parts.append(f"in {elapsed:.0f} s")
+    if uncovered_seconds:
+        parts.append(f"{_seconds(uncovered_seconds)} of speech without subtitles")
+    if reused:
+        parts.append("from the stored transcript (no decoding)")
     return "  ".join(parts)
+
+
+def _seconds(seconds: float) -> str:
+    """Given a positive duration, return it as "0.4 s", "12 s" or "1:02:03"."""
+    if seconds < 1:
+        return f"{max(seconds, 0.1):.1f} s"
+    return f"{seconds:.0f} s" if seconds < 600 else _hms(seconds)
 
 
 def _hms(seconds: float) -> str:

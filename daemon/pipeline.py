@@ -4,6 +4,11 @@ The work is split in two so the service can overlap them: `prepare` (probe,
 cheap checks, ffmpeg decode: CPU) and `complete` (write cues: CPU) around the
 GPU's `transcribe`. Both the daemon and `subwatch transcribe` use these
 functions, so a one-shot run and the service write identical sidecars.
+
+A file whose content already has a stored transcript for its folder's rules (a
+copy of a finished file) is only probed: `prepare(..., stored=…)` returns it
+without audio, and `complete` writes its sidecars from that transcript. So
+does `reuse`, for `subwatch rewrite`.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from pathlib import Path
 
 from daemon import media, subtitles
 from daemon.config import FolderRules
-from daemon.datatypes import Audio, AudioStream, JobResult, MediaInfo, Transcript
+from daemon.datatypes import Audio, AudioStream, JobResult, MediaInfo, Transcript, TranscriptKey
 from daemon.transcribe import TranscribeOptions
 
 log = logging.getLogger("subwatch.pipeline")
@@ -29,15 +34,17 @@ class Skip(Exception):
 
 @dataclass(frozen=True)
 class Prepared:
-    """A file that passed the cheap checks and whose audio is decoded, ready for the model."""
+    """A file that passed the cheap checks: its audio decoded, ready for the model, or (with
+    `transcript`) a stored transcript of its content, ready for `complete` with no model at all."""
 
     path: Path
     rules: FolderRules
     info: MediaInfo
     stream: AudioStream
-    audio: Audio
+    audio: Audio | None  # None when `transcript` is given
     started: float  # time.monotonic() when preparation began, for the elapsed time
     job_id: int | None = None  # the daemon's job; it follows a rename, the path does not
+    transcript: Transcript | None = None  # stored for this content and these rules: nothing to decode
 
 
 def options_for(rules: FolderRules) -> TranscribeOptions:
@@ -45,6 +52,14 @@ def options_for(rules: FolderRules) -> TranscribeOptions:
     return TranscribeOptions(
         model=rules.model, language=rules.language, task=rules.task, prompt=rules.prompt,
         beam_size=None if rules.beam_size == 1 else rules.beam_size,
+    )
+
+
+def transcript_key(rules: FolderRules) -> TranscriptKey:
+    """Given a folder's rules, return the ones that shape its transcripts (the key they are stored under)."""
+    return TranscriptKey(
+        model=rules.model, language=rules.language, task=rules.task, prompt=rules.prompt,
+        beam_size=rules.beam_size,
     )
 
 
@@ -63,8 +78,12 @@ def cue_rules_for(rules: FolderRules) -> subtitles.CueRules:
     return subtitles.CueRules(max_line_chars=rules.max_line_chars, max_lines=rules.max_lines)
 
 
-def prepare(path: Path, rules: FolderRules, owned: Callable[[Path], bool]) -> Prepared:
-    """Given a queued file and its folder's rules, return it decoded and ready to transcribe.
+def prepare(
+    path: Path, rules: FolderRules, owned: Callable[[Path], bool], stored: Transcript | None = None
+) -> Prepared:
+    """Given a queued file and its folder's rules, return it decoded and ready to transcribe; or,
+    given the transcript stored for its content and these rules (`stored`), return it probed only,
+    ready for `complete` (no decoding).
 
     Raise Skip if it needs no work, media.MediaError (or MediaGone) if it cannot be read.
     """
@@ -73,16 +92,29 @@ def prepare(path: Path, rules: FolderRules, owned: Callable[[Path], bool]) -> Pr
     if info.duration and info.duration < rules.min_duration_seconds:
         limit = rules.min_duration_seconds
         raise Skip(f"shorter than min_duration_seconds ({info.duration:.0f} s < {limit:.0f} s)")
-    _skip_if_subtitled(path, rules, info, owned)
+    _skip_if_subtitled(path, rules, info, owned, stored.language if stored else output_language(rules))
     stream = media.choose_audio_stream(info, rules.audio_language)
+    if stored is not None:
+        return Prepared(path, rules, info, stream, None, started, transcript=stored)
     audio = media.load_audio(path, info, stream)
     return Prepared(path, rules, info, stream, audio, started)
 
 
+def reuse(path: Path, rules: FolderRules, transcript: Transcript) -> Prepared:
+    """Given a finished file, its folder's rules and the transcript stored for it, return it ready
+    for `complete` with no decoding and none of prepare's skip checks (`subwatch rewrite`).
+
+    Raise media.MediaError (or MediaGone) if it cannot be probed.
+    """
+    started = time.monotonic()
+    info = media.probe(path)
+    stream = media.choose_audio_stream(info, rules.audio_language)
+    return Prepared(path, rules, info, stream, None, started, transcript=transcript)
+
+
 def _skip_if_subtitled(
-    path: Path, rules: FolderRules, info: MediaInfo, owned: Callable[[Path], bool]
+    path: Path, rules: FolderRules, info: MediaInfo, owned: Callable[[Path], bool], language: str | None
 ) -> None:
-    language = output_language(rules)
     if rules.skip_if_embedded and language and language in _embedded_codes(info):
         raise Skip(f"has an embedded {language} text subtitle stream (skip_if_embedded)")
     if language is None:
@@ -99,8 +131,17 @@ def _embedded_codes(info: MediaInfo) -> set[str]:
 def media_end(prepared: Prepared) -> float:
     """Return where the player's timeline ends: decoded audio can run past the container's
     duration (AAC padding), and a cue there would outlast the file."""
-    audio = prepared.audio.duration
+    audio = _audio_seconds(prepared)
     return min(audio, prepared.info.duration) if prepared.info.duration else audio
+
+
+def _audio_seconds(prepared: Prepared) -> float:
+    """Return how long the decoded audio is; for a stored transcript, how long it was when decoded."""
+    if prepared.audio is not None:
+        return prepared.audio.duration
+    if prepared.transcript is None:
+        raise ValueError(f"{prepared.path}: prepared with neither audio nor a stored transcript")
+    return prepared.transcript.duration
 
 
 def complete(
@@ -139,8 +180,10 @@ def complete(
     return JobResult(
         language=transcript.language,
         language_probability=transcript.language_probability,
-        media_duration=prepared.info.duration or prepared.audio.duration,
+        media_duration=prepared.info.duration or _audio_seconds(prepared),
         elapsed=time.monotonic() - prepared.started,
         outputs=tuple(written),
         kept=tuple(kept),
+        transcript=transcript,
+        transcript_key=transcript_key(rules),
     )

@@ -15,6 +15,11 @@ the same data, schema as `CREATE ... IF NOT EXISTS` plus `PRAGMA user_version`.
 
 Paths are stored as `os.fsencode` bytes (BLOB), so names with newlines, quotes
 or bytes that are not valid UTF-8 round-trip exactly.
+
+Finished transcripts are stored too (`transcripts`), keyed by content
+fingerprint and the rules that shape decoding (`TranscriptKey`): a copy of the
+same content at another path, and `subwatch rewrite` after a layout change,
+write sidecars from them without decoding.
 """
 
 from __future__ import annotations
@@ -27,18 +32,19 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
 
-from daemon.datatypes import Job, JobResult, JobState
+from daemon.datatypes import Job, JobResult, JobState, Segment, Transcript, TranscriptKey, Word
 
 SAMPLE_BYTES = 1 << 20  # bytes hashed at each of start, middle and end
 BUSY_TIMEOUT_S = 15.0  # transactions are milliseconds long; this only rides out a slow disk
 
 _JOB_COLUMNS = (
     "id, path, folder, state, size, mtime, fingerprint, attempts, error, language, "
-    "language_probability, outputs, media_duration, elapsed, created_at, updated_at, next_attempt_at"
+    "language_probability, outputs, media_duration, elapsed, speech_seconds, uncovered_seconds, "
+    "created_at, updated_at, next_attempt_at"
 )
 
 # Each entry moves the schema from version i to i + 1; append, never edit.
@@ -76,9 +82,26 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX IF NOT EXISTS sidecars_job ON sidecars (job_id)",
     ),
+    (
+        # A finished transcript, stored for copies of the same content and for `subwatch rewrite`.
+        # `rules` is _key_text(TranscriptKey); `transcript` is _transcript_json(Transcript).
+        """CREATE TABLE IF NOT EXISTS transcripts (
+            fingerprint TEXT NOT NULL,
+            rules TEXT NOT NULL,
+            transcript TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (fingerprint, rules)
+        )""",
+        # The rules of the transcript a done job's sidecars were written from (NULL: none stored).
+        "ALTER TABLE jobs ADD COLUMN transcript_rules TEXT",
+        "ALTER TABLE jobs ADD COLUMN speech_seconds REAL",
+        "ALTER TABLE jobs ADD COLUMN uncovered_seconds REAL",
+    ),
 )
 
-EnqueueAction = Literal["queued", "requeued", "duplicate", "already_done", "already_failed", "moved"]
+EnqueueAction = Literal[
+    "queued", "requeued", "copied", "duplicate", "already_done", "already_failed", "moved"
+]
 
 
 class QueueError(Exception):
@@ -92,12 +115,21 @@ class EnqueueOutcome:
     - queued: a new pending job (`job`).
     - requeued: the path had a done/skipped/failed job but the content changed;
       that job is pending again with attempts 0.
-    - duplicate: the path, or the same content elsewhere, is already pending or
-      running; `job` is that job (its path may differ from the one given).
-    - already_done: the content was already done or skipped, at this path or at
-      another one that still exists (a copy); `job` is that job.
-    - already_failed: the content already failed, here or at another existing
-      path; it stays failed until the user runs `subwatch retry`.
+    - copied: a new pending job (`job`) for a copy of content that is done (or
+      skipped) at `copy_of`, another path that still exists: the same film in
+      a second library, a hard link. The copy gets its own sidecars, written
+      from the transcript stored for its content and its folder's rules when
+      there is one (no decoding), else transcribed.
+    - duplicate: this path's job is pending or running, or the same content is
+      pending or running at another existing path and done nowhere; `job` is
+      that job (its path may differ from the one given). No job is made for a
+      copy then: the caller enqueues it again once that job has finished,
+      and it is `copied` (or `already_failed`) then.
+    - already_done: this path's job is done or skipped and its content has
+      not changed; `job` is that job.
+    - already_failed: this path's job failed, or the same content failed at
+      another existing path and is done, pending and running nowhere; it
+      stays failed until `subwatch retry` (or new content).
     - moved: a job for the same content sat at `previous_path`, which no longer
       exists; the job now has the new path and keeps its state. The caller
       moves the sidecars and calls `move_sidecar` for each.
@@ -106,11 +138,12 @@ class EnqueueOutcome:
     job: Job
     action: EnqueueAction
     previous_path: Path | None = None
+    copy_of: Path | None = None
 
     @property
     def queued(self) -> bool:
         """Return True if a worker has new work because of this call."""
-        return self.action in ("queued", "requeued")
+        return self.action in ("queued", "requeued", "copied")
 
 
 def fingerprint(path: Path) -> tuple[int, float, str]:
@@ -175,6 +208,8 @@ def _job(row: sqlite3.Row) -> Job:
         outputs=tuple(Path(p) for p in json.loads(row["outputs"])),
         media_duration=row["media_duration"],
         elapsed=row["elapsed"],
+        speech_seconds=row["speech_seconds"],
+        uncovered_seconds=row["uncovered_seconds"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         next_attempt_at=row["next_attempt_at"],
@@ -188,6 +223,47 @@ def _outputs_json(outputs: Iterable[Path]) -> str:
     bytes (`\\udce9`) and reads them back, so such paths survive too.
     """
     return json.dumps([os.fsdecode(p) for p in outputs])
+
+
+def _key_text(key: TranscriptKey) -> str:
+    """Given the rules that shape a transcript, return the text stored for them (equal for equal rules)."""
+    return json.dumps(asdict(key), sort_keys=True)
+
+
+def _transcript_json(transcript: Transcript) -> str:
+    """Given a transcript, return it as compact JSON (each word as [start, end, text, probability]).
+
+    Floats are written with repr's shortest exact digits, so `_transcript_from_json` gives back
+    an equal Transcript.
+    """
+    return json.dumps({
+        "language": transcript.language,
+        "language_probability": transcript.language_probability,
+        "duration": transcript.duration,
+        "speech_seconds": transcript.speech_seconds,
+        "uncovered_seconds": transcript.uncovered_seconds,
+        "segments": [
+            {"start": s.start, "end": s.end, "text": s.text,
+             "words": [[w.start, w.end, w.text, w.probability] for w in s.words]}
+            for s in transcript.segments
+        ],
+    }, separators=(",", ":"))
+
+
+def _transcript_from_json(text: str) -> Transcript:
+    """Given text made by `_transcript_json`, return the Transcript. Raise ValueError if it is not."""
+    try:
+        data = json.loads(text)
+        segments = tuple(
+            Segment(s["start"], s["end"], s["text"], tuple(Word(*w) for w in s["words"]))
+            for s in data["segments"]
+        )
+        return Transcript(
+            segments, data["language"], data["language_probability"], data["duration"],
+            data["speech_seconds"], data["uncovered_seconds"],
+        )
+    except (TypeError, KeyError) as err:
+        raise ValueError(f"not a stored transcript: {err!r}") from err
 
 
 class JobQueue:
@@ -362,7 +438,8 @@ class JobQueue:
     def _enqueue_new(
         self, conn: sqlite3.Connection, path: Path, folder: Path, size: int, mtime: float, content: str
     ) -> EnqueueOutcome:
-        """Given a path without a job, move a job for the same content here, or report it, or insert."""
+        """Given a path without a job, move a job for the same content here, or give this copy its
+        own job, or report the job it waits for, or insert a new one."""
         twins = [
             _job(row)
             for row in conn.execute(
@@ -376,15 +453,25 @@ class JobQueue:
             if twin.state is not JobState.RUNNING and not twin.path.exists():
                 moved = self._set(conn, twin.id, path=_key(path), folder=_key(folder), size=size, mtime=mtime)
                 return EnqueueOutcome(moved, "moved", previous_path=twin.path)
-        if twins:
-            return EnqueueOutcome(twins[0], _action_for_existing(twins[0].state))
+        twin = min(twins, key=lambda t: _TWIN_PREFERENCE[t.state], default=None)
+        if twin is None:
+            return EnqueueOutcome(self._insert(conn, path, folder, size, mtime, content), "queued")
+        if twin.state in (JobState.DONE, JobState.SKIPPED):
+            copy = self._insert(conn, path, folder, size, mtime, content)
+            return EnqueueOutcome(copy, "copied", copy_of=twin.path)
+        return EnqueueOutcome(twin, _action_for_existing(twin.state))
+
+    def _insert(
+        self, conn: sqlite3.Connection, path: Path, folder: Path, size: int, mtime: float, content: str
+    ) -> Job:
+        """Given a path without a job and its identity, return a new pending job for it."""
         now = time.time()
         cursor = conn.execute(
             "INSERT INTO jobs (path, folder, state, size, mtime, fingerprint, created_at, updated_at) "
             "VALUES (?, ?, 'pending', ?, ?, ?, ?, ?)",
             (_key(path), _key(folder), size, mtime, content, now, now),
         )
-        return EnqueueOutcome(self._require(conn, cursor.lastrowid or 0), "queued")
+        return self._require(conn, cursor.lastrowid or 0)
 
     def _requeue(
         self, conn: sqlite3.Connection, job_id: int, folder: Path, size: int, mtime: float, content: str
@@ -405,6 +492,9 @@ class JobQueue:
             outputs="[]",
             media_duration=None,
             elapsed=None,
+            transcript_rules=None,
+            speech_seconds=None,
+            uncovered_seconds=None,
             started_at=None,
             finished_at=None,
             next_attempt_at=0.0,
@@ -433,9 +523,16 @@ class JobQueue:
             return self._require(conn, row["id"])
 
     def finish(self, job_id: int, result: JobResult) -> Job:
-        """Given a job id and the pipeline's result, return the job marked done. Raise KeyError if gone."""
+        """Given a job id and the pipeline's result, return the job marked done. Raise KeyError if gone.
+
+        The result's transcript, if it has one with its key, is stored for the job's content in the
+        same transaction, and the job records its seconds of speech and of speech left uncovered.
+        """
+        transcript, key = result.transcript, result.transcript_key
         with self._write() as conn:
-            self._require(conn, job_id)
+            job = self._require(conn, job_id)
+            if transcript is not None and key is not None:
+                self._store_transcript(conn, job.fingerprint, key, transcript)
             return self._set(
                 conn,
                 job_id,
@@ -446,6 +543,9 @@ class JobQueue:
                 outputs=_outputs_json(result.outputs),
                 media_duration=result.media_duration,
                 elapsed=result.elapsed,
+                transcript_rules=None if transcript is None or key is None else _key_text(key),
+                speech_seconds=None if transcript is None else transcript.speech_seconds,
+                uncovered_seconds=None if transcript is None else transcript.uncovered_seconds,
                 finished_at=time.time(),
             )
 
@@ -598,8 +698,9 @@ class JobQueue:
             return conn.execute(sql, params).rowcount
 
     def forget(self, path: Path) -> bool:
-        """Given a media path, delete its job and sidecar records so the file can be queued fresh;
-        return False if there was no job. Raise ValueError if the job is running right now."""
+        """Given a media path, delete its job, its sidecar records and (unless a copy's job shares
+        it) the transcript stored for its content, so the file can be queued fresh and transcribed
+        anew; return False if there was no job. Raise ValueError if the job is running right now."""
         with self._write() as conn:
             job = self._row_by_path(conn, path)
             if job is None:
@@ -607,7 +708,62 @@ class JobQueue:
             if job.state is JobState.RUNNING:
                 raise ValueError(f"{path} is being transcribed now; wait for it or stop the daemon first")
             conn.execute("DELETE FROM jobs WHERE id = ?", (job.id,))  # sidecars go by ON DELETE CASCADE
+            # Queued fresh means transcribed anew: its stored transcript goes, unless a copy uses it.
+            conn.execute(
+                "DELETE FROM transcripts WHERE fingerprint = ? "
+                "AND NOT EXISTS (SELECT 1 FROM jobs WHERE fingerprint = ?)",
+                (job.fingerprint, job.fingerprint),
+            )
             return True
+
+    # -- stored transcripts -------------------------------------------------------------------------
+
+    def store_transcript(self, content: str, key: TranscriptKey, transcript: Transcript) -> None:
+        """Given a content fingerprint, the rules that shaped a transcript of it and the transcript,
+        store it (replacing one stored under the same fingerprint and rules)."""
+        with self._write() as conn:
+            self._store_transcript(conn, content, key, transcript)
+
+    @staticmethod
+    def _store_transcript(
+        conn: sqlite3.Connection, content: str, key: TranscriptKey, transcript: Transcript
+    ) -> None:
+        conn.execute(
+            "INSERT INTO transcripts (fingerprint, rules, transcript, created_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (fingerprint, rules) DO UPDATE SET transcript = excluded.transcript, "
+            "created_at = excluded.created_at",
+            (content, _key_text(key), _transcript_json(transcript), time.time()),
+        )
+
+    def transcript(self, content: str, key: TranscriptKey) -> Transcript | None:
+        """Given a content fingerprint and the rules that shape a transcript, return the stored
+        transcript, or None if there is none. Raise QueueError if the stored one cannot be read."""
+        row = self._conn().execute(
+            "SELECT transcript FROM transcripts WHERE fingerprint = ? AND rules = ?",
+            (content, _key_text(key)),
+        ).fetchone()
+        return None if row is None else self._parsed(row["transcript"], content)
+
+    def transcript_of(self, job_id: int) -> Transcript | None:
+        """Given a job id, return the stored transcript its sidecars were written from, or None if
+        there is none (not done, or done before transcripts were stored). Raise QueueError if the
+        stored one cannot be read."""
+        row = self._conn().execute(
+            "SELECT t.transcript, t.fingerprint FROM jobs j JOIN transcripts t "
+            "ON t.fingerprint = j.fingerprint AND t.rules = j.transcript_rules WHERE j.id = ?",
+            (job_id,),
+        ).fetchone()
+        return None if row is None else self._parsed(row["transcript"], row["fingerprint"])
+
+    def _parsed(self, text: str, content: str) -> Transcript:
+        """Given a stored transcript's JSON, return the Transcript. Raise QueueError if it is unreadable."""
+        try:
+            return _transcript_from_json(text)
+        except ValueError as err:
+            raise QueueError(
+                f"the transcript stored for content {content} in {self.path} cannot be read ({err}); "
+                "`subwatch forget` its file and scan it again to transcribe it anew"
+            ) from err
 
     # -- sidecar records --------------------------------------------------------------------------
 
@@ -646,10 +802,28 @@ class JobQueue:
                 conn.execute("UPDATE jobs SET outputs = ? WHERE id = ?", (_outputs_json(outputs), job.id))
             return True
 
+    def forget_sidecar(self, path: Path) -> bool:
+        """Given a sidecar path, delete subwatch's record of it; return False if there was none."""
+        with self._write() as conn:
+            return conn.execute("DELETE FROM sidecars WHERE path = ?", (_key(path),)).rowcount > 0
+
+    def set_outputs(self, job_id: int, outputs: Iterable[Path]) -> Job:
+        """Given a job id and the sidecars now written for it, return the job with them as its
+        outputs. Raise KeyError if the job is gone."""
+        with self._write() as conn:
+            self._require(conn, job_id)
+            return self._set(conn, job_id, outputs=_outputs_json(outputs))
+
     def sidecars_of(self, job_id: int) -> list[Path]:
         """Given a job id, return the sidecar paths recorded for it, sorted."""
         rows = self._conn().execute("SELECT path FROM sidecars WHERE job_id = ? ORDER BY path", (job_id,))
         return [_path(row["path"]) for row in rows]
+
+
+# Which job a copy follows when its content has several: a done one (its transcript is stored), else
+# one still in the works (wait for it), else a skipped one (the reason may be its path), else a failure.
+_TWIN_PREFERENCE = {JobState.DONE: 0, JobState.PENDING: 1, JobState.RUNNING: 1, JobState.SKIPPED: 2,
+                    JobState.FAILED: 3}
 
 
 def _action_for_existing(state: JobState) -> EnqueueAction:

@@ -5,17 +5,20 @@ Threads, and why each exists:
   long transcription never delays noticing files;
 - the loader claims jobs and decodes their audio with ffmpeg (CPU) ahead of
   the model, up to a bound in seconds of audio (workers.Prefetch), so the GPU
-  never waits for ffmpeg;
+  never waits for ffmpeg; a file whose content already has a stored
+  transcript for its folder's rules (a copy) it finishes itself, undecoded;
 - one transcriber worker per configured device (`cuda:0`, `cuda:1`, …) takes
   the decoded files its device serves, as many as share a model and fit a
   batch, runs them through the model together and writes their sidecars;
 - the main thread owns signals (handlers only set flags), reloads, the
-  systemd status line and idle-model unloading.
+  systemd status line, idle-model unloading, and enqueues again the copies
+  that waited for their twin's job to finish.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -28,10 +31,10 @@ from typing import Any
 
 from daemon import media, pipeline, subtitles
 from daemon.config import Config, ConfigError, FolderRules, load_config
-from daemon.datatypes import Job, JobResult, JobState
+from daemon.datatypes import Job, JobResult, JobState, Transcript
 from daemon.logs import done_details, job_log
 from daemon.notify import Event, Notifier, NotifyRules
-from daemon.queue import JobQueue
+from daemon.queue import EnqueueOutcome, JobQueue, QueueError
 from daemon.sdnotify import SystemdNotifier, WatchdogLoop, percent, status_line
 from daemon.text import printable
 from daemon.transcribe import DeviceUnavailable, ModelNotFound, ModelStore, resolve_device, transcribe_many
@@ -81,6 +84,12 @@ def watch_spec(rules: FolderRules) -> WatchSpec:
     )
 
 
+def owns(jobs: JobQueue, path: Path) -> bool:
+    """Given the queue and a subtitle path, return True if subwatch wrote it and nobody edited it since."""
+    recorded = jobs.sidecar_hash(path)
+    return recorded is not None and path.exists() and subtitles.file_sha256(path) == recorded
+
+
 def notify_rules(config: Config) -> NotifyRules:
     return NotifyRules(
         urls=config.notify.urls, on=config.notify.on, burst=config.notify.burst,
@@ -110,6 +119,9 @@ class Service:
         self._threads: list[threading.Thread] = []
         self._backfilling = threading.Lock()
         self._last_scan = 0.0
+        # Copies seen while their content's job was pending or running: path -> (folder, that job's id).
+        self._copies_waiting: dict[Path, tuple[Path, int]] = {}
+        self._copies_lock = threading.Lock()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -133,6 +145,7 @@ class Service:
                 self._reload_requested.clear()
                 self.reload()
             self.models.unload_idle()  # never one a worker holds
+            self._enqueue_waiting_copies()
             self.systemd.status(self._status_text())
             # The watcher can miss events (inotify queue overflow, a share remounted
             # without events): a periodic scan catches whatever it missed.
@@ -232,9 +245,34 @@ class Service:
             return
         if outcome.action == "moved" and outcome.previous_path:
             self._follow_move(outcome.previous_path, path)
+        if outcome.action == "duplicate" and outcome.job.path != path:
+            self._wait_for_twin(path, folder, outcome)
         if outcome.queued:
-            job_log(log, "queued", path, "", outcome.job.id)
+            copy = f"copy of {printable(os.fsdecode(outcome.copy_of))}" if outcome.copy_of else ""
+            job_log(log, "queued", path, copy, outcome.job.id)
             self._wake.set()
+
+    def _wait_for_twin(self, path: Path, folder: Path, outcome: EnqueueOutcome) -> None:
+        """A copy of content whose job is pending or running elsewhere: enqueue it again once that
+        job has finished, so it gets its own sidecars (from the transcript stored then)."""
+        with self._copies_lock:
+            if path in self._copies_waiting:
+                return
+            self._copies_waiting[path] = (folder, outcome.job.id)
+        twin = printable(os.fsdecode(outcome.job.path))
+        job_log(log, "waiting", path, f"same content as {twin}, not done yet; queued once it is")
+
+    def _enqueue_waiting_copies(self) -> None:
+        """Enqueue again each waiting copy whose twin's job is no longer pending or running."""
+        with self._copies_lock:
+            waiting = list(self._copies_waiting.items())
+        for path, (folder, twin_id) in waiting:
+            twin = self.jobs.get(twin_id)
+            if twin is not None and twin.state in (JobState.PENDING, JobState.RUNNING):
+                continue
+            with self._copies_lock:
+                self._copies_waiting.pop(path, None)
+            self._enqueue(path, folder)
 
     def _on_deleted(self, path: Path) -> None:
         # `path` may be a folder: everything under it went (a file being transcribed
@@ -246,6 +284,9 @@ class Service:
                 job_log(log, "dropped", each, "deleted before its turn", job.id)
 
     def _on_moved(self, old: Path, new: Path) -> None:
+        with self._copies_lock:
+            if old in self._copies_waiting:
+                self._copies_waiting[new] = self._copies_waiting.pop(old)
         rules = self.config.folder_for(new)
         job = self.jobs.move(old, new, rules.path if rules else None)
         if job and rules is None:
@@ -318,10 +359,20 @@ class Service:
             prepared = self._prepare(job)
             if prepared is None:
                 continue
+            if prepared.transcript is not None:
+                self._complete_stored(job, prepared)
+                continue
             if self._stopping.is_set():
                 self.jobs.release(job.id)
             else:
                 self._prefetch.put(prepared)
+
+    def _complete_stored(self, job: Job, prepared: pipeline.Prepared) -> None:
+        """Write the sidecars of a file whose transcript was stored (a copy): no model, no worker."""
+        try:
+            self._complete(job, prepared, prepared.transcript)
+        except Exception:  # a bug must cost one job, never the loader thread
+            log.exception("unexpected error writing the subtitles of %s", job.path)
 
     def _wait_for_work(self) -> None:
         wakeup = self.jobs.next_wakeup()
@@ -336,7 +387,8 @@ class Service:
             return None
         job_log(log, "started", job.path, f"attempt {job.attempts}", job.id)
         try:
-            return replace(pipeline.prepare(job.path, rules, self._owned), job_id=job.id)
+            stored = self._stored_transcript(job, rules)
+            return replace(pipeline.prepare(job.path, rules, self._owned, stored), job_id=job.id)
         except pipeline.Skip as exc:
             self.jobs.skip(job.id, str(exc))
             job_log(log, "skipped", job.path, str(exc), job.id)
@@ -348,6 +400,15 @@ class Service:
             log.exception("unexpected error preparing %s", job.path)
             self._failed(job, f"internal error: {exc}", permanent=False, rules=rules)
         return None
+
+    def _stored_transcript(self, job: Job, rules: FolderRules) -> Transcript | None:
+        """Return the transcript stored for the job's content and its folder's rules, or None if there
+        is none or it cannot be read (then the file is transcribed again)."""
+        try:
+            return self.jobs.transcript(job.fingerprint, pipeline.transcript_key(rules))
+        except QueueError as exc:
+            log.warning("%s; transcribing %s again", exc, printable(os.fsdecode(job.path)))
+            return None
 
     def _gone(self, job: Job, why: str) -> None:
         """A claimed job's file is not at the path the worker has: drop the job, or requeue it
@@ -509,7 +570,8 @@ class Service:
 
     def _done(self, job: Job, item: pipeline.Prepared, result: JobResult) -> None:
         done = self.jobs.finish(job.id, result)
-        details = done_details(result.language, result.media_duration, result.elapsed)
+        details = done_details(result.language, result.media_duration, result.elapsed,
+                               done.uncovered_seconds, reused=item.transcript is not None)
         job_log(log, "done", job.path, details, done.id)
         self.notifier.send(Event(
             kind="done", path=job.path, language=result.language, media_duration=result.media_duration,
@@ -536,8 +598,7 @@ class Service:
 
     def _owned(self, path: Path) -> bool:
         """True if `path` is a sidecar subwatch wrote and nobody has edited since."""
-        recorded = self.jobs.sidecar_hash(path)
-        return recorded is not None and path.exists() and subtitles.file_sha256(path) == recorded
+        return owns(self.jobs, path)
 
     # ------------------------------------------------------------ systemd
 

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import srt
 
-from daemon import __version__
-from daemon.datatypes import Cue, JobResult
+from daemon import __version__, pipeline, subtitles
+from daemon.config import load_config
+from daemon.datatypes import Cue, JobResult, Segment, Transcript, Word
 from daemon.queue import JobQueue
 from tests.harness import REPO, write_config
 from tests.media_factory import duration_of, make_media
@@ -38,7 +39,7 @@ def config(tmp_path: Path) -> Path:
     """)
 
 
-COMMANDS = ["run", "transcribe", "status", "check-config", "scan", "retry", "forget"]
+COMMANDS = ["run", "transcribe", "status", "check-config", "scan", "retry", "forget", "rewrite"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -173,3 +174,111 @@ def test_transcribe_rejects_bad_flag_values(tmp_path: Path) -> None:
     done = subwatch("transcribe", str(tmp_path / "x.mkv"), "--language", "jp")
     assert done.returncode == 1
     assert "--language: unknown language 'jp'; did you mean 'ja'?" in done.stderr
+
+
+# ---------------------------------------------------------------- rewrite
+
+SAID = ("Every subtitle line here was laid out for forty two columns and will be laid out again "
+        "for fewer without the model")
+
+
+def said_transcript() -> Transcript:
+    words = SAID.split()
+    step = 5.0 / len(words)
+    timed = tuple(Word(0.2 + i * step, 0.2 + (i + 0.8) * step, f" {w}", 0.9) for i, w in enumerate(words))
+    return Transcript((Segment(timed[0].start, timed[-1].end, f" {SAID}", timed),), "en", None, 6.0,
+                      speech_seconds=5.0, uncovered_seconds=1.25)
+
+
+def layout_config(tmp_path: Path, media: Path, layout: str) -> Path:
+    """A config whose model does not exist: `rewrite` must never need one."""
+    return write_config(tmp_path / "config.yaml", f"""
+        state_dir: {tmp_path / "state"}
+        defaults: {{model: {tmp_path / "no-such-model.pt"}, language: en}}
+        folders: [{{path: {media}, {layout}}}]
+    """)
+
+
+def finished_by_the_daemon(config: Path, film: Path) -> int:
+    """Finish `film`'s job as the daemon does (the real pipeline and queue), from SAID; return its id."""
+    rules = load_config(config).folder_for(film)
+    queue = JobQueue(load_config(config).db_path)
+    job = queue.enqueue(film, rules.path).job
+    queue.claim()
+
+    def owned(path: Path) -> bool:
+        return queue.sidecar_hash(path) == subtitles.file_sha256(path) if path.exists() else False
+
+    result = pipeline.complete(pipeline.prepare(film, rules, owned), said_transcript(), owned,
+                               claim=lambda path, sha: queue.record_sidecar(path, sha, job.id))
+    queue.finish(job.id, result)
+    queue.close()
+    return job.id
+
+
+def lines_of(path: Path) -> list[str]:
+    return [line for cue in srt.parse(path.read_text(encoding="utf-8")) for line in cue.content.split("\n")]
+
+
+def test_rewrite_lays_out_anew_and_leaves_edited_subtitles_alone(tmp_path: Path) -> None:
+    media = tmp_path / "media"
+    film = make_media(media / "Film.mkv", seconds=6)
+    config = layout_config(tmp_path, media, "max_line_chars: 42")
+    finished_by_the_daemon(config, film)
+    srt_path, vtt_path = media / "Film.en.srt", media / "Film.en.vtt"
+    assert max(map(len, lines_of(srt_path))) > 20
+    [job] = json.loads(subwatch("status", "--json", "--config", str(config)).stdout)
+    assert (job["speech_seconds"], job["uncovered_seconds"]) == (5.0, 1.25)
+    assert subwatch("status", "--config", str(config)).stdout.endswith("· speech 5 s, 1 s uncovered\n")
+
+    layout_config(tmp_path, media, "max_line_chars: 20")
+    done = subwatch("rewrite", "--config", str(config))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"{film}: rewrote Film.en.srt, Film.en.vtt\n"
+    assert max(map(len, lines_of(srt_path))) <= 20 and " ".join(lines_of(srt_path)) == SAID
+    vtt_lines = [ln for ln in vtt_path.read_text().split("\n\n", 1)[1].splitlines() if "-->" not in ln]
+    assert vtt_path.read_text().startswith("WEBVTT") and max(map(len, vtt_lines)) <= 20
+
+    # The user fixes the SubRip by hand; then a new name (sdh) and line length.
+    mine = "1\n00:00:01,000 --> 00:00:02,000\nFixed by hand\n"
+    srt_path.write_text(mine)
+    layout_config(tmp_path, media, "max_line_chars: 30, sdh: true")
+    done = subwatch("rewrite", str(media), "--config", str(config))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == (f"{film}: rewrote Film.en.sdh.srt, Film.en.sdh.vtt; removed Film.en.vtt "
+                           "(no longer in the layout); left Film.en.srt (no longer in the layout, but "
+                           "edited since subwatch wrote it)\n")
+    assert srt_path.read_text() == mine and not vtt_path.exists()
+    assert " ".join(lines_of(media / "Film.en.sdh.srt")) == SAID
+    assert max(map(len, lines_of(media / "Film.en.sdh.srt"))) <= 30
+
+    # Edited under the new name too: kept and said so; the WebVTT beside it is still rewritten.
+    sdh = media / "Film.en.sdh.srt"
+    sdh.write_text(mine)
+    done = subwatch("rewrite", str(film), "--config", str(config))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == (f"{film}: rewrote Film.en.sdh.vtt; kept Film.en.sdh.srt (not written by subwatch, "
+                           "or edited since)\n")
+    assert sdh.read_text() == mine
+    [job] = json.loads(subwatch("status", "--json", "--config", str(config)).stdout)
+    assert job["outputs"] == [str(media / "Film.en.sdh.vtt")] and job["state"] == "done"
+
+
+def test_rewrite_reports_what_it_cannot_do_and_exits_1(tmp_path: Path) -> None:
+    media = tmp_path / "media"
+    config = layout_config(tmp_path, media, "max_line_chars: 42")
+    nothing = subwatch("rewrite", "--config", str(config))
+    assert nothing.returncode == 1 and nothing.stderr.startswith("subwatch: no finished job in ")
+    old = make_media(media / "Old.mkv", seconds=2)
+    queue = JobQueue(load_config(config).db_path)
+    job = queue.enqueue(old, media).job
+    queue.claim()
+    queue.finish(job.id, JobResult("en", None, 2.0, 1.0, outputs=(media / "Old.en.srt",)))  # no transcript
+    queue.close()
+    done = subwatch("rewrite", str(old), "--config", str(config))
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.startswith(f"{old}: no stored transcript")
+    assert "`subwatch forget`" in done.stderr and "`subwatch scan`" in done.stderr
+    elsewhere = subwatch("rewrite", str(tmp_path / "elsewhere"), "--config", str(config))
+    assert elsewhere.returncode == 1
+    assert elsewhere.stderr.startswith(f"subwatch: no finished job at or under {tmp_path / 'elsewhere'}")

@@ -198,3 +198,13 @@ def test_done_details() -> None:
     assert done_details("en", 6730, 41) == "en  1:52:10 in 41 s (164x realtime)"
     assert done_details("en", 3, 10) == "en  0:00:03 in 10 s (0.3x realtime)"  # not "0x"
     assert done_details(None, 95, None) == "0:01:35"
+
+
+def test_done_details_say_what_speech_went_uncovered_and_where_the_text_came_from() -> None:
+    assert done_details("en", 6730, 41, uncovered_seconds=0.0) == "en  1:52:10 in 41 s (164x realtime)"
+    assert done_details("en", 6730, 41, uncovered_seconds=12.4) == (
+        "en  1:52:10 in 41 s (164x realtime)  12 s of speech without subtitles")
+    assert done_details("en", 60, 0.0, uncovered_seconds=0.04, reused=True) == (
+        "en  0:01:00  0.1 s of speech without subtitles  from the stored transcript (no decoding)")
+    assert done_details("de", 7200, 60, uncovered_seconds=754) == (
+        "de  2:00:00 in 60 s (120x realtime)  0:12:34 of speech without subtitles")

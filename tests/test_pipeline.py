@@ -72,3 +72,30 @@ def test_users_edit_of_our_sidecar_is_kept(world) -> None:  # noqa: ANN001
     assert result.kept == (srt_path,) and result.outputs == (srt_path.with_suffix(".vtt"),)
     assert cue_text(srt_path) == ["fixed by hand"]
     assert "new take" in srt_path.with_suffix(".vtt").read_text(encoding="utf-8")  # ours: replaced
+
+
+def test_a_stored_transcript_is_written_without_decoding(world) -> None:  # noqa: ANN001
+    film, rules, owned, claim = world
+    said = transcript("the same words in both libraries")
+    decoded = pipeline.prepare(film, rules, owned)
+    first = pipeline.complete(decoded, said, owned, claim=claim)
+    assert first.transcript == said and first.transcript_key == pipeline.transcript_key(rules)
+    written = {p.name: p.read_bytes() for p in first.outputs}
+
+    copy = film.with_name("Film copy.mkv")
+    copy.write_bytes(film.read_bytes())
+    stored = pipeline.prepare(copy, rules, owned, stored=said)
+    assert stored.audio is None and stored.transcript == said  # probed only
+    assert stored.info.duration == decoded.info.duration
+    again = pipeline.complete(stored, said, owned, claim=claim)
+    assert [p.name for p in again.outputs] == ["Film copy.en.srt", "Film copy.en.vtt"]
+    assert {p.name.replace(" copy", ""): p.read_bytes() for p in again.outputs} == written  # same cues
+    assert again.media_duration == first.media_duration
+
+
+def test_a_stored_transcript_still_skips_a_file_with_the_users_subtitles(world) -> None:  # noqa: ANN001
+    film, rules, owned, _ = world
+    for ext in ("srt", "vtt"):
+        film.with_name(f"Film.en.{ext}").write_text("mine\n")
+    with pytest.raises(pipeline.Skip, match="already has en subtitles"):
+        pipeline.prepare(film, rules, owned, stored=transcript("words"))

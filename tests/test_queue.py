@@ -11,12 +11,13 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from daemon import queue as queue_module
-from daemon.datatypes import JobResult, JobState
+from daemon.datatypes import JobResult, JobState, Segment, Transcript, TranscriptKey, Word
 from daemon.queue import SAMPLE_BYTES, JobQueue, QueueError, fingerprint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -130,16 +131,63 @@ def test_enqueue_same_path_twice_is_a_duplicate(q: JobQueue, media: Path) -> Non
     assert len(q.jobs()) == 1
 
 
-def test_a_copy_of_queued_or_done_content_is_not_queued(q: JobQueue, media: Path) -> None:
+def test_a_copy_waits_while_its_content_is_queued_then_gets_its_own_job(q: JobQueue, media: Path) -> None:
     film = write(media / "Film.mkv", b"same bytes")
     copy = write(media / "other" / "Film copy.mkv", b"same bytes")
     job = q.enqueue(film, media).job
     pending_copy = q.enqueue(copy, media)
     assert (pending_copy.action, pending_copy.job.id, pending_copy.job.path) == ("duplicate", job.id, film)
+    assert q.find(copy) is None and not pending_copy.queued
     q.finish(q.claim().id, result())
-    done_copy = q.enqueue(copy, media)
-    assert (done_copy.action, done_copy.job.id) == ("already_done", job.id)
-    assert q.find(copy) is None and len(q.jobs()) == 1
+    done_copy = q.enqueue(copy, media / "other")
+    assert (done_copy.action, done_copy.copy_of, done_copy.queued) == ("copied", film, True)
+    own = done_copy.job
+    assert own.id != job.id and (own.path, own.folder, own.state, own.attempts) == (
+        copy, media / "other", JobState.PENDING, 0)
+    assert own.fingerprint == job.fingerprint and q.find(copy) == own
+    assert q.get(job.id).state is JobState.DONE and len(q.jobs()) == 2
+    assert q.enqueue(copy, media).action == "duplicate"  # its own job, pending
+
+
+def test_a_hard_link_or_a_copy_of_skipped_content_gets_its_own_job(q: JobQueue, media: Path) -> None:
+    film = write(media / "Film.mkv", b"film bytes")
+    q.finish(q.enqueue(film, media).job.id, result())
+    link = media / "library" / "Film.mkv"
+    link.parent.mkdir()
+    os.link(film, link)
+    linked = q.enqueue(link, media)
+    assert (linked.action, linked.copy_of, linked.job.path) == ("copied", film, link)
+    # A skip may be about the path (a subtitle beside it), so a copy of skipped content is looked at too.
+    clip = write(media / "clip.mkv", b"clip bytes")
+    q.skip(q.enqueue(clip, media).job.id, "already has en subtitles")
+    copied = q.enqueue(write(media / "library" / "clip.mkv", b"clip bytes"), media)
+    assert (copied.action, copied.copy_of, copied.job.state) == ("copied", clip, JobState.PENDING)
+
+
+def test_a_copy_of_running_or_failed_content_gets_no_job(q: JobQueue, media: Path) -> None:
+    film = write(media / "Film.mkv", b"film bytes")
+    running = q.enqueue(film, media).job
+    q.claim()
+    copy = write(media / "copy.mkv", b"film bytes")
+    assert (q.enqueue(copy, media).action, q.enqueue(copy, media).job.id) == ("duplicate", running.id)
+    q.fail(running.id, "ffmpeg: invalid data", permanent=True)
+    failed = q.enqueue(copy, media)
+    assert (failed.action, failed.job.id, failed.queued) == ("already_failed", running.id, False)
+    assert q.find(copy) is None
+
+
+def test_content_done_at_two_paths_moves_the_job_whose_file_went(q: JobQueue, media: Path) -> None:
+    film = write(media / "Film.mkv", b"film bytes")
+    copy = write(media / "Film copy.mkv", b"film bytes")
+    original = q.enqueue(film, media).job
+    q.finish(q.claim().id, result())
+    twin = q.enqueue(copy, media).job
+    q.finish(q.claim().id, result())
+    renamed = media / "Film (2009) copy.mkv"
+    copy.rename(renamed)  # while the daemon was down
+    outcome = q.enqueue(renamed, media)
+    assert (outcome.action, outcome.previous_path, outcome.job.id) == ("moved", copy, twin.id)
+    assert q.find(film).id == original.id and len(q.jobs()) == 2
 
 
 def test_a_replaced_file_is_requeued_from_scratch(q: JobQueue, media: Path) -> None:
@@ -606,13 +654,146 @@ def test_jobs_and_counts_by_state(q: JobQueue, media: Path) -> None:
     }
 
 
+# -- stored transcripts ---------------------------------------------------------------------------
+
+KEY = TranscriptKey(model="/models/tiny.en.pt", language="en", task="transcribe", prompt=None, beam_size=5)
+
+
+def awkward_transcript() -> Transcript:
+    """A transcript with what JSON and floats make hard: shortest-repr floats, odd text, no words."""
+    words = (Word(0.1 + 0.2, 1 / 3, " Caf\u00e9", 0.987654321),
+             Word(1 / 3, 2.5e-7 + 1, ' "quoted"\nline', 1.0),
+             Word(1.0000001, 7 / 3, " \u65e5\u672c\u8a9e\U0001f600", 0.0))
+    text = " Caf\u00e9 \"quoted\"\nline \u65e5\u672c\u8a9e\U0001f600"
+    return Transcript(
+        segments=(Segment(0.30000000000000004, 7 / 3, text, words), Segment(5.5, 6.0, " [music]", ())),
+        language="en", language_probability=0.8999999999999999, duration=61.123456789,
+        speech_seconds=42.000000001, uncovered_seconds=1 / 7,
+    )
+
+
+def test_a_stored_transcript_round_trips_exactly(db: Path, media: Path) -> None:
+    transcript = awkward_transcript()
+    writer = JobQueue(db)
+    writer.store_transcript("123:abc", KEY, transcript)
+    writer.close()
+    reader = JobQueue(db)  # another connection: nothing comes from memory
+    back = reader.transcript("123:abc", KEY)
+    reader.close()
+    assert back == transcript
+    assert isinstance(back.segments, tuple) and isinstance(back.segments[0].words, tuple)
+    assert [type(w.probability) for w in back.segments[0].words] == [float, float, float]
+    given = Transcript((), "de", None, 3.0)  # language given, not detected; nothing said
+    q = JobQueue(db)
+    q.store_transcript("123:abc", KEY, given)  # the same key again: replaced
+    assert q.transcript("123:abc", KEY) == given
+    q.close()
+
+
+@pytest.mark.parametrize("change", [
+    {"beam_size": 1}, {"prompt": "Naruto, Sasuke"}, {"language": None}, {"language": "de"},
+    {"task": "translate"}, {"model": "turbo"},
+])
+def test_the_rules_key_tells_decoding_rules_apart(q: JobQueue, change: dict) -> None:
+    q.store_transcript("123:abc", KEY, awkward_transcript())
+    assert q.transcript("123:abc", TranscriptKey(**{**KEY.__dict__})) == awkward_transcript()
+    assert q.transcript("123:abc", replace(KEY, **change)) is None
+    assert q.transcript("123:abd", KEY) is None  # other content
+    q.store_transcript("123:abc", replace(KEY, **change), Transcript((), "en", None, 1.0))
+    assert q.transcript("123:abc", KEY) == awkward_transcript()  # each rules key keeps its own
+
+
+def test_finish_stores_the_transcript_and_records_the_speech(q: JobQueue, media: Path) -> None:
+    film = write(media / "Film.mkv", b"film")
+    job = q.enqueue(film, media).job
+    q.claim()
+    transcript = awkward_transcript()
+    done = q.finish(job.id, replace(result(), transcript=transcript, transcript_key=KEY))
+    assert (done.speech_seconds, done.uncovered_seconds) == (42.000000001, 1 / 7)
+    assert q.transcript_of(job.id) == transcript == q.transcript(job.fingerprint, KEY)
+    assert q.get(job.id) == done
+    # Without a transcript (a caller from before they were stored): nothing recorded, nothing stored.
+    other = q.enqueue(write(media / "Other.mkv", b"other"), media).job
+    q.claim()
+    plain = q.finish(other.id, result())
+    assert (plain.speech_seconds, plain.uncovered_seconds) == (None, None)
+    assert q.transcript_of(other.id) is None and q.transcript_of(job.id + 100) is None
+    # New content at the path: the job forgets its speech; the old content's transcript stays stored.
+    write(film, b"film, recut")
+    requeued = q.enqueue(film, media).job
+    assert (requeued.speech_seconds, requeued.uncovered_seconds) == (None, None)
+    assert q.transcript_of(job.id) is None and q.transcript(job.fingerprint, KEY) == transcript
+
+
+def test_forget_drops_the_transcript_unless_a_copy_uses_it(q: JobQueue, media: Path) -> None:
+    film = write(media / "Film.mkv", b"film")
+    copy = write(media / "copy.mkv", b"film")
+    job = q.enqueue(film, media).job
+    q.claim()
+    q.finish(job.id, replace(result(), transcript=awkward_transcript(), transcript_key=KEY))
+    copied = q.enqueue(copy, media).job
+    assert q.forget(film) is True
+    assert q.transcript(job.fingerprint, KEY) == awkward_transcript()  # the copy's job still has it
+    assert q.forget(copy) is True
+    assert q.transcript(copied.fingerprint, KEY) is None  # queued fresh means transcribed anew
+
+
+def test_an_unreadable_stored_transcript_is_a_queue_error_naming_the_way_out(q: JobQueue, db: Path) -> None:
+    q.store_transcript("9:ff", KEY, awkward_transcript())
+    raw = sqlite3.connect(db)
+    raw.execute("UPDATE transcripts SET transcript = '{\"segments\": 3}'")
+    raw.commit()
+    raw.close()
+    with pytest.raises(QueueError, match="subwatch forget") as caught:
+        q.transcript("9:ff", KEY)
+    assert str(db) in str(caught.value)
+
+
+def test_a_database_at_the_first_schema_is_migrated_with_its_jobs(db: Path, media: Path) -> None:
+    """A jobs.sqlite3 written by subwatch before transcripts were stored (schema 1, built here with
+    the very statements of that version, which are never edited) opens, keeps its jobs and works."""
+    film = write(media / "Film.mkv", b"film")
+    size, mtime, content = fingerprint(film)
+    db.parent.mkdir(parents=True)
+    raw = sqlite3.connect(db)
+    for sql in queue_module._MIGRATIONS[0]:
+        raw.execute(sql)
+    raw.execute("INSERT INTO jobs (path, folder, state, size, mtime, fingerprint, language, outputs, "
+                "created_at, updated_at) VALUES (?, ?, 'done', ?, ?, ?, 'en', ?, 1.0, 2.0)",
+                (os.fsencode(film), os.fsencode(media), size, mtime, content,
+                 json.dumps([str(media / "Film.en.srt")])))
+    raw.execute("INSERT INTO sidecars (path, sha256, job_id) VALUES (?, ?, 1)",
+                (os.fsencode(media / "Film.en.srt"), "ab" * 32))
+    raw.execute("PRAGMA user_version = 1")
+    raw.commit()
+    raw.close()
+
+    q = JobQueue(db)
+    try:
+        old = q.find(film)
+        assert (old.state, old.language, old.outputs) == (JobState.DONE, "en", (media / "Film.en.srt",))
+        assert (old.speech_seconds, old.uncovered_seconds) == (None, None)
+        assert q.transcript_of(old.id) is None and q.sidecar_hash(media / "Film.en.srt") == "ab" * 32
+        assert q.enqueue(film, media).action == "already_done"
+        fresh = q.enqueue(write(media / "New.mkv", b"new"), media).job
+        q.claim()
+        done = q.finish(fresh.id, replace(result(), transcript=awkward_transcript(), transcript_key=KEY))
+        assert done.uncovered_seconds == 1 / 7 and q.transcript_of(fresh.id) == awkward_transcript()
+    finally:
+        q.close()
+    raw = sqlite3.connect(db)
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == 2
+    raw.close()
+    JobQueue(db).close()  # opening a migrated database again changes nothing
+
+
 # -- opening the database -------------------------------------------------------------------------
 
 
 def test_the_database_uses_wal_and_a_schema_version(q: JobQueue, db: Path) -> None:
     raw = sqlite3.connect(db)
     assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert raw.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == 2
     raw.close()
 
 
