@@ -5,10 +5,9 @@ words it returned cover only part of the speech the window held, and nothing
 ever decodes the rest. Speech detection says where speech may be (its faint
 map, see vad.SpeechMap), so the gap is visible: speech that no word (give or
 take `margin_s`) covers, in stretches of at least `min_seconds`, is decoded
-again in a window of its own that starts where the words before it stopped
-(whisper's seek, for gaps in the middle too: silero often hears a quiet
-speaker seconds late), until every such stretch has words or its window has
-been tried.
+again in a window of its own that starts just before it, never before the
+words ahead of it stopped (whisper's seek, for gaps in the middle too), until
+every such stretch has words or its window has been tried.
 
 Pure functions on (start, end) seconds of the file's timeline; the
 transcription stage calls them between decoding rounds.
@@ -16,6 +15,7 @@ transcription stage calls them between decoding rounds.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,8 +34,11 @@ class CoverageOptions:
     max_rounds: decoding rounds after the first; each decodes the stretches
         still uncovered, alone (3).
     reach_back_s: a retry window starts up to this long before its stretch, at
-        the end of the last word before it (8.0).
-    reach_forward_s: and ends up to this long after it, at the next word (1.0).
+        the end of the last word before it (1.0): enough for an onset silero
+        heard late, short enough that music before the speech stays out (with
+        6 s of music in front of it, base wrote "The cabis piece changed its
+        color" for "The cabbage juice changes color").
+    reach_forward_s: and ends up to this long after it, at the next word (0.5).
     max_no_speech_prob, min_avg_logprob: what a retried window's decoding must
         show to be kept (0.5, -1.0). Whisper's own rule drops text only when
         both are bad; a window the first pass found nothing in needs both to be
@@ -45,8 +48,8 @@ class CoverageOptions:
     min_seconds: float = 1.0
     margin_s: float = 0.5
     max_rounds: int = 3
-    reach_back_s: float = 8.0
-    reach_forward_s: float = 1.0
+    reach_back_s: float = 1.0
+    reach_forward_s: float = 0.5
     max_no_speech_prob: float = 0.5
     min_avg_logprob: float = -1.0
 
@@ -142,3 +145,23 @@ def inside(word: Interval, window: Interval) -> bool:
     """True if the word's middle lies in the window."""
     middle = (word[0] + word[1]) / 2
     return window[0] <= middle <= window[1]
+
+
+def snap(word: Interval, speech: Sequence[Interval], ends: Sequence[float] | None = None) -> Interval:
+    """Given a word's time and the sorted, disjoint speech regions, return the word with an edge
+    that lies outside speech moved onto the edge of the speech it overlaps.
+
+    The aligner stretches a window's first word back over whatever came before
+    it (silence, music), so a cue would appear a second before anyone speaks.
+    A word wholly outside speech is left as it is: the aligner, not silero, heard it.
+    `ends` (the regions' ends, for bisect) may be passed in when snapping many words.
+    """
+    start, end = word
+    ends = ends if ends is not None else [b for _, b in speech]
+    first = bisect.bisect_right(ends, start)  # the first region ending after the word starts
+    last = first
+    while last < len(speech) and speech[last][0] < end:
+        last += 1
+    if last == first:
+        return word
+    return max(start, speech[first][0]), min(end, speech[last - 1][1])

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -680,7 +680,24 @@ def _placed(file: _File, decoded: list[_Decoded]) -> list[Segment]:
         if item.retry is not None:
             placed = [s for s in (_within(segment, item.retry) for segment in placed) if s is not None]
         segments += placed
+    ends = [end for _, end in file.faint]
+    segments = [_snapped(segment, file.faint, ends) for segment in segments]
     return sorted(segments, key=lambda segment: (segment.start, segment.end))
+
+
+def _snapped(segment: Segment, speech: Sequence[tuple[float, float]], ends: list[float]) -> Segment:
+    """Return the segment with word edges that stick out of speech moved onto it (see coverage.snap);
+    a segment bounded by its words stays bounded by them."""
+    if not segment.words:
+        return segment
+    words = []
+    for word in segment.words:
+        start, end = coverage.snap((word.start, word.end), speech, ends)
+        words.append(word if (start, end) == (word.start, word.end) else replace(word, start=start, end=end))
+    was_first, was_last = segment.words[0], segment.words[-1]
+    start = words[0].start if segment.start <= was_first.start else max(segment.start, words[0].start)
+    end = words[-1].end if segment.end >= was_last.end else min(segment.end, words[-1].end)
+    return Segment(start, max(start, end), segment.text, tuple(words))
 
 
 def _within(segment: Segment, window: tuple[float, float]) -> Segment | None:

@@ -87,8 +87,21 @@ CASES = {
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_batched_decoding_returns_whispers_tokens(model, windows, case: str) -> None:
+    assert_whispers_tokens(model, windows, CASES[case])
+
+
+# The real model's windows are slower to decode one at a time; these cases cover its paths:
+# timestamps, language detection, mixed options in one batch, and beam search.
+REAL_CASES = ["timestamps", "language detection", "mixed options in one batch", "beam search, mixed"]
+
+
+@pytest.mark.parametrize("case", REAL_CASES)
+def test_the_real_base_model_gives_whispers_tokens(base_model, windows, case: str) -> None:
+    assert_whispers_tokens(base_model, windows, CASES[case])
+
+
+def assert_whispers_tokens(model: whisper.Whisper, windows: tuple, per_window: list) -> None:
     mel, _ = windows
-    per_window = CASES[case]
     expected = [whisper.decode(model, mel[i], o) for i, o in enumerate(per_window)]
 
     # batch of 3 for 8 windows: finished windows leave and waiting ones are admitted mid-flight
@@ -133,6 +146,14 @@ def test_the_cases_cover_windows_finishing_at_different_steps(model, windows) ->
 
 
 def test_word_timings_are_whispers_alignment(model, windows) -> None:
+    assert_whispers_word_timings(model, windows)
+
+
+def test_the_real_base_models_word_timings_are_whispers_alignment(base_model, windows) -> None:
+    assert_whispers_word_timings(base_model, windows)
+
+
+def assert_whispers_word_timings(model: whisper.Whisper, windows: tuple) -> None:
     mel, durations = windows
     languages = ["en", "de", "en", "es", "fr", "pt"]
     requests = [
