@@ -155,9 +155,10 @@ def test_missing_model_fails_the_job_with_where_it_looked(world, sink, tmp_path:
     shutil.copy(source, root / "nomodel" / "x.mkv")
     job = wait_for_state(config, "x.mkv", {"done", "failed"})
     assert job["state"] == "failed"
-    assert job["error"].startswith(f"model file {root / 'missing' / 'model.pt'} does not exist"), job
+    missing = root / "missing" / "model.pt"
+    assert job["error"].startswith(f"model {missing} does not exist; set `model:` to"), job
     note = sink.wait_for(lambda m: m.get("title") == "Subtitles failed: x")
-    assert "model file" in note["message"]
+    assert f"model {missing} does not exist" in note["message"]
     assert daemon.process.poll() is None
 
 
