@@ -46,11 +46,11 @@ def srt_cues(path: Path) -> list[Said]:
 def vtt_cues(path: Path) -> list[Said]:
     import webvtt
 
-    return [Said(_vtt_seconds(c.start), _vtt_seconds(c.end), c.text.replace("\n", " "))
+    return [Said(vtt_seconds(c.start), vtt_seconds(c.end), c.text.replace("\n", " "))
             for c in webvtt.read(str(path))]
 
 
-def _vtt_seconds(stamp: str) -> float:
+def vtt_seconds(stamp: str) -> float:
     """webvtt-py's *_in_seconds are whole seconds; read its HH:MM:SS.mmm text instead."""
     hours, minutes, seconds = stamp.split(":")
     return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
