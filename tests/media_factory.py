@@ -31,11 +31,15 @@ def make_media(
     voice: str = "en",
     audio_seconds: float | None = None,
     faststart: bool = False,
+    audio_from: Path | None = None,
 ) -> Path:
     """Write a media file at `path` (container from the suffix) and return the path.
 
     With `speech`, the audio is espeak-ng saying it, padded with silence to
-    `seconds` (or longer if the speech is longer); otherwise a quiet tone.
+    `seconds` (or longer if the speech is longer); with `audio_from`, it is that
+    recording (a shared speech clip, a WAV from `write_samples`), padded the same
+    way, and the video lasts as long as the recording if that is longer than
+    `seconds`; otherwise a quiet tone.
     `audio_seconds` makes the audio that long instead, shorter or longer than the
     video (a film whose audio ends before its silent end credits).
     `start_time` shifts the container's timestamps, as web downloads often do.
@@ -43,9 +47,13 @@ def make_media(
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     cmd = ["ffmpeg", "-nostdin", "-y", "-loglevel", "error"]
+    if audio_from is not None:
+        if speech is not None:
+            raise ValueError("give speech or audio_from, not both")
+        seconds = max(seconds, duration_of(audio_from))
     sound = seconds if audio_seconds is None else audio_seconds
-    if audio and speech is not None:
-        wav = speak(speech, path.with_name(path.name + ".speech.wav"), voice=voice)
+    if audio and (speech is not None or audio_from is not None):
+        wav = audio_from or speak(speech, path.with_name(path.name + ".speech.wav"), voice=voice)
         cmd += ["-i", str(wav)]
         audio_filter = ["-af", f"apad=whole_dur={sound}"]
     elif audio:
@@ -100,6 +108,28 @@ def duration_of(path: Path) -> float:
         capture_output=True, text=True, check=True,
     ).stdout.strip()
     return float(out)
+
+
+def lavfi_samples(source: str, seconds: float):  # -> numpy float32 array at 16 kHz
+    """Render an ffmpeg lavfi audio source (`anoisesrc=color=pink:amplitude=0.05`, an
+    `aevalsrc` expression, …) for `seconds` as 16 kHz mono float32 samples."""
+    import numpy as np
+
+    done = subprocess.run(
+        ["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i", source, "-t", str(seconds),
+         "-ac", "1", "-ar", "16000", "-f", "f32le", "pipe:"],
+        capture_output=True, check=True,
+    )
+    return np.frombuffer(done.stdout, dtype="<f4").copy()
+
+
+def write_samples(path: Path, samples) -> Path:  # noqa: ANN001 - a numpy float array
+    """Write 16 kHz mono float samples (clipped to ±1) as a 16-bit PCM WAV; return the path."""
+    import numpy as np
+
+    pcm = (np.clip(samples, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_wav(path, pcm)
 
 
 def write_wav(path: Path, data: bytes, format_tag: int = 1) -> Path:

@@ -2,7 +2,8 @@
 
 `clips(lang)` lists a language's clips with their reference text; `long_file`
 joins clips into one long recording and says where each one landed, so a test
-(or bench/accuracy.py) can ask of every utterance whether a subtitle covers it.
+(or bench/accuracy.py) can ask of every utterance whether a subtitle covers it;
+`mixed_file` puts clips between noise, music and silence.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 SHARED_TESTDATA = Path(__file__).resolve().parents[2] / "shared" / "testdata"
 SPEECH = SHARED_TESTDATA / "speech"
@@ -85,7 +87,7 @@ def long_file(
     """
     import numpy as np
 
-    from tests.media_factory import write_wav
+    from tests.media_factory import write_samples
 
     silence = np.zeros(round(gap * SAMPLE_RATE), dtype=np.float32)
     decoded = {clip.path: load(clip) for clip in sequence}
@@ -96,10 +98,28 @@ def long_file(
             pieces += [samples, silence]
             placed.append(Placed(clip, at, at + len(samples) / SAMPLE_RATE))
             at += len(samples) / SAMPLE_RATE + gap
-    audio = np.concatenate(pieces)
-    pcm = (np.clip(audio, -1.0, 1.0) * 32767).astype("<i2").tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_wav(path, pcm)
+    write_samples(path, np.concatenate(pieces))
+    return placed
+
+
+def mixed_file(path: Path, parts: Sequence[Clip | Any]) -> list[Placed]:
+    """Write `parts` back to back as a 16 kHz WAV: each a Clip or other sound as 16 kHz
+    float samples (noise, music, silence from media_factory.lavfi_samples or numpy).
+
+    Return where each clip landed, in order.
+    """
+    import numpy as np
+
+    from tests.media_factory import write_samples
+
+    pieces, placed, at = [], [], 0.0
+    for part in parts:
+        samples = load(part) if isinstance(part, Clip) else np.asarray(part, dtype=np.float32)
+        if isinstance(part, Clip):
+            placed.append(Placed(part, at, at + len(samples) / SAMPLE_RATE))
+        pieces.append(samples)
+        at += len(samples) / SAMPLE_RATE
+    write_samples(path, np.concatenate(pieces))
     return placed
 
 

@@ -17,6 +17,7 @@ from daemon.datatypes import Cue, JobResult, Segment, Transcript, Word
 from daemon.queue import JobQueue
 from tests.harness import REPO, write_config
 from tests.media_factory import duration_of, make_media
+from tests.said import assert_cues_on_speech, assert_says, media_speech, srt_cues
 from tests.test_subtitles_cues import assert_cues_ok
 
 
@@ -125,10 +126,10 @@ def test_scan_queues_media_without_subtitles(config: Path, tmp_path: Path) -> No
     assert subwatch("scan", "--config", str(config)).stdout == ""  # nothing twice
 
 
-def test_transcribe_one_shot_writes_sidecars(tmp_path: Path, tiny_checkpoint: Path) -> None:
-    video = make_media(tmp_path / "Clip (2020).mp4", speech="One shot transcription works.", seconds=3)
-    done = subwatch("transcribe", str(video), "--model", str(tiny_checkpoint), "--language", "en",
-                    "--device", "cpu")
+def test_transcribe_one_shot_writes_sidecars(tmp_path: Path, tiny_en_checkpoint: Path) -> None:
+    video = make_media(tmp_path / "Clip (2020).mp4", speech="Hello from the command line.", seconds=3)
+    done = subwatch("transcribe", str(video), "--model", str(tiny_en_checkpoint), "--language", "en",
+                    "--beam-size", "1", "--device", "cpu")
     assert done.returncode == 0, done.stderr
     srt_path, vtt_path = tmp_path / "Clip (2020).en.srt", tmp_path / "Clip (2020).en.vtt"
     assert done.stdout.splitlines() == [str(srt_path), str(vtt_path)]
@@ -137,18 +138,21 @@ def test_transcribe_one_shot_writes_sidecars(tmp_path: Path, tiny_checkpoint: Pa
     cues = [Cue(c.start.total_seconds(), c.end.total_seconds(), tuple(c.content.split("\n"))) for c in parsed]
     # Every cue of the written file keeps the subtitle limits (lines, length, duration, speed, gaps).
     assert_cues_ok(cues, media=duration_of(video))
+    assert_says(srt_path, "hello from the command line")
+    assert_says(vtt_path, "hello from the command line")
+    assert_cues_on_speech(srt_cues(srt_path), [media_speech(video)])
     # A second run keeps what is there unless asked to overwrite.
     srt_path.write_text("1\n00:00:00,000 --> 00:00:01,000\nmine\n")
-    again = subwatch("transcribe", str(video), "--model", str(tiny_checkpoint), "--language", "en",
-                     "--device", "cpu")
+    again = subwatch("transcribe", str(video), "--model", str(tiny_en_checkpoint), "--language", "en",
+                     "--beam-size", "1", "--device", "cpu")
     assert again.returncode == 0 and srt_path.read_text().endswith("mine\n")
     assert "skipped: already has en subtitles" in again.stderr
 
 
-def test_transcribe_reports_bad_files_and_exits_1(tmp_path: Path, tiny_checkpoint: Path) -> None:
+def test_transcribe_reports_bad_files_and_exits_1(tmp_path: Path, tiny_en_checkpoint: Path) -> None:
     empty = tmp_path / "empty.mkv"
     empty.write_bytes(b"")
-    done = subwatch("transcribe", str(empty), "--model", str(tiny_checkpoint), "--device", "cpu")
+    done = subwatch("transcribe", str(empty), "--model", str(tiny_en_checkpoint), "--device", "cpu")
     assert done.returncode == 1
     assert done.stderr.strip().endswith(f"{empty}: the file is empty (0 bytes)")
 

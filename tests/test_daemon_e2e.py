@@ -1,7 +1,10 @@
 """The spine end to end: a real `subwatch run` process, real folders, real media, real Apprise.
 
 One daemon serves the scenarios of this module in separate folders, so torch
-and the model load once; the restart test starts its own.
+and the models load once; the restart test starts its own. The models are real
+Whisper weights, and every transcribed file is checked for what it says and
+when: greedy tiny.en where the test is about the plumbing, base with beam
+search where it is about the words, the language or the timing.
 """
 
 from __future__ import annotations
@@ -16,8 +19,19 @@ import pytest
 import srt
 import webvtt
 
+from tests import speech
 from tests.harness import Daemon, NotificationSink, status, wait_for_state, write_config
-from tests.media_factory import duration_of, make_media
+from tests.media_factory import duration_of, lavfi_samples, make_media
+from tests.said import (
+    assert_cues_on_speech,
+    assert_says,
+    media_speech,
+    placed_speech,
+    srt_cues,
+    text_of,
+    vtt_seconds,
+    word_error_rate,
+)
 
 SETTLE = 1.5
 
@@ -30,9 +44,12 @@ def sink() -> Iterator[NotificationSink]:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path, sink: NotificationSink):  # noqa: ANN201
+def world(  # noqa: ANN201
+    tmp_path_factory: pytest.TempPathFactory, tiny_en_checkpoint: Path, base_checkpoint: Path,
+    sink: NotificationSink,
+):
     root = tmp_path_factory.mktemp("e2e")
-    for name in ("movies", "shows", "nomodel", "badmodel"):
+    for name in ("movies", "languages", "speeches", "nomodel", "badmodel"):
         (root / name).mkdir()
     # A Hugging Face folder in the old format (pytorch_model.bin): neither kind subwatch reads.
     (root / "old-hf-model").mkdir()
@@ -42,7 +59,9 @@ def world(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path, sink:
         state_dir: {root / "state"}
         log_level: info
         defaults:
-          model: {tiny_checkpoint}
+          # Plumbing: the fastest real model, greedy.
+          model: {tiny_en_checkpoint}
+          beam_size: 1
           device: cpu
           settle_seconds: {SETTLE}
           language: en
@@ -52,15 +71,21 @@ def world(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path, sink:
           burst: 50
         folders:
           - path: {root / "movies"}
-          - path: {root / "shows"}
+          # Words, languages and timing: multilingual base with the default beam search.
+          - path: {root / "languages"}
+            model: {base_checkpoint}
+            beam_size: 5
             language: auto
+          - path: {root / "speeches"}
+            model: {base_checkpoint}
+            beam_size: 5
           - path: {root / "nomodel"}
             model: {root / "missing" / "model.pt"}
           - path: {root / "badmodel"}
             model: ./old-hf-model
     """)
     daemon = Daemon(config)
-    daemon.wait_log("watching 4 folder(s)", timeout=120)
+    daemon.wait_log("watching 5 folder(s)", timeout=120)
     yield root, config, daemon
     assert daemon.stop() == 0, daemon.log()
 
@@ -79,12 +104,6 @@ def slow_copy(source: Path, target: Path, chunks: int = 6, pause: float = SETTLE
 
 def parse_srt(path: Path) -> list[srt.Subtitle]:
     return list(srt.parse(path.read_text(encoding="utf-8")))
-
-
-def vtt_seconds(stamp: str) -> float:
-    """webvtt-py's *_in_seconds are truncated to whole seconds; read its HH:MM:SS.mmm text instead."""
-    hours, minutes, seconds = stamp.split(":")
-    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
 
 
 def assert_cues_valid(srt_path: Path, vtt_path: Path, media_duration: float) -> list[srt.Subtitle]:
@@ -108,8 +127,8 @@ def assert_cues_valid(srt_path: Path, vtt_path: Path, media_duration: float) -> 
 
 def test_slow_copy_is_taken_once_after_it_finishes(world, sink: NotificationSink, tmp_path: Path) -> None:  # noqa: ANN001
     root, config, _ = world
-    speech = "Hello there. The copy is slow today."
-    source = make_media(tmp_path / "Movie (2009).mkv", speech=speech, seconds=6)
+    speech_text = "Good morning. The copy is slow today."
+    source = make_media(tmp_path / "Movie (2009).mkv", speech=speech_text, seconds=6)
     finished = slow_copy(source, root / "movies" / "Movie (2009).mkv")
     job = wait_for_state(config, "Movie (2009).mkv", {"done", "failed"})
     assert job["state"] == "done", job
@@ -119,6 +138,8 @@ def test_slow_copy_is_taken_once_after_it_finishes(world, sink: NotificationSink
     vtt_path = root / "movies" / "Movie (2009).en.vtt"
     assert sorted(job["outputs"]) == sorted([str(srt_path), str(vtt_path)])
     assert_cues_valid(srt_path, vtt_path, duration_of(source))
+    assert_says(srt_path, "good morning", "the copy is slow")
+    assert_cues_on_speech(srt_cues(srt_path), [media_speech(source)])
     note = sink.wait_for(lambda m: "Movie (2009)" in m.get("title", ""))
     assert note["title"] == "Subtitles ready: Movie (2009)"
     assert "Movie (2009).mkv" in note["message"] and "English (en)" in note["message"]
@@ -127,17 +148,87 @@ def test_slow_copy_is_taken_once_after_it_finishes(world, sink: NotificationSink
     assert [m["title"] for m in sink.messages()].count("Subtitles ready: Movie (2009)") == 1
 
 
-def test_detected_language_names_the_sidecars(world, tmp_path: Path) -> None:  # noqa: ANN001
+# One FLEURS clip per language, with words of its reference transcript that base gets right.
+LANGUAGE_CLIPS = {
+    "de": ("fleurs-de-005", "mkv", ["sediment", "lebensräume für wildtiere"]),
+    "es": ("fleurs-es-006", "mkv", ["luchadores", "homenaje"]),
+    "fr": ("fleurs-fr-005", "ogg", ["perdu le contrôle de sa voiture"]),
+    "pt": ("fleurs-pt-002", "ogg", ["perdeu o controle do carro"]),
+    "en": ("fleurs-en-004", "mkv", ["dinosaurs because they have feathers"]),
+}
+
+
+def test_detected_language_names_the_sidecars(world, testdata: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    """Under `language: auto` each file's language is detected on its own, also when files
+    dropped together are transcribed in one batch."""
     root, config, _ = world
-    shutil.copy(make_media(tmp_path / "Episode.mp4", speech="Good morning everyone.", seconds=4),
-                root / "shows" / "Episode.mp4")
-    job = wait_for_state(config, "Episode.mp4", {"done", "failed"})
+    folder = root / "languages"
+    staged = {}
+    for language, (stem, suffix, _) in LANGUAGE_CLIPS.items():
+        clip = testdata / "speech" / "fleurs" / f"{stem}.ogg"
+        # Audio-only Ogg as published, or inside a video container.
+        staged[language] = (shutil.copy(clip, tmp_path / f"{stem}.ogg") if suffix == "ogg"
+                            else make_media(tmp_path / f"{stem}.mkv", audio_from=clip))
+    for source in staged.values():
+        shutil.copy(source, folder / source.name)
+    for language, source in staged.items():
+        job = wait_for_state(config, source.name, {"done", "failed"})
+        assert job["state"] == "done", job
+        assert job["language"] == language, (source.name, job)
+        srt_path = folder / f"{source.stem}.{language}.srt"
+        assert [Path(p) for p in job["outputs"]] == [srt_path, srt_path.with_suffix(".vtt")]
+        assert_cues_valid(srt_path, srt_path.with_suffix(".vtt"), duration_of(source))
+        assert_says(srt_path, *LANGUAGE_CLIPS[language][2])
+    sidecars = sorted(p.name for p in folder.iterdir() if p.suffix in (".srt", ".vtt"))
+    assert len(sidecars) == 2 * len(LANGUAGE_CLIPS), sidecars
+
+
+def test_jfk_in_a_video_says_the_sentence(world, testdata: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    root, config, _ = world
+    clip = speech.jfk()
+    source = make_media(tmp_path / "Inaugural Address (1961).mkv", audio_from=clip.path)
+    shutil.copy(source, root / "speeches" / source.name)
+    job = wait_for_state(config, source.name, {"done", "failed"})
+    assert job["state"] == "done" and job["language"] == "en", job
+    srt_path = root / "speeches" / "Inaugural Address (1961).en.srt"
+    vtt_path = srt_path.with_suffix(".vtt")
+    assert_cues_valid(srt_path, vtt_path, duration_of(source))
+    assert word_error_rate(clip.text, srt_path) <= 0.1, text_of(srt_path)
+    assert text_of(vtt_path) == text_of(srt_path)
+    assert_says(srt_path, "fellow americans", "ask not what your country can do for you")
+    assert_cues_on_speech(srt_cues(srt_path), [media_speech(source)])
+
+
+# Sounds that are not speech, as a film has them between lines: 16 kHz lavfi sources.
+PINK_NOISE = "anoisesrc=color=pink:amplitude=0.05:sample_rate=16000:seed=1"
+BROWN_NOISE = "anoisesrc=color=brown:amplitude=0.1:sample_rate=16000:seed=2"
+MUSIC = ("aevalsrc=0.08*sin(2*PI*(220+4*sin(2*PI*5*t))*t)"  # a minor chord, with vibrato
+         "+0.06*sin(2*PI*(261.6+5*sin(2*PI*5*t))*t)+0.05*sin(2*PI*(329.6+6*sin(2*PI*5.5*t))*t):s=16000")
+
+
+def test_no_cue_over_noise_music_or_silence(world, testdata: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    """Every cue lies on speech, its edges near the words; each utterance is said in its own cues."""
+    import numpy as np
+
+    root, config, _ = world
+    clips = {c.path.stem: c for c in speech.librispeech()}
+    placed = speech.mixed_file(tmp_path / "mixed.wav", [
+        lavfi_samples(PINK_NOISE, 5.0),
+        clips["1089-134691-0001"],
+        lavfi_samples(MUSIC, 6.0),
+        np.zeros(3 * speech.SAMPLE_RATE, np.float32),
+        clips["1089-134686-0001"],
+        lavfi_samples(BROWN_NOISE, 4.0),
+    ])
+    source = make_media(tmp_path / "Between the Lines.mkv", audio_from=tmp_path / "mixed.wav")
+    shutil.copy(source, root / "speeches" / source.name)
+    job = wait_for_state(config, source.name, {"done", "failed"})
     assert job["state"] == "done", job
-    language = job["language"]
-    assert language and len(language) in (2, 3)
-    srt_path = root / "shows" / f"Episode.{language}.srt"
-    assert [Path(p) for p in job["outputs"]] == [srt_path, srt_path.with_suffix(".vtt")]
-    assert_cues_valid(srt_path, srt_path.with_suffix(".vtt"), 4.1)
+    srt_path = root / "speeches" / "Between the Lines.en.srt"
+    assert_cues_valid(srt_path, srt_path.with_suffix(".vtt"), duration_of(source))
+    stretches = placed_speech(placed)
+    for clip, cues in zip(placed, assert_cues_on_speech(srt_cues(srt_path), stretches), strict=True):
+        assert word_error_rate(clip.clip.text, cues) <= 0.2, (clip.clip.text, cues)
 
 
 def test_users_subtitle_is_never_overwritten(world, tmp_path: Path) -> None:  # noqa: ANN001
@@ -161,9 +252,10 @@ def test_missing_model_fails_the_job_with_where_it_looked(world, sink, tmp_path:
     shutil.copy(source, root / "nomodel" / "x.mkv")
     job = wait_for_state(config, "x.mkv", {"done", "failed"})
     assert job["state"] == "failed"
-    assert job["error"].startswith(f"model file {root / 'missing' / 'model.pt'} does not exist"), job
+    missing = root / "missing" / "model.pt"
+    assert job["error"].startswith(f"model {missing} does not exist; set `model:` to"), job
     note = sink.wait_for(lambda m: m.get("title") == "Subtitles failed: x")
-    assert "model file" in note["message"]
+    assert f"model {missing} does not exist" in note["message"]
     assert daemon.process.poll() is None
 
 
@@ -186,13 +278,14 @@ def test_bad_model_folder_fails_the_job_naming_what_it_expected(world, sink, tmp
     assert daemon.process.poll() is None
 
 
-def test_restart_does_no_double_work(tmp_path: Path, tiny_checkpoint: Path, spawn) -> None:  # noqa: ANN001
+def test_restart_does_no_double_work(tmp_path: Path, tiny_en_checkpoint: Path, spawn) -> None:  # noqa: ANN001
     sink = NotificationSink()
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     config = write_config(tmp_path / "config.yaml", f"""
         state_dir: {tmp_path / "state"}
-        defaults: {{model: {tiny_checkpoint}, device: cpu, settle_seconds: 0.5, language: en}}
+        defaults: {{model: {tiny_en_checkpoint}, beam_size: 1, device: cpu, settle_seconds: 0.5,
+                    language: en}}
         notify: {{urls: ["{sink.url}"]}}
         folders: [{{path: {inbox}}}]
     """)
@@ -201,6 +294,8 @@ def test_restart_does_no_double_work(tmp_path: Path, tiny_checkpoint: Path, spaw
     first = spawn(config)
     wait_for_state(config, "Before.mkv", {"done"})
     srt_path = inbox / "Before.en.srt"
+    assert_says(srt_path, "i was here first")
+    assert_cues_on_speech(srt_cues(srt_path), [media_speech(inbox / "Before.mkv")])
     written = srt_path.stat().st_mtime_ns
     assert first.stop(signal.SIGTERM) == 0
     assert "stopped" in first.log()
@@ -209,6 +304,8 @@ def test_restart_does_no_double_work(tmp_path: Path, tiny_checkpoint: Path, spaw
     second.wait_log("watching 1 folder(s)")
     make_media(inbox / "After.mkv", speech="And I came later.", seconds=3)
     wait_for_state(config, "After.mkv", {"done"})
+    assert_says(inbox / "After.en.srt", "i came later")
+    assert_cues_on_speech(srt_cues(inbox / "After.en.srt"), [media_speech(inbox / "After.mkv")])
     assert second.stop(signal.SIGINT) == 0
     jobs = {Path(j["path"]).name: j for j in status(config)}
     assert jobs["Before.mkv"]["attempts"] == 1 and jobs["Before.mkv"]["state"] == "done"
