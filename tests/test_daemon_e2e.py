@@ -253,9 +253,9 @@ def test_missing_model_fails_the_job_with_where_it_looked(world, sink, tmp_path:
     job = wait_for_state(config, "x.mkv", {"done", "failed"})
     assert job["state"] == "failed"
     missing = root / "missing" / "model.pt"
-    assert job["error"].startswith(f"model {missing} does not exist; set `model:` to"), job
+    assert job["error"].startswith(f"model file {missing} does not exist; set `model:` to"), job
     note = sink.wait_for(lambda m: m.get("title") == "Subtitles failed: x")
-    assert f"model {missing} does not exist" in note["message"]
+    assert f"model file {missing} does not exist" in note["message"]
     assert daemon.process.poll() is None
 
 
