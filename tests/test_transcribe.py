@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import subprocess
 from dataclasses import replace
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from daemon.transcribe import (
 )
 from daemon.vad import find_speech
 from tests import speech
-from tests.media_factory import make_media
+from tests.media_factory import lavfi_samples, make_media
 
 RATE = 16000
 
@@ -49,16 +48,6 @@ def silence(seconds: float) -> np.ndarray:
 def tone(seconds: float) -> np.ndarray:
     t = np.arange(round(seconds * RATE)) / RATE
     return (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
-
-
-def lavfi(source: str, seconds: float) -> np.ndarray:
-    """Return `seconds` of an ffmpeg lavfi audio source (noise, a chord) as 16 kHz float32 samples."""
-    out = subprocess.run(
-        ["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i", source, "-t", str(seconds),
-         "-ac", "1", "-ar", str(RATE), "-f", "f32le", "-"],
-        capture_output=True, check=True,
-    ).stdout
-    return np.frombuffer(out, np.float32).copy()
 
 
 def text_of(transcript: Transcript) -> str:
@@ -155,9 +144,9 @@ def test_no_text_over_noise_or_music_and_cue_edges_near_the_speech(model) -> Non
     jfk, other = speech.load(speech.jfk()), speech.load(speech.fleurs("en")[3])
     music = "aevalsrc='0.2*sin(2*PI*261.6*t)*(1+0.5*sin(4*PI*t))+0.2*sin(2*PI*329.6*t)+0.15*sin(2*PI*392*t)'"
     parts = [
-        lavfi("anoisesrc=color=pink:amplitude=0.3:sample_rate=16000", 5), jfk,
-        lavfi(f"{music}:s=16000", 6), silence(3), other,
-        lavfi("anoisesrc=color=brown:amplitude=0.5:sample_rate=16000", 4),
+        lavfi_samples("anoisesrc=color=pink:amplitude=0.3:sample_rate=16000", 5), jfk,
+        lavfi_samples(f"{music}:s=16000", 6), silence(3), other,
+        lavfi_samples("anoisesrc=color=brown:amplitude=0.5:sample_rate=16000", 4),
     ]
     audio = Audio(np.concatenate(parts), RATE)
     starts = np.cumsum([0] + [len(p) / RATE for p in parts])

@@ -21,6 +21,7 @@ from daemon.vad import (
     map_speech_many,
 )
 from tests import speech
+from tests.media_factory import lavfi_samples
 
 RATE = 16000
 
@@ -152,16 +153,6 @@ def test_several_files_are_scored_together_with_the_same_findings(testdata: Path
     assert 6.0 <= found[2][0].start <= 6.6 and found[2][0].end <= 17.01
 
 
-def lavfi(source: str, seconds: float) -> np.ndarray:
-    """Return `seconds` of an ffmpeg lavfi audio source as 16 kHz float32 samples."""
-    out = subprocess.run(
-        ["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i", source, "-t", str(seconds),
-         "-ac", "1", "-ar", str(RATE), "-f", "f32le", "-"],
-        capture_output=True, check=True,
-    ).stdout
-    return np.frombuffer(out, np.float32).copy()
-
-
 def missed(found: list[tuple[float, float]], truth: list[tuple[float, float]]) -> float:
     from daemon.coverage import merge, subtract, total
 
@@ -189,11 +180,11 @@ def test_quiet_speakers_are_heard_from_their_first_words(tmp_path: Path) -> None
 def test_levelling_hears_no_speech_in_noise_or_music() -> None:
     music = "aevalsrc='0.2*sin(2*PI*261.6*t)*(1+0.5*sin(4*PI*t))+0.2*sin(2*PI*329.6*t)+0.15*sin(2*PI*392*t)'"
     sources = [
-        lavfi("anoisesrc=color=pink:amplitude=0.1:sample_rate=16000", 20),
-        lavfi("anoisesrc=color=pink:amplitude=0.001:sample_rate=16000", 20),  # a quiet room, -60 dB
-        lavfi("anoisesrc=color=brown:amplitude=0.01:sample_rate=16000", 20),
-        lavfi(f"{music}:s=16000", 20),
-        lavfi(f"{music}:s=16000", 20) * 0.01,
+        lavfi_samples("anoisesrc=color=pink:amplitude=0.1:sample_rate=16000", 20),
+        lavfi_samples("anoisesrc=color=pink:amplitude=0.001:sample_rate=16000", 20),  # a quiet room, -60 dB
+        lavfi_samples("anoisesrc=color=brown:amplitude=0.01:sample_rate=16000", 20),
+        lavfi_samples(f"{music}:s=16000", 20),
+        lavfi_samples(f"{music}:s=16000", 20) * 0.01,
         tone(20, 50.0) * 0.03,  # mains hum
     ]
 
