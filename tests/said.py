@@ -16,6 +16,7 @@ from pathlib import Path
 import srt
 
 from tests.speech import SAMPLE_RATE, Placed, load
+from tests.speech import word_error_rate as speech_word_error_rate
 
 # Whisper's timing target of issue #10: a cue starts at most this long before the first
 # word of its speech and ends at most this long after the last.
@@ -63,10 +64,12 @@ def text_of(cues: Iterable[Said] | Path) -> str:
     return normalise(" ".join(c.text for c in cues))
 
 
-def word_error_rate(reference: str, cues: Iterable[Said] | Path) -> float:
-    import jiwer
-
-    return jiwer.wer(normalise(reference), text_of(cues))
+def word_error_rate(reference: str, cues: Iterable[Said] | Path, language: str = "en") -> float:
+    """Return the word error rate of the cues' text against `reference`, normalised by whisper's
+    normalisers as bench/accuracy.py does (speech.word_error_rate)."""
+    if isinstance(cues, Path):
+        cues = vtt_cues(cues) if cues.suffix == ".vtt" else srt_cues(cues)
+    return speech_word_error_rate([reference], [" ".join(c.text for c in cues)], language)
 
 
 def assert_says(cues: Iterable[Said] | Path, *phrases: str) -> None:

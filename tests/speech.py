@@ -140,14 +140,3 @@ def word_error_rate(references: Sequence[str], hypotheses: Sequence[str], langua
     hyps = [normalise(text, language) for text in hypotheses]
     return jiwer.wer(refs, hyps)
 
-
-def speech_bounds(samples, threshold_db: float = -25.0, frame: int = 320) -> tuple[float, float]:  # noqa: ANN001
-    """Return (first, last) second at which a clean recording's 20 ms RMS energy is within
-    `threshold_db` of its loudest frame: where the talking starts and stops, measured without
-    any of subwatch's own speech detection."""
-    import numpy as np
-
-    frames = len(samples) // frame
-    rms = np.sqrt(np.mean(np.reshape(samples[: frames * frame], (frames, frame)) ** 2, axis=1) + 1e-12)
-    loud = np.nonzero(20 * np.log10(rms / rms.max()) > threshold_db)[0]
-    return loud[0] * frame / SAMPLE_RATE, (loud[-1] + 1) * frame / SAMPLE_RATE

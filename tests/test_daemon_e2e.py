@@ -154,7 +154,7 @@ LANGUAGE_CLIPS = {
     "es": ("fleurs-es-006", "mkv", ["luchadores", "homenaje"]),
     "fr": ("fleurs-fr-005", "ogg", ["perdu le contrôle de sa voiture"]),
     "pt": ("fleurs-pt-002", "ogg", ["perdeu o controle do carro"]),
-    "en": ("fleurs-en-004", "mkv", ["dinosaurs because they have feathers"]),
+    "en": ("fleurs-en-004", "mkv", ["they have feathers and can fly"]),
 }
 
 
@@ -179,6 +179,8 @@ def test_detected_language_names_the_sidecars(world, testdata: Path, tmp_path: P
         assert [Path(p) for p in job["outputs"]] == [srt_path, srt_path.with_suffix(".vtt")]
         assert_cues_valid(srt_path, srt_path.with_suffix(".vtt"), duration_of(source))
         assert_says(srt_path, *LANGUAGE_CLIPS[language][2])
+        reference = speech.fleurs(language)[int(source.stem[-3:])].text
+        assert word_error_rate(reference, srt_path, language) <= 0.35, text_of(srt_path)
     sidecars = sorted(p.name for p in folder.iterdir() if p.suffix in (".srt", ".vtt"))
     assert len(sidecars) == 2 * len(LANGUAGE_CLIPS), sidecars
 

@@ -90,14 +90,29 @@ def test_batched_decoding_returns_whispers_tokens(model, windows, case: str) -> 
     assert_whispers_tokens(model, windows, CASES[case])
 
 
-# The real model's windows are slower to decode one at a time; these cases cover its paths:
-# timestamps, language detection, mixed options in one batch, and beam search.
-REAL_CASES = ["timestamps", "language detection", "mixed options in one batch", "beam search, mixed"]
+# The real model, on the six windows of real speech (a real model on the constant and noise
+# windows loops to the sample length one token at a time, for minutes): its text, its language
+# detection, mixed options in one batch, and beam search.
+REAL_CASES = {
+    "mixed options in one batch": [
+        options(language="en"),
+        options(language="de", without_timestamps=True),
+        options(language=None),
+        options(language="es", prompt="Gracias a Ana y Joaquín"),
+        options(language="fr", sample_len=12),
+        options(language=None, prompt="Obrigado"),
+    ],
+    "beam search": [  # three windows: whisper's own beam search, one window at a time, is slow
+        options(language=language, beam_size=5, sample_len=48) for language in ("en", "de", "en")
+    ],
+}
 
 
-@pytest.mark.parametrize("case", REAL_CASES)
+@pytest.mark.parametrize("case", list(REAL_CASES))
 def test_the_real_base_model_gives_whispers_tokens(base_model, windows, case: str) -> None:
-    assert_whispers_tokens(base_model, windows, CASES[case])
+    mel, durations = windows
+    per_window = REAL_CASES[case]
+    assert_whispers_tokens(base_model, (mel[: len(per_window)], durations), per_window)
 
 
 def assert_whispers_tokens(model: whisper.Whisper, windows: tuple, per_window: list) -> None:
@@ -150,10 +165,11 @@ def test_word_timings_are_whispers_alignment(model, windows) -> None:
 
 
 def test_the_real_base_models_word_timings_are_whispers_alignment(base_model, windows) -> None:
-    assert_whispers_word_timings(base_model, windows)
+    # the same alignment to the last float bit but for the sums: times within a microsecond
+    assert_whispers_word_timings(base_model, windows, exact=False)
 
 
-def assert_whispers_word_timings(model: whisper.Whisper, windows: tuple) -> None:
+def assert_whispers_word_timings(model: whisper.Whisper, windows: tuple, exact: bool = True) -> None:
     mel, durations = windows
     languages = ["en", "de", "en", "es", "fr", "pt"]
     requests = [
@@ -181,9 +197,14 @@ def assert_whispers_word_timings(model: whisper.Whisper, windows: tuple) -> None
             last_speech_timestamp=0.0,
         )
         expected = [s for s in expected if s["end"] > s["start"]]  # whisper.transcribe drops instants too
-        assert [(s.start, s.end) for s in result.segments] == [(s["start"], s["end"]) for s in expected]
+        times = [t for s in result.segments for t in (s.start, s.end)]
+        want_times = [t for s in expected for t in (s["start"], s["end"])]
+        assert times == (want_times if exact else pytest.approx(want_times, abs=1e-6))
         words = [(w.text, w.start, w.end) for s in result.segments for w in s.words]
-        assert words == [(w["word"], w["start"], w["end"]) for s in expected for w in s["words"]]
+        want = [(w["word"], w["start"], w["end"]) for s in expected for w in s["words"]]
+        assert [w[0] for w in words] == [w[0] for w in want]
+        got_times, want_times = [t for w in words for t in w[1:]], [t for w in want for t in w[1:]]
+        assert got_times == (want_times if exact else pytest.approx(want_times, abs=1e-6))
         assert [w.probability for s in result.segments for w in s.words] == pytest.approx(
             [w["probability"] for s in expected for w in s["words"]], abs=1e-5
         )

@@ -27,6 +27,7 @@ from daemon.transcribe import (
 from daemon.vad import find_speech
 from tests import speech
 from tests.media_factory import lavfi_samples, make_media
+from tests.said import speech_extent
 
 RATE = 16000
 
@@ -70,7 +71,7 @@ def assert_inside(transcript: Transcript, start: float = 0.0, end: float | None 
 
 def test_real_speech_gives_its_words_timed_on_the_files_timeline(model) -> None:
     jfk = speech.load(speech.jfk())
-    first, last = speech.speech_bounds(jfk)
+    first, last = speech_extent(jfk)
     audio = Audio(np.concatenate([silence(3), jfk, silence(2)]), RATE)
     fractions: list[float] = []
 
@@ -156,7 +157,7 @@ def test_no_text_over_noise_or_music_and_cue_edges_near_the_speech(model) -> Non
 
     stretches = []
     for offset, samples, text in spoken:
-        first, last = speech.speech_bounds(samples)
+        first, last = speech_extent(samples)
         stretch = (offset + first - 0.3, offset + last + 0.7)
         stretches.append(stretch)
         said = "".join(w.text for w in words_in(result, *stretch))

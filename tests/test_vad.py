@@ -22,6 +22,7 @@ from daemon.vad import (
 )
 from tests import speech
 from tests.media_factory import lavfi_samples
+from tests.said import speech_extent
 
 RATE = 16000
 
@@ -164,7 +165,7 @@ def test_quiet_speakers_are_heard_from_their_first_words(tmp_path: Path) -> None
     # 4.7 s into her sentence and missed 16 s of speech in all
     placed = speech.long_file(tmp_path / "long.wav", speech.clips("en"), repeat=1)
     audio = Audio(speech.load(speech.Clip(tmp_path / "long.wav", "en", "")), RATE)
-    bounds = [speech.speech_bounds(speech.load(p.clip)) for p in placed]
+    bounds = [speech_extent(speech.load(p.clip)) for p in placed]
     truth = [(p.start + a, p.start + b) for p, (a, b) in zip(placed, bounds, strict=True)]
     light_pollution = next(p for p in placed if p.clip.path.name == "fleurs-en-009.ogg")
 
