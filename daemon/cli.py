@@ -251,8 +251,10 @@ def _transcribe_file(path: Path, rules: FolderRules, models_dir: Path, overwrite
     for output in result.outputs:
         print(output)
     speed = format_speed(result.media_duration, result.elapsed) or "?"
+    uncovered = result.transcript.uncovered_seconds if result.transcript else 0.0
+    missing = f"  {uncovered:.0f} s of speech without subtitles" if uncovered >= 0.5 else ""
     print(f"{path.name}: done  {result.language}  {media.format_duration(result.media_duration)} in "
-          f"{result.elapsed:.0f} s ({speed} realtime)", file=sys.stderr)
+          f"{result.elapsed:.0f} s ({speed} realtime){missing}", file=sys.stderr)
     return True
 
 
