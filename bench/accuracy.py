@@ -250,6 +250,7 @@ def run_row(args: argparse.Namespace) -> dict[str, Any]:
 
     work = json.loads(args.work.read_text(encoding="utf-8"))
     implementation, beam = ROWS[args.row]
+    probe_before = memory_probe()
     threads = args.threads or os.cpu_count() or 1
     short_file, long_file = IMPLEMENTATIONS[implementation](work, beam, threads)
     clips = {lang: [np.load(c["npy"]) for c in entries] for lang, entries in work["languages"].items()}
@@ -271,7 +272,29 @@ def run_row(args: argparse.Namespace) -> dict[str, Any]:
         "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # kilobytes on Linux
         "threads": threads,
         "versions": versions(implementation),
+        "probe": (probe_before, memory_probe()),
     }
+
+
+def memory_probe() -> float:
+    """Return milliseconds for a fixed memory-bound numpy loop (median of 5): how busy the machine is.
+
+    Other workers on a shared machine slow this process down even in CPU
+    time (memory bandwidth, caches), by several times at worst; the probe
+    before and after a row says how much that row suffered.
+    """
+    import numpy as np
+
+    a = np.ones(4_000_000, np.float32)
+    b = np.empty_like(a)
+    times = []
+    for _ in range(5):
+        started = time.perf_counter()
+        for _ in range(20):
+            np.multiply(a, 1.0001, out=b)
+            np.add(b, 0.5, out=a)
+        times.append(1000 * (time.perf_counter() - started))
+    return sorted(times)[2]
 
 
 def timed(function: Callable[[Any], Any], argument: Any) -> tuple[Any, float, float]:
@@ -411,9 +434,7 @@ def score(result: dict[str, Any], work: dict[str, Any]) -> dict[str, Any]:
     segments = [(s[0], s[1]) for s in result["segments"] if s[2].strip()]
     speech = [sum(b - a for a, b in u["speech"]) for u in utterances]
     uncovered = [sum(b - a for a, b in uncovered_parts(u["speech"], segments)) for u in utterances]
-    long_wer = corpus_wer(
-        [" ".join(u["text"] for u in utterances)], [" ".join(s[2] for s in result["segments"])], "en"
-    )
+    long_wer, lost = long_text([u["text"] for u in utterances], [s[2] for s in result["segments"]])
     return {
         **result,
         "wer": wer,
@@ -422,20 +443,48 @@ def score(result: dict[str, Any], work: dict[str, Any]) -> dict[str, Any]:
         "speech": sum(speech),
         "uncovered": sum(uncovered),
         "long_wer": long_wer,
+        "lost": lost,
         "short_realtime": result["short_seconds"] / result["short_wall"],
         "long_realtime": result["long_seconds"] / result["long_wall"],
     }
 
 
+def normalizer(lang: str) -> Callable[[str], str]:
+    from whisper.normalizers import BasicTextNormalizer, EnglishTextNormalizer
+
+    return EnglishTextNormalizer() if lang == "en" else BasicTextNormalizer()
+
+
 def corpus_wer(references: list[str], hypotheses: list[str], lang: str) -> float:
     """Word error rate of a language's clips together (errors / reference words), after normalising."""
     import jiwer
-    from whisper.normalizers import BasicTextNormalizer, EnglishTextNormalizer
 
-    normalize = EnglishTextNormalizer() if lang == "en" else BasicTextNormalizer()
+    normalize = normalizer(lang)
     pairs = [(normalize(r), normalize(h)) for r, h in zip(references, hypotheses, strict=True)]
     pairs = [(r, h) for r, h in pairs if r.strip()]  # jiwer refuses empty references
     return jiwer.wer([r for r, _ in pairs], [h for _, h in pairs])
+
+
+def long_text(references: list[str], texts: list[str]) -> tuple[float, int]:
+    """Return the long file's WER (all references joined against all text) and the utterances lost.
+
+    An utterance is lost when fewer than half of its words are hits in the
+    alignment of the whole text to the joined references. Unlike coverage by
+    time, this does not favour coarse segments: a 30 s segment overlaps every
+    utterance in it, whether or not its text says them.
+    """
+    import jiwer
+
+    normalize = normalizer("en")
+    words = [normalize(r).split() for r in references]
+    owner = [i for i, utterance in enumerate(words) for _ in utterance]
+    aligned = jiwer.process_words(" ".join(w for u in words for w in u), normalize(" ".join(texts)))
+    hits = [0] * len(words)
+    for chunk in aligned.alignments[0]:
+        if chunk.type == "equal":
+            for k in range(chunk.ref_start_idx, chunk.ref_end_idx):
+                hits[owner[k]] += 1
+    return aligned.wer, sum(h < len(u) / 2 for h, u in zip(hits, words, strict=True))
 
 
 def spoken(utterance: dict[str, Any]) -> Span:
@@ -501,20 +550,22 @@ def table(results: list[dict[str, Any]]) -> str:
     langs = [lang for lang in LANGUAGES if any(lang in r.get("wer", {}) for r in results)]
     lines = [
         "| row | beam | " + " | ".join(f"WER {lang}" for lang in langs)
-        + " | long: no subtitle | long: speech s uncovered | long WER | x realtime clips | x realtime long "
+        + " | long: no subtitle | long: speech s uncovered | long: lost by text | long WER "
+        "| x realtime clips | x realtime long "
         "| peak RSS MiB | notes |",
-        "|---|---:|" + "---:|" * (len(langs) + 6) + "---|",
+        "|---|---:|" + "---:|" * (len(langs) + 7) + "---|",
     ]
     for r in results:
         implementation, beam = ROWS[r["row"]]
         if "wer" not in r:
-            lines.append(f"| {implementation} | {beam} | " + "– | " * (len(langs) + 6) + f"{r['note']} |")
+            lines.append(f"| {implementation} | {beam} | " + "– | " * (len(langs) + 7) + f"{r['note']} |")
             continue
         lines.append(
             f"| {implementation} | {beam} | "
             + " | ".join(f"{100 * r['wer'][lang]:.1f} %" for lang in langs)
             + f" | {r['without_subtitle']} of {r['utterances']} | {r['uncovered']:.1f} of {r['speech']:.0f} "
-            f"| {100 * r['long_wer']:.1f} % | {r['short_realtime']:.1f} | {r['long_realtime']:.1f} "
+            f"| {r['lost']} of {r['utterances']} | {100 * r['long_wer']:.1f} % "
+            f"| {r['short_realtime']:.1f} | {r['long_realtime']:.1f} "
             f"| {r['peak_mib']:,.0f} | {notes(r)} |"
         )
     return "\n".join(lines)
@@ -531,7 +582,8 @@ def notes(r: dict[str, Any]) -> str:
     return (
         f"{said}; {len(r['segments'])} segments/cues on the long file; "
         f"CPU s clips {r['short_cpu']:.0f}, long {r['long_cpu']:.0f}; "
-        f"row wall {r['row_wall']:.0f} s, load {r['load_before']:.1f}→{r['load_after']:.1f}"
+        f"row wall {r['row_wall']:.0f} s, load {r['load_before']:.1f}→{r['load_after']:.1f}, "
+        f"probe {r['probe'][0]:.0f}→{r['probe'][1]:.0f} ms"
     )
 
 
