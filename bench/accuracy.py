@@ -10,6 +10,7 @@ which utterances of the long file got a subtitle, and prints the table last.
 
     python bench/accuracy.py --quick      # smoke: 2 clips per language, the long file once
     python bench/accuracy.py              # everything, 8 rows
+    python bench/accuracy.py --threads 1  # on a machine busier than its cores (see bench/README.md)
     python bench/accuracy.py --rows subwatch-greedy faster-greedy
 
 Rows (each at beam 1 = greedy and beam 5):
@@ -300,8 +301,9 @@ def memory_probe() -> float:
 def timed(function: Callable[[Any], Any], argument: Any) -> tuple[Any, float, float]:
     """Return function(argument), the wall seconds it took and the CPU seconds this process spent.
 
-    CPU seconds are the steadier number on a shared machine: other workers'
-    load stretches wall time far more than it stretches the work done.
+    CPU seconds leave out time spent waiting for a core on a shared machine,
+    though not the slowdown other workers cause by sharing caches and memory
+    (see memory_probe).
     """
     cpu = time.process_time()
     started = time.perf_counter()
