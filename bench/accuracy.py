@@ -1,0 +1,593 @@
+"""Accuracy with real weights: subwatch against openai-whisper and faster-whisper, same model, same audio.
+
+Every row transcribes the shared test speech with the real multilingual
+Whisper base (tests/real_weights.py): the short clips of five languages
+(FLEURS en/de/es/fr/pt, plus LibriSpeech and jfk.flac for English, language
+given) and the long file of issue #10 (the English clips three times over, 1 s
+of silence between). Each row runs in its own process and prints JSON; the
+parent scores the text (whisper's normalizers, corpus WER with jiwer), checks
+which utterances of the long file got a subtitle, and prints the table last.
+
+    python bench/accuracy.py --quick      # smoke: 2 clips per language, the long file once
+    python bench/accuracy.py              # everything, 8 rows
+    python bench/accuracy.py --threads 1  # on a machine busier than its cores (see bench/README.md)
+    python bench/accuracy.py --rows subwatch-greedy faster-greedy
+
+Rows (each at beam 1 = greedy and beam 5):
+  subwatch            daemon.transcribe: transcribe_many over groups of up to 16 clips (as the
+                      daemon batches a backlog), transcribe on the long file, cues from
+                      subtitles.build_cues as the .srt would hold them
+  openai-whisper      whisper.transcribe() per file (beam 5 with best_of 5)
+  faster-whisper      WhisperModel(folder, device="cpu", compute_type="int8"), unbatched
+  faster-whisper batched  BatchedInferencePipeline, batch_size 8 (its own silero VAD)
+
+faster-whisper runs from its own virtual environment, bench/.venv-faster-whisper,
+made on first use (pip install faster-whisper==1.2.1, torch forbidden), so the
+main environment never gets it or its dependencies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# row -> (implementation, beam size)
+ROWS: dict[str, tuple[str, int]] = {
+    "subwatch-greedy": ("subwatch", 1),
+    "subwatch-beam5": ("subwatch", 5),
+    "whisper-greedy": ("openai-whisper", 1),
+    "whisper-beam5": ("openai-whisper", 5),
+    "faster-greedy": ("faster-whisper", 1),
+    "faster-beam5": ("faster-whisper", 5),
+    "faster-batched-greedy": ("faster-whisper batched", 1),
+    "faster-batched-beam5": ("faster-whisper batched", 5),
+}
+LANGUAGES = ("en", "de", "es", "fr", "pt")
+RATE = 16000
+SUBWATCH_GROUP = 16  # files per transcribe_many call, as the daemon batches a backlog
+FASTER_BATCH = 8
+VENV = ROOT / "bench" / ".venv-faster-whisper"
+FASTER_WHISPER = "faster-whisper==1.2.1"
+
+Span = tuple[float, float]
+
+
+def main() -> int:
+    args = parse_args()
+    if args.row:
+        print(json.dumps(run_row(args)), flush=True)
+        return 0
+    started = time.time()
+    work = prepare(args)
+    faster = faster_whisper_python() if any(ROWS[r][0].startswith("faster") for r in args.rows) else None
+    results = []
+    for row in args.rows:
+        print(f"running {row} …", file=sys.stderr, flush=True)
+        python = faster if ROWS[row][0].startswith("faster") else Path(sys.executable)
+        results.append(run_in_child(row, python, args))
+        print(progress(results[-1]), file=sys.stderr, flush=True)
+        # kept as it goes: a long run on a shared machine can be cut short and still be read
+        (args.workdir / "results.json").write_text(json.dumps(results), encoding="utf-8")
+    print(header(args, work, results, time.time() - started))
+    print(table([score(r, work) for r in results]))
+    return 0
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
+    parser.add_argument("--clips", type=int, default=None, help="clips per language (default all)")
+    parser.add_argument("--repeat", type=int, default=3, help="times the long file holds its sequence (3)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: --clips 2 --repeat 1")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads per row (default: all cores)")
+    parser.add_argument(
+        "--workdir", type=Path, default=Path("/tmp/subwatch-accuracy"), help="model, audio, long file"
+    )
+    parser.add_argument("--row", choices=list(ROWS), help=argparse.SUPPRESS)  # internal: one row
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)  # internal: the prepared work
+    args = parser.parse_args()
+    if args.quick:
+        args.clips, args.repeat = args.clips or 2, 1
+    return args
+
+
+# ----------------------------------------------------------------------------- the work, in the parent
+
+
+def prepare(args: argparse.Namespace) -> dict[str, Any]:
+    """Write the model folders, the clips as 16 kHz float32 .npy, the long file and its speech; describe them.
+
+    Every row reads the same decoded samples, so audio decoding is in no row's
+    timing and no implementation hears a different resampling.
+    """
+    from tests import speech
+    from tests.real_weights import assemble_base, converted
+
+    folder = args.workdir / "base-ct2"
+    if not (folder / "model.bin").is_file():
+        assemble_base(folder)
+    pt = converted(folder, args.workdir / "models")
+    audio_dir = args.workdir / "audio"
+    languages = {
+        lang: [clip_entry(c, audio_dir) for c in speech.clips(lang)[: args.clips]] for lang in LANGUAGES
+    }
+    sequence = speech.clips("en")  # always all of them: --clips only shortens the short-clip part
+    long_path = args.workdir / f"long-{len(sequence)}x{args.repeat}.wav"
+    placed = speech.long_file(long_path, sequence, repeat=args.repeat)
+    long_samples = speech.load(speech.Clip(long_path, "en", ""))
+    long_npy = save(long_samples, long_path.with_suffix(".npy"))
+    regions = clip_regions(sequence)
+    work = {
+        "ct2": str(folder),
+        "pt": str(pt),
+        "languages": languages,
+        "long": {
+            "npy": str(long_npy),
+            "seconds": len(long_samples) / RATE,
+            "utterances": [
+                {
+                    "start": p.start,
+                    "end": p.end,
+                    "text": p.clip.text,
+                    "speech": [(p.start + a, p.start + b) for a, b in regions[p.clip.path]],
+                }
+                for p in placed
+            ],
+        },
+    }
+    args.work = args.workdir / "work.json"
+    args.work.write_text(json.dumps(work, indent=1), encoding="utf-8")
+    return work
+
+
+def clip_entry(clip: Any, audio_dir: Path) -> dict[str, Any]:  # clip: tests.speech.Clip
+    from tests import speech
+
+    npy = audio_dir / f"{clip.path.stem}.npy"
+    samples = speech.load(clip)
+    save(samples, npy)
+    return {"name": clip.path.name, "npy": str(npy), "seconds": len(samples) / RATE, "text": clip.text}
+
+
+def save(samples: Any, path: Path) -> Path:
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, np.asarray(samples, dtype=np.float32))
+    return path
+
+
+def clip_regions(clips: Iterable[Any]) -> dict[Path, list[Span]]:
+    """Return silero's speech regions (daemon.vad on each clip alone), in clip seconds.
+
+    Found per clip, not on the long file, so that what counts as speech does
+    not depend on subwatch's own detection of the long file.
+    """
+    from daemon.datatypes import Audio
+    from daemon.vad import find_speech
+    from tests import speech
+
+    regions = {}
+    for clip in clips:
+        if clip.path not in regions:
+            chunks = find_speech(Audio(speech.load(clip), RATE))
+            regions[clip.path] = [r for chunk in chunks for r in chunk.regions]
+    return regions
+
+
+def faster_whisper_python() -> Path | None:
+    """Return the python of bench/.venv-faster-whisper, making it on first use; None if that fails.
+
+    A separate environment keeps CTranslate2, onnxruntime and PyAV out of the
+    main one. The constraint `torch<0` makes pip refuse anything that would
+    pull torch (a CUDA build is gigabytes); faster-whisper itself needs none.
+    """
+    python = VENV / "bin" / "python"
+    if python.exists() and subprocess.run([python, "-c", "import faster_whisper"]).returncode == 0:
+        return python
+    print(f"installing {FASTER_WHISPER} into {VENV} …", file=sys.stderr, flush=True)
+    constraints = VENV / "no-torch.txt"
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+        constraints.write_text("torch<0\n", encoding="utf-8")
+        install = [python, "-m", "pip", "install", "--quiet", "-c", constraints, FASTER_WHISPER]
+        subprocess.run(install, check=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        print(f"could not install {FASTER_WHISPER}: {exc}", file=sys.stderr)
+        return None
+    return python
+
+
+def run_in_child(row: str, python: Path | None, args: argparse.Namespace) -> dict[str, Any]:
+    """Run one row in a fresh process (its own peak RSS); return its JSON or a note why there is none."""
+    if python is None:
+        return {"row": row, "note": f"skipped: {FASTER_WHISPER} is not installed"}
+    command = [str(python), __file__, "--row", row, "--work", str(args.work)]
+    if args.threads:
+        command += ["--threads", str(args.threads)]
+    load = os.getloadavg()[0]
+    started = time.time()
+    done = subprocess.run(command, capture_output=True, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode or not lines:
+        sys.stderr.write(done.stderr[-4000:])
+        return {"row": row, "note": f"failed ({done.returncode}): {done.stderr.strip().splitlines()[-1:]}"}
+    result = json.loads(lines[-1])
+    result.update(load_before=load, load_after=os.getloadavg()[0], row_wall=time.time() - started)
+    return result
+
+
+def progress(result: dict[str, Any]) -> str:
+    if "texts" not in result:
+        return f"  {result['row']}: {result['note']}"
+    return (
+        f"  {result['row']}: {result['row_wall']:.0f} s, clips {result['short_seconds']:.0f} s of audio "
+        f"in {result['short_wall']:.0f} s, long file {result['long_seconds']:.0f} s "
+        f"in {result['long_wall']:.0f} s"
+    )
+
+
+# ----------------------------------------------------------------------------- one row, in the child
+
+
+def run_row(args: argparse.Namespace) -> dict[str, Any]:
+    """Load the row's model, warm it up, then time the short clips and the long file; return what it wrote."""
+    import numpy as np
+
+    work = json.loads(args.work.read_text(encoding="utf-8"))
+    implementation, beam = ROWS[args.row]
+    probe_before = memory_probe()
+    threads = args.threads or os.cpu_count() or 1
+    short_file, long_file = IMPLEMENTATIONS[implementation](work, beam, threads)
+    clips = {lang: [np.load(c["npy"]) for c in entries] for lang, entries in work["languages"].items()}
+    long_audio = np.load(work["long"]["npy"])
+    first = next(iter(clips.values()))[0]
+    short_file({"en": [first[: 5 * RATE]]})  # warm-up: allocator, kernels, tokenizer
+    texts, short_wall, short_cpu = timed(short_file, clips)
+    segments, long_wall, long_cpu = timed(long_file, long_audio)
+    return {
+        "row": args.row,
+        "texts": texts,
+        "short_seconds": sum(len(a) for group in clips.values() for a in group) / RATE,
+        "short_wall": short_wall,
+        "short_cpu": short_cpu,
+        "segments": segments,
+        "long_seconds": len(long_audio) / RATE,
+        "long_wall": long_wall,
+        "long_cpu": long_cpu,
+        "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # kilobytes on Linux
+        "threads": threads,
+        "versions": versions(implementation),
+        "probe": (probe_before, memory_probe()),
+    }
+
+
+def memory_probe() -> float:
+    """Return milliseconds for a fixed memory-bound numpy loop (median of 5): how busy the machine is.
+
+    Other workers on a shared machine slow this process down even in CPU
+    time (memory bandwidth, caches), by several times at worst; the probe
+    before and after a row says how much that row suffered.
+    """
+    import numpy as np
+
+    a = np.ones(4_000_000, np.float32)
+    b = np.empty_like(a)
+    times = []
+    for _ in range(5):
+        started = time.perf_counter()
+        for _ in range(20):
+            np.multiply(a, 1.0001, out=b)
+            np.add(b, 0.5, out=a)
+        times.append(1000 * (time.perf_counter() - started))
+    return sorted(times)[2]
+
+
+def timed(function: Callable[[Any], Any], argument: Any) -> tuple[Any, float, float]:
+    """Return function(argument), the wall seconds it took and the CPU seconds this process spent.
+
+    CPU seconds leave out time spent waiting for a core on a shared machine,
+    though not the slowdown other workers cause by sharing caches and memory
+    (see memory_probe).
+    """
+    cpu = time.process_time()
+    started = time.perf_counter()
+    result = function(argument)
+    return result, time.perf_counter() - started, time.process_time() - cpu
+
+
+ShortFiles = Callable[[dict[str, list[Any]]], dict[str, list[str]]]  # language -> samples -> texts
+LongFile = Callable[[Any], list[tuple[float, float, str]]]  # samples -> (start, end, text)
+
+
+def subwatch_row(work: dict[str, Any], beam: int, threads: int) -> tuple[ShortFiles, LongFile]:
+    import torch
+
+    from daemon import subtitles
+    from daemon.datatypes import Audio
+    from daemon.engine import prepare_model
+    from daemon.models import load_checkpoint
+    from daemon.transcribe import TranscribeOptions, transcribe, transcribe_many
+
+    torch.set_num_threads(threads)
+    model = prepare_model(load_checkpoint(Path(work["pt"]), "cpu"))
+
+    def options(lang: str) -> TranscribeOptions:
+        return TranscribeOptions(model=work["pt"], language=lang, beam_size=None if beam == 1 else beam)
+
+    def cues(transcript: Any, duration: float) -> list[tuple[float, float, str]]:
+        # what the .srt holds: the subtitle stage's cues, lines joined
+        built = subtitles.build_cues(transcript.segments, subtitles.CueRules(), duration, transcript.language)
+        return [(c.start, c.end, " ".join(c.lines)) for c in built]
+
+    def short_files(clips: dict[str, list[Any]]) -> dict[str, list[str]]:
+        texts = {}
+        for lang, samples in clips.items():
+            audios = [Audio(s, RATE) for s in samples]
+            transcripts = []
+            for i in range(0, len(audios), SUBWATCH_GROUP):
+                group = audios[i : i + SUBWATCH_GROUP]
+                transcripts += transcribe_many([(a, options(lang)) for a in group], model)
+            texts[lang] = [
+                " ".join(c[2] for c in cues(t, a.duration)) for t, a in zip(transcripts, audios, strict=True)
+            ]
+        return texts
+
+    def long_file(samples: Any) -> list[tuple[float, float, str]]:
+        audio = Audio(samples, RATE)
+        return cues(transcribe(audio, options("en"), model), audio.duration)
+
+    return short_files, long_file
+
+
+def whisper_row(work: dict[str, Any], beam: int, threads: int) -> tuple[ShortFiles, LongFile]:
+    import torch
+    import whisper
+
+    torch.set_num_threads(threads)
+    model = whisper.load_model(work["pt"], device="cpu")  # the checkpoint subwatch converted: same weights
+    decoding = {"beam_size": beam, "best_of": beam} if beam > 1 else {}
+
+    def run(samples: Any, lang: str) -> dict[str, Any]:
+        return whisper.transcribe(model, samples, language=lang, fp16=False, verbose=None, **decoding)
+
+    def short_files(clips: dict[str, list[Any]]) -> dict[str, list[str]]:
+        return {lang: [run(s, lang)["text"] for s in samples] for lang, samples in clips.items()}
+
+    def long_file(samples: Any) -> list[tuple[float, float, str]]:
+        return [(s["start"], s["end"], s["text"]) for s in run(samples, "en")["segments"]]
+
+    return short_files, long_file
+
+
+def faster_row(
+    work: dict[str, Any], beam: int, threads: int, batched: bool = False
+) -> tuple[ShortFiles, LongFile]:
+    from faster_whisper import BatchedInferencePipeline, WhisperModel
+
+    model = WhisperModel(work["ct2"], device="cpu", compute_type="int8", cpu_threads=threads)
+    pipeline = BatchedInferencePipeline(model) if batched else None
+    extra = {"batch_size": FASTER_BATCH} if batched else {}
+
+    def run(samples: Any, lang: str) -> list[tuple[float, float, str]]:
+        transcriber = pipeline or model
+        segments, _ = transcriber.transcribe(samples, language=lang, beam_size=beam, **extra)
+        return [(s.start, s.end, s.text) for s in segments]  # a generator: decoding happens here
+
+    def short_files(clips: dict[str, list[Any]]) -> dict[str, list[str]]:
+        return {lang: ["".join(s[2] for s in run(a, lang)) for a in group] for lang, group in clips.items()}
+
+    return short_files, lambda samples: run(samples, "en")
+
+
+def faster_batched_row(work: dict[str, Any], beam: int, threads: int) -> tuple[ShortFiles, LongFile]:
+    return faster_row(work, beam, threads, batched=True)
+
+
+IMPLEMENTATIONS: dict[str, Callable[[dict[str, Any], int, int], tuple[ShortFiles, LongFile]]] = {
+    "subwatch": subwatch_row,
+    "openai-whisper": whisper_row,
+    "faster-whisper": faster_row,
+    "faster-whisper batched": faster_batched_row,
+}
+
+
+def versions(implementation: str) -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    faster = implementation.startswith("faster")
+    names = ("faster-whisper", "ctranslate2") if faster else ("torch", "openai-whisper")
+    found = {}
+    for name in names:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+# ----------------------------------------------------------------------------- scoring, in the parent
+
+
+def score(result: dict[str, Any], work: dict[str, Any]) -> dict[str, Any]:
+    """Add WER per language, the long file's coverage and WER, and x realtime to a row's result."""
+    if "texts" not in result:
+        return result
+    wer = {
+        lang: corpus_wer([c["text"] for c in work["languages"][lang]], result["texts"][lang], lang)
+        for lang in result["texts"]
+    }
+    utterances = work["long"]["utterances"]
+    segments = [(s[0], s[1]) for s in result["segments"] if s[2].strip()]
+    speech = [sum(b - a for a, b in u["speech"]) for u in utterances]
+    uncovered = [sum(b - a for a, b in uncovered_parts(u["speech"], segments)) for u in utterances]
+    long_wer, lost = long_text([u["text"] for u in utterances], [s[2] for s in result["segments"]])
+    return {
+        **result,
+        "wer": wer,
+        "without_subtitle": sum(not overlapping(spoken(u), segments) for u in utterances),
+        "utterances": len(utterances),
+        "speech": sum(speech),
+        "uncovered": sum(uncovered),
+        "long_wer": long_wer,
+        "lost": lost,
+        "short_realtime": result["short_seconds"] / result["short_wall"],
+        "long_realtime": result["long_seconds"] / result["long_wall"],
+    }
+
+
+def normalizer(lang: str) -> Callable[[str], str]:
+    from whisper.normalizers import BasicTextNormalizer, EnglishTextNormalizer
+
+    return EnglishTextNormalizer() if lang == "en" else BasicTextNormalizer()
+
+
+def corpus_wer(references: list[str], hypotheses: list[str], lang: str) -> float:
+    """Word error rate of a language's clips together (errors / reference words), after normalising."""
+    import jiwer
+
+    normalize = normalizer(lang)
+    pairs = [(normalize(r), normalize(h)) for r, h in zip(references, hypotheses, strict=True)]
+    pairs = [(r, h) for r, h in pairs if r.strip()]  # jiwer refuses empty references
+    return jiwer.wer([r for r, _ in pairs], [h for _, h in pairs])
+
+
+def long_text(references: list[str], texts: list[str]) -> tuple[float, int]:
+    """Return the long file's WER (all references joined against all text) and the utterances lost.
+
+    An utterance is lost when fewer than half of its words are hits in the
+    alignment of the whole text to the joined references. Unlike coverage by
+    time, this does not favour coarse segments: a 30 s segment overlaps every
+    utterance in it, whether or not its text says them.
+    """
+    import jiwer
+
+    normalize = normalizer("en")
+    words = [normalize(r).split() for r in references]
+    owner = [i for i, utterance in enumerate(words) for _ in utterance]
+    aligned = jiwer.process_words(" ".join(w for u in words for w in u), normalize(" ".join(texts)))
+    hits = [0] * len(words)
+    for chunk in aligned.alignments[0]:
+        if chunk.type == "equal":
+            for k in range(chunk.ref_start_idx, chunk.ref_end_idx):
+                hits[owner[k]] += 1
+    return aligned.wer, sum(h < len(u) / 2 for h, u in zip(hits, words, strict=True))
+
+
+def spoken(utterance: dict[str, Any]) -> Span:
+    """Return where the utterance is spoken: its first speech region's start to its last one's end.
+
+    Not the clip's bounds: FLEURS clips open with up to a second of silence,
+    where the previous utterance's cue may linger without covering anything.
+    """
+    regions = utterance["speech"] or [(utterance["start"], utterance["end"])]
+    return regions[0][0], regions[-1][1]
+
+
+def overlapping(span: Span, segments: list[Span]) -> bool:
+    return any(start < span[1] and end > span[0] for start, end in segments)
+
+
+def uncovered_parts(regions: list[Span], segments: list[Span]) -> list[Span]:
+    """Return the parts of `regions` that no segment overlaps."""
+    parts = list(regions)
+    for s_start, s_end in segments:
+        parts = [
+            piece
+            for a, b in parts
+            for piece in ((a, min(b, s_start)), (max(a, s_end), b))
+            if piece[1] > piece[0]
+        ]
+    return parts
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def cpu_model() -> str:
+    try:
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def header(args: argparse.Namespace, work: dict[str, Any], results: list[dict[str, Any]], wall: float) -> str:
+    from importlib.metadata import version
+
+    found: dict[str, str] = {"torch": version("torch"), "openai-whisper": version("openai-whisper")}
+    for r in results:
+        found.update(r.get("versions", {}))
+    clips = {lang: len(entries) for lang, entries in work["languages"].items()}
+    long = work["long"]
+    threads = args.threads or os.cpu_count()
+    return (
+        f"\nmachine: {cpu_model()}, {os.cpu_count()} cores ({threads} thread(s) per row); "
+        f"{datetime.date.today()}; "
+        + ", ".join(f"{k} {v}" for k, v in found.items())
+        + f"\nwork: Whisper base (multilingual), clips per language {clips}, long file "
+        f"{len(long['utterances'])} utterances ({long['seconds'] / 60:.1f} min, repeat {args.repeat}); "
+        f"the run took {wall / 60:.1f} min\n"
+    )
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    langs = [lang for lang in LANGUAGES if any(lang in r.get("wer", {}) for r in results)]
+    lines = [
+        "| row | beam | " + " | ".join(f"WER {lang}" for lang in langs)
+        + " | long: no subtitle | long: speech s uncovered | long: lost by text | long WER "
+        "| x realtime clips | x realtime long "
+        "| peak RSS MiB | notes |",
+        "|---|---:|" + "---:|" * (len(langs) + 7) + "---|",
+    ]
+    for r in results:
+        implementation, beam = ROWS[r["row"]]
+        if "wer" not in r:
+            lines.append(f"| {implementation} | {beam} | " + "– | " * (len(langs) + 7) + f"{r['note']} |")
+            continue
+        lines.append(
+            f"| {implementation} | {beam} | "
+            + " | ".join(f"{100 * r['wer'][lang]:.1f} %" for lang in langs)
+            + f" | {r['without_subtitle']} of {r['utterances']} | {r['uncovered']:.1f} of {r['speech']:.0f} "
+            f"| {r['lost']} of {r['utterances']} | {100 * r['long_wer']:.1f} % "
+            f"| {r['short_realtime']:.1f} | {r['long_realtime']:.1f} "
+            f"| {r['peak_mib']:,.0f} | {notes(r)} |"
+        )
+    return "\n".join(lines)
+
+
+def notes(r: dict[str, Any]) -> str:
+    implementation, _ = ROWS[r["row"]]
+    said = {
+        "subwatch": f"transcribe_many over groups of ≤{SUBWATCH_GROUP} clips; word alignment on; cues",
+        "openai-whisper": "transcribe() per file",
+        "faster-whisper": "int8, unbatched",
+        "faster-whisper batched": f"int8, batch {FASTER_BATCH}, its VAD",
+    }[implementation]
+    return (
+        f"{said}; {len(r['segments'])} segments/cues on the long file; "
+        f"CPU s clips {r['short_cpu']:.0f}, long {r['long_cpu']:.0f}; "
+        f"row wall {r['row_wall']:.0f} s, load {r['load_before']:.1f}→{r['load_after']:.1f}, "
+        f"probe {r['probe'][0]:.0f}→{r['probe'][1]:.0f} ms"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
