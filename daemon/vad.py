@@ -287,20 +287,9 @@ def group_regions(regions: Sequence[tuple[float, float]], options: VadOptions) -
     Regions closer than max_merge_gap_s join into one span with their pause;
     spans are then packed back to back into windows (with `pack`), in order.
     """
-    spans: list[list[tuple[float, float]]] = []  # the regions of each span
-    for start, end in regions:
-        end = min(end, start + options.max_chunk_s)
-        if (
-            spans
-            and start - spans[-1][-1][1] <= options.max_merge_gap_s
-            and end - spans[-1][0][0] <= options.max_chunk_s
-        ):
-            spans[-1].append((start, end))
-        else:
-            spans.append([(start, end)])
     chunks: list[SpeechChunk] = []
     window: list[list[tuple[float, float]]] = []
-    for span in spans:
+    for span in _spans(regions, options):
         length = span[-1][1] - span[0][0]
         used = sum(s[-1][1] - s[0][0] for s in window)
         if window and (not options.pack or used + length > options.max_chunk_s):
@@ -310,6 +299,43 @@ def group_regions(regions: Sequence[tuple[float, float]], options: VadOptions) -
     if window:
         chunks.append(_chunk(window))
     return chunks
+
+
+def _spans(regions: Sequence[tuple[float, float]], options: VadOptions) -> list[list[tuple[float, float]]]:
+    """Join regions closer than max_merge_gap_s into spans of at most max_chunk_s; return each
+    span's regions.
+
+    A span that would grow too long is cut at its widest pause in its second half, not at
+    whatever pause came last: a window that ends inside a sentence makes Whisper drop the
+    sentence's start or invent its end, and the retry then decodes a fragment.
+    """
+    spans: list[list[tuple[float, float]]] = []
+    current: list[tuple[float, float]] = []
+    for start, end in regions:
+        region = (start, min(end, start + options.max_chunk_s))
+        if current and start - current[-1][1] > options.max_merge_gap_s:
+            spans.append(current)
+            current = []
+        elif current and region[1] - current[0][0] > options.max_chunk_s:
+            cut = _widest_pause(current, options.max_chunk_s / 2)
+            spans.append(current[:cut])
+            current = current[cut:]
+            if current and region[1] - current[0][0] > options.max_chunk_s:
+                spans.append(current)
+                current = []
+        current.append(region)
+    if current:
+        spans.append(current)
+    return spans
+
+
+def _widest_pause(span: list[tuple[float, float]], after_s: float) -> int:
+    """Return the index of the region after the span's widest pause that starts at least `after_s`
+    into the span (the whole span's length if there is none)."""
+    candidates = [k for k in range(1, len(span)) if span[k][0] - span[0][0] >= after_s]
+    if not candidates:
+        return len(span)
+    return max(candidates, key=lambda k: (span[k][0] - span[k - 1][1], k))
 
 
 def _chunk(spans: list[list[tuple[float, float]]]) -> SpeechChunk:
