@@ -663,14 +663,15 @@ class JobQueue:
 
     def leave_model(self, job_ids: Iterable[int], *, survived: bool) -> None:
         """Given jobs the model has finished with, clear their in-model mark; with `survived` (the
-        model returned or raised, the daemon lived through it) a suspect among them is cleared too.
-        Not `survived`: a stop abandoned the transcription, which proves nothing either way."""
+        model returned or raised, the daemon lived through it) a suspect among them is cleared too,
+        its crashes forgiven: the file does not bring the daemon down. Not `survived`: a stop
+        abandoned the transcription, which proves nothing either way."""
         ids = list(job_ids)
         now = time.time()
-        suspect = "0" if survived else "suspect"
+        cleared = ", suspect = 0, crashes = 0" if survived else ""
         with self._write() as conn:
             conn.executemany(
-                f"UPDATE jobs SET in_model_since = NULL, suspect = {suspect}, updated_at = ? WHERE id = ?",
+                f"UPDATE jobs SET in_model_since = NULL{cleared}, updated_at = ? WHERE id = ?",
                 [(now, job_id) for job_id in ids],
             )
 

@@ -481,9 +481,13 @@ def test_a_suspect_that_leaves_the_model_alive_is_cleared(q: JobQueue, media: Pa
     assert q.release(a.id).suspect
     q.claim()
     q.enter_model([a.id])
+    assert q.recover_running()[0].job.crashes == 1  # killed while it ran alone
+    q.claim()
+    q.enter_model([a.id])
     q.leave_model([a.id], survived=True)
     cleared = q.get(a.id)
-    assert (cleared.suspect, cleared.in_model_since, cleared.state) == (False, None, JobState.RUNNING)
+    assert (cleared.suspect, cleared.crashes, cleared.in_model_since, cleared.state) == (
+        False, 0, None, JobState.RUNNING)
     assert q.get(b.id).suspect
 
 
