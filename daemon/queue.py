@@ -109,6 +109,20 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE jobs ADD COLUMN suspect INTEGER NOT NULL DEFAULT 0",
         # How often the daemon died while this job, a suspect, was the only one in the model.
         "ALTER TABLE jobs ADD COLUMN crashes INTEGER NOT NULL DEFAULT 0",
+        # Notifications owed: written in the transaction that ends the job (done, failed), deleted
+        # once delivered or given up, so a daemon killed before delivering sends them at its next start.
+        # No foreign key: a failure is still told after `subwatch forget` removed its job.
+        """CREATE TABLE IF NOT EXISTS outbox (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            job_id INTEGER NOT NULL,
+            kind TEXT NOT NULL CHECK (kind IN ('done', 'failed')),
+            path BLOB NOT NULL,
+            language TEXT,
+            media_duration REAL,
+            elapsed REAL,
+            error TEXT,
+            created_at REAL NOT NULL
+        )""",
     ),
 )
 
@@ -138,6 +152,20 @@ class Recovered:
     job: Job
     cause: RecoveryCause
     together: int = 0  # how many jobs were in the model when the daemon died
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A notification owed for a job that ended (a row of the outbox)."""
+
+    id: int
+    job_id: int
+    kind: Literal["done", "failed"]
+    path: Path
+    language: str | None
+    media_duration: float | None
+    elapsed: float | None
+    error: str | None
 
 
 class QueueError(Exception):
@@ -573,13 +601,14 @@ class JobQueue:
 
         The result's transcript, if it has one with its key, is stored for the job's content in the
         same transaction, and the job records its seconds of speech and of speech left uncovered.
+        Its `done` notification is owed from the same transaction on (see `notices`).
         """
         transcript, key = result.transcript, result.transcript_key
         with self._write() as conn:
             job = self._require(conn, job_id)
             if transcript is not None and key is not None:
                 self._store_transcript(conn, job.fingerprint, key, transcript)
-            return self._set(
+            done = self._set(
                 conn,
                 job_id,
                 state=JobState.DONE.value,
@@ -595,6 +624,8 @@ class JobQueue:
                 in_model_since=None,
                 finished_at=time.time(),
             )
+            self._owe_notice(conn, done, "done")
+            return done
 
     def fail(
         self,
@@ -608,17 +639,20 @@ class JobQueue:
     ) -> Job:
         """Given a job id and why it failed, return the job failed or pending again after a backoff.
 
-        It is failed for good if `permanent` or it has had `max_attempts` attempts; otherwise it is
-        due again at now + backoff_base * 2**(attempts - 1). Raise KeyError if the job is gone.
+        It is failed for good if `permanent` or it has had `max_attempts` attempts, and its `failed`
+        notification owed (see `notices`); otherwise it is due again at now + backoff_base *
+        2**(attempts - 1). Raise KeyError if the job is gone.
         """
         now = time.time() if now is None else now
         with self._write() as conn:
             attempts = max(self._require(conn, job_id).attempts, 1)
             if permanent or attempts >= max_attempts:
-                return self._set(
+                failed = self._set(
                     conn, job_id, state=JobState.FAILED.value, error=error, in_model_since=None,
                     finished_at=now,
                 )
+                self._owe_notice(conn, failed, "failed")
+                return failed
             due = now + backoff_base * 2 ** (attempts - 1)
             return self._set(
                 conn, job_id, state=JobState.PENDING.value, error=error, started_at=None, in_model_since=None,
@@ -685,7 +719,7 @@ class JobQueue:
         the attempt not counted: each is transcribed alone next. A suspect that was the only file in
         the model has the attempt and a crash counted, and `max_attempts` such crashes fail it: a
         file that kills the daemon (out of memory, a decoder bug) must not make it crash at every
-        start, nor condemn the files that shared its batch.
+        start, nor condemn the files that shared its batch. A failed one's notification is owed.
         """
         now = time.time()
         with self._write() as conn:
@@ -708,8 +742,37 @@ class JobQueue:
                 else:
                     cause = "in_model"
                     back.update(suspect=1, attempts=max(job.attempts - 1, 0))
-                recovered.append(Recovered(self._set(conn, job.id, **back), cause, together))
+                now_job = self._set(conn, job.id, **back)
+                if now_job.state is JobState.FAILED:
+                    self._owe_notice(conn, now_job, "failed")
+                recovered.append(Recovered(now_job, cause, together))
             return recovered
+
+    # -- notifications owed ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _owe_notice(conn: sqlite3.Connection, job: Job, kind: str) -> None:
+        conn.execute(
+            "INSERT INTO outbox (job_id, kind, path, language, media_duration, elapsed, error, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (job.id, kind, _key(job.path), job.language, job.media_duration, job.elapsed, job.error,
+             time.time()),
+        )
+
+    def notices(self, after: int = 0) -> list[Notice]:
+        """Return the notifications owed whose id is above `after`, oldest first."""
+        rows = self._conn().execute(
+            "SELECT id, job_id, kind, path, language, media_duration, elapsed, error FROM outbox "
+            "WHERE id > ? ORDER BY id", (after,),
+        )
+        return [Notice(row["id"], row["job_id"], row["kind"], _path(row["path"]), row["language"],
+                       row["media_duration"], row["elapsed"], row["error"]) for row in rows]
+
+    def notices_settled(self, ids: Iterable[int]) -> None:
+        """Given owed notifications that were delivered (or given up on), owe them no longer."""
+        # Not fsynced: if a power cut loses this, the notification is sent once more at the next start.
+        with self._write(durable=False) as conn:
+            conn.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
 
     def next_wakeup(self) -> float | None:
         """Return the earliest next_attempt_at of pending jobs (may be in the past), or None if none."""

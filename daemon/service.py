@@ -37,7 +37,7 @@ from daemon.config import Config, ConfigError, FolderRules, load_config
 from daemon.datatypes import Job, JobResult, JobState, Transcript
 from daemon.logs import done_details, job_log
 from daemon.notify import Event, Notifier, NotifyRules
-from daemon.queue import EnqueueOutcome, JobQueue, QueueError, Recovered
+from daemon.queue import EnqueueOutcome, JobQueue, Notice, QueueError, Recovered
 from daemon.sdnotify import SystemdNotifier, WatchdogLoop, percent, status_line
 from daemon.text import printable
 from daemon.transcribe import DeviceUnavailable, ModelNotFound, ModelStore, resolve_device, transcribe_many
@@ -53,6 +53,9 @@ WEDGED_AFTER_SECONDS = 3600.0  # a transcriber silent this long stops the watchd
 # Test-only (tests/test_daemon_crashes.py): a file name whose batch makes the process abort once it
 # is in the model, as a file that crashes a decoder or driver would. Nothing in subwatch sets it.
 CRASH_ON_ENV = "SUBWATCH_TEST_CRASH_ON"
+# Before a suspect goes into the model, notifications already sent get this long to be delivered: if it
+# does crash the daemon, none is cut off mid-delivery (to be lost, or sent twice at the next start).
+NOTIFY_FLUSH_SECONDS = 10.0
 
 
 class Cancelled(Exception):
@@ -110,7 +113,9 @@ class Service:
         self.config = config
         self.jobs = JobQueue(config.db_path)
         self.models = ModelStore(config.models_dir, config.unload_after_seconds, config.gpu_memory_limit)
-        self.notifier = Notifier(notify_rules(config))
+        self.notifier = Notifier(notify_rules(config), settled=self.jobs.notices_settled)
+        self._notices_lock = threading.Lock()
+        self._notices_sent = 0  # the last outbox row handed to the notifier
         self.systemd = SystemdNotifier()
         self.workers: dict[str, Worker] = {}  # by device
         self.watcher = Watcher(
@@ -138,6 +143,7 @@ class Service:
         self._create_folders()
         self.notifier.start()
         self._recover()
+        self._notify_owed()  # what a killed daemon left unsent, and failures found just now
         self.watcher.start()
         self._start_thread("loader", self._loader_loop)
         self._start_workers()
@@ -168,7 +174,7 @@ class Service:
         for back in self.jobs.recover_running(self.config.max_attempts):
             job = back.job
             if job.state == JobState.FAILED:
-                self._report_failure(job, job.error or "", self.config.folder_for(job.path))
+                self._report_failure(job, job.error or "")
                 continue
             level = logging.WARNING if back.cause == "crashed_alone" else logging.INFO
             job_log(log, "requeued", job.path, _recovery_note(back, self.config.max_attempts), job.id, level)
@@ -426,10 +432,10 @@ class Service:
         except media.MediaGone:
             self._gone(job, "gone before it was read; dropped")
         except media.MediaError as exc:
-            self._failed(job, str(exc), permanent=exc.permanent, rules=rules)
+            self._failed(job, str(exc), permanent=exc.permanent)
         except Exception as exc:  # a bug must cost one job, never the loader thread
             log.exception("unexpected error preparing %s", job.path)
-            self._failed(job, f"internal error: {exc}", permanent=False, rules=rules)
+            self._failed(job, f"internal error: {exc}", permanent=False)
         return None
 
     def _stored_transcript(self, job: Job, rules: FolderRules) -> Transcript | None:
@@ -511,8 +517,8 @@ class Service:
                 return  # stopped while the model loaded: the files wait in the prefetch, released there
             live = self._still_running(self._prefetch.take(worker.device, spec, self._leave_to(worker)))
             if error is not None:
-                for item, job in live:
-                    self._failed(job, error, permanent=permanent, rules=item.rules)
+                for _, job in live:
+                    self._failed(job, error, permanent=permanent)
                 return
             self._transcribe(worker, model, live)
 
@@ -535,6 +541,8 @@ class Service:
             log.info("transcribing %s alone on %s: it was in the model when the daemon last died",
                      printable(names[0]), worker.device)
         job_ids = [job.id for _, job in live]
+        if alone:
+            self.notifier.wait_idle(NOTIFY_FLUSH_SECONDS)
         if not self._gate.enter(alone, self._stopping):
             for _, job in live:
                 self._release(job.id, "stopping: returned to the queue before its turn")
@@ -557,8 +565,7 @@ class Service:
             survived = True
             log.debug("transcription of %s failed", ", ".join(names), exc_info=True)
             if len(live) == 1:
-                item, job = live[0]
-                self._failed(job, _one_line(exc), permanent=False, rules=item.rules)
+                self._failed(live[0][1], _one_line(exc), permanent=False)
                 return
             failure = _one_line(exc)
         finally:
@@ -585,7 +592,7 @@ class Service:
             return
         except Exception as exc:  # disk full, permissions: retried with backoff
             log.debug("writing the subtitles of %s failed", item.path, exc_info=True)
-            self._failed(job, _one_line(exc), permanent=False, rules=item.rules)
+            self._failed(job, _one_line(exc), permanent=False)
             return
         self._done(job, item, result)
 
@@ -624,27 +631,46 @@ class Service:
         details = done_details(result.language, result.media_duration, result.elapsed,
                                done.uncovered_seconds, reused=item.transcript is not None)
         job_log(log, "done", job.path, details, done.id)
-        self.notifier.send(Event(
-            kind="done", path=job.path, language=result.language, media_duration=result.media_duration,
-            elapsed=result.elapsed, model=item.rules.model, error=None, urls=self._targets(item.rules),
-        ))
+        self._notify_owed()
 
-    def _failed(self, job: Job, error: str, *, permanent: bool, rules: FolderRules) -> None:
+    def _failed(self, job: Job, error: str, *, permanent: bool) -> None:
         updated = self.jobs.fail(job.id, error, permanent=permanent, max_attempts=self.config.max_attempts)
         if updated.state == JobState.PENDING:
             wait = max(updated.next_attempt_at - time.time(), 0)
             job_log(log, "retrying", job.path, f"in {wait:.0f} s: {error}", job.id,
                     level=logging.WARNING)
             return
-        self._report_failure(job, error, rules)
+        self._report_failure(job, error)
 
-    def _report_failure(self, job: Job, error: str, rules: FolderRules | None) -> None:
-        """Log and notify a job that is now failed (`rules` None: its folder left the config)."""
+    def _report_failure(self, job: Job, error: str) -> None:
+        """Log a job that is now failed and send the notification the queue owes for it."""
         job_log(log, "failed", job.path, error, job.id, level=logging.ERROR)
-        self.notifier.send(Event(
-            kind="failed", path=job.path, language=None, media_duration=None, elapsed=None,
-            model=rules.model if rules else None, error=error, urls=self._targets(rules) if rules else (),
-        ))
+        self._notify_owed()
+
+    def _notify_owed(self) -> None:
+        """Hand the notifier each notification the queue owes that it has not been handed yet.
+
+        The queue writes them in the transaction that ends a job and deletes them once delivered
+        (Notifier's `settled`), so one a kill kept from its target goes out at the next start.
+        """
+        with self._notices_lock:
+            try:
+                owed = self.jobs.notices(after=self._notices_sent)
+            except QueueError:
+                return  # closed: shutting down
+            if owed:
+                self._notices_sent = owed[-1].id
+        for notice in owed:
+            self.notifier.send(self._event(notice))
+
+    def _event(self, notice: Notice) -> Event:
+        rules = self.config.folder_for(notice.path)  # None: its folder has left the config
+        return Event(
+            kind=notice.kind, path=notice.path, language=notice.language,
+            media_duration=notice.media_duration, elapsed=notice.elapsed,
+            model=rules.model if rules else None, error=notice.error,
+            urls=self._targets(rules) if rules else (), key=notice.id,
+        )
 
     def _targets(self, rules: FolderRules) -> tuple[str, ...]:
         if rules.notify.replace:

@@ -501,6 +501,32 @@ def test_a_clean_stop_in_the_model_is_no_crash(q: JobQueue, media: Path) -> None
     assert q.recover_running() == []
 
 
+def test_the_notification_of_a_job_that_ends_is_owed_until_settled(q: JobQueue, media: Path) -> None:
+    a, b, c = (q.enqueue(write(media / f"{n}.mkv", n.encode()), media).job for n in "abc")
+    q.claim(), q.claim(), q.claim()
+    q.finish(a.id, result())
+    assert q.fail(b.id, "disk full", permanent=False).state is JobState.PENDING  # retried: nothing owed
+    q.fail(c.id, "no audio stream", permanent=True)
+    owed = q.notices()
+    assert [(n.job_id, n.kind, n.path, n.language, n.media_duration, n.elapsed, n.error) for n in owed] == [
+        (a.id, "done", media / "a.mkv", "en", 61.5, 4.2, None),
+        (c.id, "failed", media / "c.mkv", None, None, None, "no audio stream")]
+    assert q.notices(after=owed[0].id) == owed[1:]
+    q.forget(media / "c.mkv")  # told even so: the notice outlives the job
+    q.notices_settled([owed[0].id])
+    assert q.notices() == owed[1:]
+
+
+def test_a_job_failed_at_start_up_is_owed_its_notification(q: JobQueue, media: Path) -> None:
+    job = q.enqueue(write(media / "huge.mkv", b"out of memory"), media).job
+    for _ in range(1 + 3):  # in the model once, then alone three times
+        q.claim()
+        q.enter_model([job.id])
+        q.recover_running(max_attempts=3)
+    [notice] = q.notices()
+    assert (notice.job_id, notice.kind, notice.error) == (job.id, "failed", q.get(job.id).error)
+
+
 def test_an_old_database_gains_the_crash_columns(db: Path, media: Path) -> None:
     conn = sqlite3.connect(db.parent.mkdir(parents=True) or db)
     for statements in queue_module._MIGRATIONS[:2]:
