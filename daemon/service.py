@@ -170,8 +170,13 @@ class Service:
 
     def _recover(self) -> None:
         """Put back the jobs the last daemon left running (see JobQueue.recover_running), each with its
-        journal line; one failed for crashing the daemon is notified like any other failure."""
-        for back in self.jobs.recover_running(self.config.max_attempts):
+        journal line; one failed for crashing the daemon is notified like any other failure. A job
+        killed while its sidecars were written may have left a temp file beside them: it goes."""
+        recovered = self.jobs.recover_running(self.config.max_attempts)
+        for folder in sorted({back.job.path.parent for back in recovered}):
+            for temp in subtitles.remove_stale_temps(folder):
+                log.info("removed %s, left by a daemon killed while it wrote subtitles", printable(str(temp)))
+        for back in recovered:
             job = back.job
             if job.state == JobState.FAILED:
                 self._report_failure(job, job.error or "")
