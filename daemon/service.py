@@ -206,7 +206,7 @@ class Service:
     def _start_thread(self, name: str, target: Callable[[], None]) -> threading.Thread:
         thread = threading.Thread(target=target, name=name, daemon=True)
         thread.start()
-        self._threads.append(thread)
+        self._threads = [t for t in self._threads if t.is_alive()] + [thread]  # past scans' threads go
         return thread
 
     def _shutdown(self) -> None:
@@ -357,6 +357,7 @@ class Service:
         try:
             self._scan_folders()
         finally:
+            self.jobs.close_thread()  # a scan every rescan_minutes: each would keep a connection open
             self._backfilling.release()
 
     def _scan_folders(self) -> None:

@@ -546,6 +546,33 @@ def test_an_old_database_gains_the_crash_columns(db: Path, media: Path) -> None:
     q.close()
 
 
+def test_a_short_lived_thread_leaves_no_connection_open(q: JobQueue, db: Path, media: Path) -> None:
+    def open_on_db() -> int:
+        return sum(os.readlink(f"/proc/self/fd/{fd}").startswith(str(db))
+                   for fd in os.listdir("/proc/self/fd") if os.path.exists(f"/proc/self/fd/{fd}"))
+
+    q.enqueue(write(media / "Film.mkv", b"film"), media)
+
+    def scan(close: bool) -> None:  # as the daemon's rescan thread does, every rescan_minutes
+        q.find(media / "Film.mkv")
+        if close:
+            q.close_thread()
+
+    def scans(count: int, close: bool) -> int:
+        """Run `count` scan threads one after another; return how many more descriptors are open."""
+        opened = open_on_db()
+        for _ in range(count):
+            thread = threading.Thread(target=scan, args=(close,))
+            thread.start()
+            thread.join()
+        return open_on_db() - opened
+
+    assert scans(5, close=False) == 10  # the database and its WAL for each, until close()
+    # Closed: SQLite may hold one descriptor back while others lock the file, and reuses it.
+    assert scans(5, close=True) <= 1
+    assert q.find(media / "Film.mkv") is not None  # this thread's own connection is untouched
+
+
 # -- concurrency ----------------------------------------------------------------------------------
 
 
