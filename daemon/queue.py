@@ -7,6 +7,11 @@ calls, so a crash or power loss can neither lose a queued file nor redo a
 finished one: a claimed job stays in the table as `running` until it is
 finished, and `recover_running()` puts it back at the next start. (The one
 write not fsynced is enqueue's, which the startup scan redoes; see `_write`.)
+While the model transcribes a job it is marked so (`enter_model`), so a crash
+is held only against the files that were in the model, and a file is failed
+for crashing the daemon only once it did so alone (see `recover_running`). The
+notification a finished or failed job is owed is written with it (`notices`)
+and deleted once delivered, so a kill cannot lose it either.
 
 SQLite habits (after huey): WAL so readers never block the writer, a busy
 timeout so two processes wait instead of failing, short explicit transactions,
