@@ -97,6 +97,7 @@ def soak(work: Path, args: argparse.Namespace) -> int:
             drop(inbox, wave)
             wait_done(db, [path.name for path, _ in wave], daemon)
             waves.append(wave_speed(db, wave))
+            time.sleep(3.0)  # idle: the daemon gives back what its batches freed within a second or two
             samples.append({"done": first + len(wave), **process_sample(daemon.pid)})
             sample = samples[-1]
             print(f"wave {len(waves)}: {waves[-1]['x']:.2f}x realtime, RSS {sample['rss_mib']:.0f} MiB, "

@@ -19,6 +19,7 @@ Threads, and why each exists:
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import resource
@@ -131,6 +132,7 @@ class Service:
         self._threads: list[threading.Thread] = []
         self._backfilling = threading.Lock()
         self._last_scan = 0.0
+        self._worked = False  # a batch ran since the freed memory was last given back
         # Copies seen while their content's job was pending or running: path -> (folder, that job's id).
         self._copies_waiting: dict[Path, tuple[Path, int]] = {}
         self._copies_lock = threading.Lock()
@@ -156,7 +158,9 @@ class Service:
             if self._reload_requested.is_set():
                 self._reload_requested.clear()
                 self.reload()
-            self.models.unload_idle()  # never one a worker holds
+            if self.models.unload_idle():  # never one a worker holds
+                release_freed_memory()
+            self._release_memory_when_idle()
             self._enqueue_waiting_copies()
             self.systemd.status(self._status_text())
             # The watcher can miss events (inotify queue overflow, a share remounted
@@ -167,6 +171,15 @@ class Service:
         watchdog.stop()
         self._shutdown()
         return 0
+
+    def _release_memory_when_idle(self) -> None:
+        """Once the work in hand is done, give back to the system the memory its batches freed."""
+        busy = len(self._prefetch) > 0 or any(w.activity.current for w in list(self.workers.values()))
+        if busy:
+            self._worked = True
+        elif self._worked:
+            self._worked = False
+            release_freed_memory()
 
     def _recover(self) -> None:
         """Put back the jobs the last daemon left running (see JobQueue.recover_running), each with its
@@ -705,6 +718,20 @@ class Service:
         each = [f"{device}: {current}" + (f" {percent(progress)}" if progress is not None else "")
                 for device, current, progress in busy]
         return status_line("transcribing", "; ".join(each), None, queued)
+
+
+def release_freed_memory() -> None:
+    """Ask glibc to return the heap memory that is free to the system (no-op on other C libraries).
+
+    glibc keeps what a process frees for reuse: after one large batch an idle daemon would hold
+    that peak for good (found by bench/soak.py: resident memory after a wave rose with the
+    largest batch so far, never with the number of files).
+    """
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim(0)
 
 
 def _recovery_note(back: Recovered, max_attempts: int) -> str:
