@@ -317,6 +317,8 @@ def _job_json(job) -> dict:  # type: ignore[no-untyped-def]
         "folder": str(job.folder),
         "state": job.state.value,
         "attempts": job.attempts,
+        "suspect": job.suspect,
+        "crashes": job.crashes,
         "error": job.error,
         "language": job.language,
         "language_probability": job.language_probability,

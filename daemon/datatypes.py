@@ -126,6 +126,12 @@ class Job:
     created_at: float = 0.0
     updated_at: float = 0.0
     next_attempt_at: float = 0.0
+    # Crash bookkeeping (see JobQueue.recover_running): when the model began transcribing it (None
+    # while it is only queued, claimed, decoded or waiting), whether it was in the model when the
+    # daemon died (then it is transcribed alone), and how often the daemon died while it ran alone.
+    in_model_since: float | None = None
+    suspect: bool = False
+    crashes: int = 0
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,11 @@ During a backlog the daemon can finish dozens of files in an hour. Per set of
 targets, at most `burst` single messages go out within any `window_seconds`;
 the events after that are held and summed up in one digest at the end of the
 window (see `BurstGate` for the exact rules).
+
+An event may carry the `key` of the notification the job queue owes for it
+(its outbox row): once the message that holds it is delivered, or given up on,
+or not to be sent at all, the notifier reports the key as settled. A daemon
+killed before that sends it at its next start.
 """
 
 from __future__ import annotations
@@ -87,19 +92,32 @@ class Event:
     model: str | None = None
     error: str | None = None
     urls: tuple[str, ...] = ()
+    key: int | None = None  # the queue's outbox row for it: reported settled once sent or given up
 
 
 @dataclass(frozen=True)
 class Message:
     """A formatted notification and the Apprise URLs it goes to.
 
-    `kind` is an Apprise notify type: "success", "failure" or "warning".
+    `kind` is an Apprise notify type: "success", "failure" or "warning". `keys` are those of the
+    events it tells of; a message to no URLs only settles them (events not to be sent).
     """
 
     title: str
     body: str
     kind: str
     urls: tuple[str, ...]
+    keys: tuple[int, ...] = ()
+
+
+def _keys(events: Sequence[Event]) -> tuple[int, ...]:
+    return tuple(event.key for event in events if event.key is not None)
+
+
+def _unsent(events: Sequence[Event]) -> list[Message]:
+    """Given events that will not be sent, return a message to nobody that settles their keys."""
+    keys = _keys(events)
+    return [Message("", "", "info", (), keys)] if keys else []
 
 
 def format_duration(seconds: float) -> str:
@@ -190,8 +208,8 @@ def _truncated(lines: list[str], limit: int = DIGEST_LISTED) -> list[str]:
 def message_for(event: Event, urls: tuple[str, ...]) -> Message:
     """Given one event and its targets, return the single message for it."""
     if event.kind == "failed":
-        return Message(*format_failed(event), kind="failure", urls=urls)
-    return Message(*format_done(event), kind="success", urls=urls)
+        return Message(*format_failed(event), kind="failure", urls=urls, keys=_keys([event]))
+    return Message(*format_done(event), kind="success", urls=urls, keys=_keys([event]))
 
 
 def url_label(url: str) -> str:
@@ -252,7 +270,7 @@ class BurstGate:
         """Given an event and when it happened, return the messages to send now (maybe none)."""
         targets = event.urls or self._rules.urls
         if event.kind not in self._rules.on or not targets:
-            return []
+            return _unsent([event])
         window = self._windows.setdefault(targets, _Window())
         if window.digest_due is not None:
             window.held.append(event)
@@ -300,10 +318,10 @@ class BurstGate:
             return [message_for(held[0], targets)]
         if "digest" not in self._rules.on:
             logger.info("not notifying about %d files from a burst: 'digest' is not in notify.on", len(held))
-            return []
+            return _unsent(held)
         title, body = format_digest(held)
         kind = "warning" if any(e.kind == "failed" for e in held) else "success"
-        return [Message(title, body, kind, targets)]
+        return [Message(title, body, kind, targets, _keys(held))]
 
 
 @dataclass(frozen=True)
@@ -325,7 +343,9 @@ class Notifier:
 
     Call `start()` once, `send(event)` from any thread, and `stop(timeout)` at
     shutdown. `clock` (monotonic seconds) times the burst windows; `retry_delay`
-    is the first pause before a retry, doubled for each further one.
+    is the first pause before a retry, doubled for each further one. `settled`
+    is called, on the delivery thread, with the keys of each message's events
+    once it is delivered or given up on.
     """
 
     def __init__(
@@ -333,7 +353,11 @@ class Notifier:
         rules: NotifyRules,
         clock: Callable[[], float] = time.monotonic,
         retry_delay: float = 2.0,
+        settled: Callable[[tuple[int, ...]], None] | None = None,
     ) -> None:
+        self._settled = settled
+        self._unfinished = 0  # events sent and not yet delivered, held or dropped
+        self._idle = threading.Condition()
         self._rules = rules
         self._clock = clock
         self._retry_delay = retry_delay
@@ -354,11 +378,20 @@ class Notifier:
             logger.debug("notifier stopped; not sending %s", event.kind)
             return
         try:
-            self._queue.put_nowait(_Queued(self._clock(), event))
+            with self._idle:
+                self._queue.put_nowait(_Queued(self._clock(), event))
+                self._unfinished += 1
         except queue.Full:
             logger.warning(
                 "notification queue is full; dropping the notification for %s", printable(str(event.path))
             )
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds until every event sent so far is delivered (or given up on,
+        held for a digest, or not to be sent); return True if it is. Before a risky step (a file
+        that may crash the process), so that no notification is cut off in the middle of delivery."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._unfinished == 0, timeout)
 
     def update(self, rules: NotifyRules) -> None:
         """Given new rules (a config reload), apply them to events sent after this call."""
@@ -399,8 +432,21 @@ class Notifier:
                 messages = self._gate.due(self._clock())
             for message in messages:
                 self._deliver(apprise, message)
+                self._settle(message.keys)
+            if isinstance(item, _Queued):
+                with self._idle:
+                    self._unfinished -= 1
+                    self._idle.notify_all()
             if item is _STOP:
                 return
+
+    def _settle(self, keys: tuple[int, ...]) -> None:
+        if not keys or self._settled is None:
+            return
+        try:
+            self._settled(keys)
+        except Exception:  # never the delivery thread: the notification is only sent again later
+            logger.warning("could not record notifications as sent; they may be sent again", exc_info=True)
 
     def _next_item(self) -> Any:
         due = self._gate.next_due()

@@ -45,6 +45,7 @@ class Prepared:
     started: float  # time.monotonic() when preparation began, for the elapsed time
     job_id: int | None = None  # the daemon's job; it follows a rename, the path does not
     transcript: Transcript | None = None  # stored for this content and these rules: nothing to decode
+    suspect: bool = False  # in the model when the daemon died: transcribed alone (JobQueue.recover_running)
 
 
 def options_for(rules: FolderRules) -> TranscribeOptions:

@@ -7,6 +7,11 @@ calls, so a crash or power loss can neither lose a queued file nor redo a
 finished one: a claimed job stays in the table as `running` until it is
 finished, and `recover_running()` puts it back at the next start. (The one
 write not fsynced is enqueue's, which the startup scan redoes; see `_write`.)
+While the model transcribes a job it is marked so (`enter_model`), so a crash
+is held only against the files that were in the model, and a file is failed
+for crashing the daemon only once it did so alone (see `recover_running`). The
+notification a finished or failed job is owed is written with it (`notices`)
+and deleted once delivered, so a kill cannot lose it either.
 
 SQLite habits (after huey): WAL so readers never block the writer, a busy
 timeout so two processes wait instead of failing, short explicit transactions,
@@ -27,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import sqlite3
 import threading
 import time
@@ -37,6 +43,7 @@ from pathlib import Path
 from typing import BinaryIO, Literal
 
 from daemon.datatypes import Job, JobResult, JobState, Segment, Transcript, TranscriptKey, Word
+from daemon.text import printable
 
 SAMPLE_BYTES = 1 << 20  # bytes hashed at each of start, middle and end
 BUSY_TIMEOUT_S = 15.0  # transactions are milliseconds long; this only rides out a slow disk
@@ -44,7 +51,7 @@ BUSY_TIMEOUT_S = 15.0  # transactions are milliseconds long; this only rides out
 _JOB_COLUMNS = (
     "id, path, folder, state, size, mtime, fingerprint, attempts, error, language, "
     "language_probability, outputs, media_duration, elapsed, speech_seconds, uncovered_seconds, "
-    "created_at, updated_at, next_attempt_at"
+    "created_at, updated_at, next_attempt_at, in_model_since, suspect, crashes"
 )
 
 # Each entry moves the schema from version i to i + 1; append, never edit.
@@ -97,11 +104,73 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE jobs ADD COLUMN speech_seconds REAL",
         "ALTER TABLE jobs ADD COLUMN uncovered_seconds REAL",
     ),
+    (
+        # Crashes are blamed on a file only when it is the likely cause (see recover_running).
+        # When the model began transcribing the job; NULL while it is queued, claimed, decoded or
+        # waiting for a worker, so a crash then never counts against it.
+        "ALTER TABLE jobs ADD COLUMN in_model_since REAL",
+        # 1: the job was in the model when the daemon died; it is transcribed alone until it has
+        # been through the model once without the daemon dying.
+        "ALTER TABLE jobs ADD COLUMN suspect INTEGER NOT NULL DEFAULT 0",
+        # How often the daemon died while this job, a suspect, was the only one in the model.
+        "ALTER TABLE jobs ADD COLUMN crashes INTEGER NOT NULL DEFAULT 0",
+        # Notifications owed: written in the transaction that ends the job (done, failed), deleted
+        # once delivered or given up, so a daemon killed before delivering sends them at its next start.
+        # No foreign key: a failure is still told after `subwatch forget` removed its job.
+        """CREATE TABLE IF NOT EXISTS outbox (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            job_id INTEGER NOT NULL,
+            kind TEXT NOT NULL CHECK (kind IN ('done', 'failed')),
+            path BLOB NOT NULL,
+            language TEXT,
+            media_duration REAL,
+            elapsed REAL,
+            error TEXT,
+            created_at REAL NOT NULL
+        )""",
+    ),
 )
 
 EnqueueAction = Literal[
     "queued", "requeued", "copied", "duplicate", "already_done", "already_failed", "moved"
 ]
+
+
+RecoveryCause = Literal["waiting", "in_model", "crashed_alone"]
+
+
+@dataclass(frozen=True)
+class Recovered:
+    """A job the last daemon left running (it was killed, crashed or lost power), as
+    `JobQueue.recover_running` put it back.
+
+    - waiting: claimed, but the model had not begun transcribing it (start-up, model loading,
+      decoding, waiting for a worker): pending again, the attempt not counted.
+    - in_model: in the model when the daemon died, together with `together - 1` other files or
+      alone but not yet suspected: pending again as a suspect, to be transcribed alone next; the
+      attempt not counted.
+    - crashed_alone: a suspect, and the only file in the model when the daemon died: the attempt
+      and a crash count; pending again (still a suspect), or failed (`job.state`) once it has
+      `max_attempts` crashes.
+    """
+
+    job: Job
+    cause: RecoveryCause
+    together: int = 0  # how many jobs were in the model when the daemon died
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A notification owed for a job that ended (a row of the outbox)."""
+
+    id: int
+    job_id: int
+    kind: Literal["done", "failed"]
+    path: Path
+    language: str | None
+    media_duration: float | None
+    elapsed: float | None
+    error: str | None
 
 
 class QueueError(Exception):
@@ -213,6 +282,9 @@ def _job(row: sqlite3.Row) -> Job:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         next_attempt_at=row["next_attempt_at"],
+        in_model_since=row["in_model_since"],
+        suspect=bool(row["suspect"]),
+        crashes=row["crashes"],
     )
 
 
@@ -363,6 +435,18 @@ class JobQueue:
                     conn.execute(sql)
             conn.execute(f"PRAGMA user_version = {len(_MIGRATIONS)}")
 
+    def close_thread(self) -> None:
+        """Close the calling thread's connection, if it has one. A short-lived thread calls it before
+        it ends: its connection (two descriptors and a page cache) is otherwise kept until close()."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            return
+        self._local.conn = None
+        with self._lock:
+            if conn in self._connections:
+                self._connections.remove(conn)
+        conn.close()
+
     def close(self) -> None:
         """Close every thread's connection. Call after the threads that use the queue stopped."""
         with self._lock:
@@ -486,6 +570,9 @@ class JobQueue:
             mtime=mtime,
             fingerprint=content,
             attempts=0,
+            suspect=0,
+            crashes=0,
+            in_model_since=None,
             error=None,
             language=None,
             language_probability=None,
@@ -503,14 +590,18 @@ class JobQueue:
     # -- the worker's side ------------------------------------------------------------------------
 
     def claim(self, now: float | None = None) -> Job | None:
-        """Return the oldest pending job that is due at `now`, marked running, or None if none is.
+        """Return the oldest pending job that is due at `now` (a suspect before any other), marked
+        running, or None if none is.
 
         Atomic across threads and processes: no two callers get the same job.
         """
         now = time.time() if now is None else now
         with self._write() as conn:
+            # Suspects first: each is transcribed alone (see recover_running), and the sooner the
+            # better, before a backlog piles up behind it.
             row = conn.execute(
-                "SELECT id FROM jobs WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY id LIMIT 1",
+                "SELECT id FROM jobs WHERE state = 'pending' AND next_attempt_at <= ? "
+                "ORDER BY suspect DESC, id LIMIT 1",
                 (now,),
             ).fetchone()
             if row is None:
@@ -527,13 +618,14 @@ class JobQueue:
 
         The result's transcript, if it has one with its key, is stored for the job's content in the
         same transaction, and the job records its seconds of speech and of speech left uncovered.
+        Its `done` notification is owed from the same transaction on (see `notices`).
         """
         transcript, key = result.transcript, result.transcript_key
         with self._write() as conn:
             job = self._require(conn, job_id)
             if transcript is not None and key is not None:
                 self._store_transcript(conn, job.fingerprint, key, transcript)
-            return self._set(
+            done = self._set(
                 conn,
                 job_id,
                 state=JobState.DONE.value,
@@ -546,8 +638,11 @@ class JobQueue:
                 transcript_rules=None if transcript is None or key is None else _key_text(key),
                 speech_seconds=None if transcript is None else transcript.speech_seconds,
                 uncovered_seconds=None if transcript is None else transcript.uncovered_seconds,
+                in_model_since=None,
                 finished_at=time.time(),
             )
+            self._owe_notice(conn, done, "done")
+            return done
 
     def fail(
         self,
@@ -561,17 +656,24 @@ class JobQueue:
     ) -> Job:
         """Given a job id and why it failed, return the job failed or pending again after a backoff.
 
-        It is failed for good if `permanent` or it has had `max_attempts` attempts; otherwise it is
-        due again at now + backoff_base * 2**(attempts - 1). Raise KeyError if the job is gone.
+        It is failed for good if `permanent` or it has had `max_attempts` attempts, and its `failed`
+        notification owed (see `notices`); otherwise it is due again at now + backoff_base *
+        2**(attempts - 1). Raise KeyError if the job is gone.
         """
         now = time.time() if now is None else now
         with self._write() as conn:
             attempts = max(self._require(conn, job_id).attempts, 1)
             if permanent or attempts >= max_attempts:
-                return self._set(conn, job_id, state=JobState.FAILED.value, error=error, finished_at=now)
+                failed = self._set(
+                    conn, job_id, state=JobState.FAILED.value, error=error, in_model_since=None,
+                    finished_at=now,
+                )
+                self._owe_notice(conn, failed, "failed")
+                return failed
             due = now + backoff_base * 2 ** (attempts - 1)
             return self._set(
-                conn, job_id, state=JobState.PENDING.value, error=error, started_at=None, next_attempt_at=due
+                conn, job_id, state=JobState.PENDING.value, error=error, started_at=None, in_model_since=None,
+                next_attempt_at=due,
             )
 
     def skip(self, job_id: int, reason: str) -> Job:
@@ -580,39 +682,114 @@ class JobQueue:
         with self._write() as conn:
             self._require(conn, job_id)
             state = JobState.SKIPPED.value
-            return self._set(conn, job_id, state=state, error=reason, finished_at=time.time())
+            return self._set(
+                conn, job_id, state=state, error=reason, in_model_since=None, finished_at=time.time()
+            )
 
     def release(self, job_id: int) -> Job:
         """Given a running job id, return it pending again without counting the attempt.
 
-        For a daemon that stops mid-job. A job in another state is returned unchanged.
-        Raise KeyError if the job is gone.
+        For a daemon that stops cleanly mid-job: it is no crash, so a suspect stays one and gains no
+        crash. A job in another state is returned unchanged. Raise KeyError if the job is gone.
         """
         with self._write() as conn:
             job = self._require(conn, job_id)
             if job.state is not JobState.RUNNING:
                 return job
             return self._set(
-                conn, job_id, state=JobState.PENDING.value, attempts=max(job.attempts - 1, 0), started_at=None
+                conn, job_id, state=JobState.PENDING.value, attempts=max(job.attempts - 1, 0),
+                started_at=None, in_model_since=None,
             )
 
-    def recover_running(self, max_attempts: int = 3) -> list[Job]:
-        """Return the jobs a crash left running, now pending again (call once at start).
+    def enter_model(self, job_ids: Iterable[int], now: float | None = None) -> None:
+        """Given the running jobs a worker is about to hand the model together, mark them in the
+        model: if the daemon dies before `leave_model`, recover_running holds it against them."""
+        now = time.time() if now is None else now
+        ids = list(job_ids)
+        with self._write() as conn:  # durable: after a power cut the mark must be there
+            conn.executemany(
+                "UPDATE jobs SET in_model_since = ?, updated_at = ? WHERE id = ? AND state = 'running'",
+                [(now, now, job_id) for job_id in ids],
+            )
 
-        The interrupted attempt still counts (release() is the clean way to stop), and a job
-        interrupted `max_attempts` times is failed instead: a file that kills the daemon
-        (out of memory, say) must not make it crash at every start.
+    def leave_model(self, job_ids: Iterable[int], *, survived: bool) -> None:
+        """Given jobs the model has finished with, clear their in-model mark; with `survived` (the
+        model returned or raised, the daemon lived through it) a suspect among them is cleared too,
+        its crashes forgiven: the file does not bring the daemon down. Not `survived`: a stop
+        abandoned the transcription, which proves nothing either way."""
+        ids = list(job_ids)
+        now = time.time()
+        cleared = ", suspect = 0, crashes = 0" if survived else ""
+        with self._write() as conn:
+            conn.executemany(
+                f"UPDATE jobs SET in_model_since = NULL{cleared}, updated_at = ? WHERE id = ?",
+                [(now, job_id) for job_id in ids],
+            )
+
+    def recover_running(self, max_attempts: int = 3) -> list[Recovered]:
+        """Return the jobs the last daemon left running, each pending again or failed, and why (call
+        once at start, before any claim).
+
+        A crash counts against a file only when that file is the likely cause. One that was not in
+        the model yet (start-up, model loading, decoding, waiting for a worker) is put back as
+        `release` would, the attempt not counted. The files that were in the model become suspects,
+        the attempt not counted: each is transcribed alone next. A suspect that was the only file in
+        the model has the attempt and a crash counted, and `max_attempts` such crashes fail it: a
+        file that kills the daemon (out of memory, a decoder bug) must not make it crash at every
+        start, nor condemn the files that shared its batch. A failed one's notification is owed.
         """
+        now = time.time()
         with self._write() as conn:
             rows = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state = 'running' ORDER BY id")
             running = [_job(row) for row in rows.fetchall()]
-            return [self._recover_one(conn, job, max_attempts) for job in running]
+            together = sum(job.in_model_since is not None for job in running)
+            recovered = []
+            for job in running:
+                back = {"state": JobState.PENDING.value, "started_at": None, "in_model_since": None,
+                        "next_attempt_at": 0.0}
+                if job.in_model_since is None:
+                    cause: RecoveryCause = "waiting"
+                    back["attempts"] = max(job.attempts - 1, 0)
+                elif together == 1 and job.suspect:
+                    cause, crashes = "crashed_alone", job.crashes + 1
+                    back["crashes"] = crashes
+                    if crashes >= max_attempts:
+                        error = crashed_alone_error(job.path, crashes)
+                        back.update(state=JobState.FAILED.value, error=error, finished_at=now)
+                else:
+                    cause = "in_model"
+                    back.update(suspect=1, attempts=max(job.attempts - 1, 0))
+                now_job = self._set(conn, job.id, **back)
+                if now_job.state is JobState.FAILED:
+                    self._owe_notice(conn, now_job, "failed")
+                recovered.append(Recovered(now_job, cause, together))
+            return recovered
 
-    def _recover_one(self, conn: sqlite3.Connection, job: Job, max_attempts: int) -> Job:
-        if job.attempts >= max_attempts:
-            error = f"interrupted {job.attempts} times: the daemon stopped or crashed while working on it"
-            return self._set(conn, job.id, state=JobState.FAILED.value, error=error, finished_at=time.time())
-        return self._set(conn, job.id, state=JobState.PENDING.value, started_at=None, next_attempt_at=0.0)
+    # -- notifications owed ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _owe_notice(conn: sqlite3.Connection, job: Job, kind: str) -> None:
+        conn.execute(
+            "INSERT INTO outbox (job_id, kind, path, language, media_duration, elapsed, error, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (job.id, kind, _key(job.path), job.language, job.media_duration, job.elapsed, job.error,
+             time.time()),
+        )
+
+    def notices(self, after: int = 0) -> list[Notice]:
+        """Return the notifications owed whose id is above `after`, oldest first."""
+        rows = self._conn().execute(
+            "SELECT id, job_id, kind, path, language, media_duration, elapsed, error FROM outbox "
+            "WHERE id > ? ORDER BY id", (after,),
+        )
+        return [Notice(row["id"], row["job_id"], row["kind"], _path(row["path"]), row["language"],
+                       row["media_duration"], row["elapsed"], row["error"]) for row in rows]
+
+    def notices_settled(self, ids: Iterable[int]) -> None:
+        """Given owed notifications that were delivered (or given up on), owe them no longer."""
+        # Not fsynced: if a power cut loses this, the notification is sent once more at the next start.
+        with self._write(durable=False) as conn:
+            conn.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
 
     def next_wakeup(self) -> float | None:
         """Return the earliest next_attempt_at of pending jobs (may be in the past), or None if none."""
@@ -686,6 +863,7 @@ class JobQueue:
         return how many were. Raise ValueError if neither a path nor all_failed is given."""
         sql = (
             "UPDATE jobs SET state = 'pending', attempts = 0, error = NULL, next_attempt_at = 0, "
+            "suspect = 0, crashes = 0, in_model_since = NULL, "
             "started_at = NULL, finished_at = NULL, updated_at = ? WHERE state = 'failed'"
         )
         params: tuple[object, ...] = (time.time(),)
@@ -818,6 +996,15 @@ class JobQueue:
         """Given a job id, return the sidecar paths recorded for it, sorted."""
         rows = self._conn().execute("SELECT path FROM sidecars WHERE job_id = ? ORDER BY path", (job_id,))
         return [_path(row["path"]) for row in rows]
+
+
+def crashed_alone_error(path: Path, crashes: int) -> str:
+    """Given a file that crashed the daemon each time it was transcribed alone, return why it failed."""
+    shown = shlex.quote(printable(os.fsdecode(path)))
+    return (
+        f"the daemon crashed {crashes} times while transcribing this file alone; it may be damaged: "
+        f"check it with ffprobe, then `subwatch retry {shown}`"
+    )
 
 
 # Which job a copy follows when its content has several: a done one (its transcript is stored), else

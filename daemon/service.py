@@ -10,6 +10,8 @@ Threads, and why each exists:
 - one transcriber worker per configured device (`cuda:0`, `cuda:1`, …) takes
   the decoded files its device serves, as many as share a model and fit a
   batch, runs them through the model together and writes their sidecars;
+  the jobs in the model are marked so in the queue, so that after a crash
+  only they are suspected, and each suspect then goes through alone;
 - the main thread owns signals (handlers only set flags), reloads, the
   systemd status line, idle-model unloading, and enqueues again the copies
   that waited for their twin's job to finish.
@@ -17,8 +19,10 @@ Threads, and why each exists:
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import resource
 import signal
 import threading
 import time
@@ -34,12 +38,12 @@ from daemon.config import Config, ConfigError, FolderRules, load_config
 from daemon.datatypes import Job, JobResult, JobState, Transcript
 from daemon.logs import done_details, job_log
 from daemon.notify import Event, Notifier, NotifyRules
-from daemon.queue import EnqueueOutcome, JobQueue, QueueError
+from daemon.queue import EnqueueOutcome, JobQueue, Notice, QueueError, Recovered
 from daemon.sdnotify import SystemdNotifier, WatchdogLoop, percent, status_line
 from daemon.text import printable
 from daemon.transcribe import DeviceUnavailable, ModelNotFound, ModelStore, resolve_device, transcribe_many
 from daemon.watch import Watcher, WatchSpec
-from daemon.workers import Prefetch, Waiting, describe_files, worker_devices
+from daemon.workers import Prefetch, SoloGate, Waiting, describe_files, worker_devices
 
 log = logging.getLogger("subwatch")
 
@@ -47,6 +51,12 @@ log = logging.getLogger("subwatch")
 # with the joins after it this stays inside the unit's TimeoutStopSec=30.
 STOP_GRACE_SECONDS = 12.0
 WEDGED_AFTER_SECONDS = 3600.0  # a transcriber silent this long stops the watchdog pings
+# Test-only (tests/test_daemon_crashes.py): a file name whose batch makes the process abort once it
+# is in the model, as a file that crashes a decoder or driver would. Nothing in subwatch sets it.
+CRASH_ON_ENV = "SUBWATCH_TEST_CRASH_ON"
+# Before a suspect goes into the model, notifications already sent get this long to be delivered: if it
+# does crash the daemon, none is cut off mid-delivery (to be lost, or sent twice at the next start).
+NOTIFY_FLUSH_SECONDS = 10.0
 
 
 class Cancelled(Exception):
@@ -74,7 +84,7 @@ class Worker:
 
 
 def waiting(item: pipeline.Prepared) -> Waiting:
-    return Waiting(item.rules.model, item.rules.devices, item.audio.duration)
+    return Waiting(item.rules.model, item.rules.devices, item.audio.duration, alone=item.suspect)
 
 
 def watch_spec(rules: FolderRules) -> WatchSpec:
@@ -104,7 +114,9 @@ class Service:
         self.config = config
         self.jobs = JobQueue(config.db_path)
         self.models = ModelStore(config.models_dir, config.unload_after_seconds, config.gpu_memory_limit)
-        self.notifier = Notifier(notify_rules(config))
+        self.notifier = Notifier(notify_rules(config), settled=self.jobs.notices_settled)
+        self._notices_lock = threading.Lock()
+        self._notices_sent = 0  # the last outbox row handed to the notifier
         self.systemd = SystemdNotifier()
         self.workers: dict[str, Worker] = {}  # by device
         self.watcher = Watcher(
@@ -112,6 +124,7 @@ class Service:
             on_deleted=self._on_deleted, on_moved=self._on_moved,
         )
         self._prefetch: Prefetch[pipeline.Prepared] = Prefetch(waiting)
+        self._gate = SoloGate()  # a suspect is alone in the models
         self._wake = threading.Event()  # new work for the loader
         self._stopping = threading.Event()
         self._abandon = threading.Event()  # stop grace expired: drop the running transcription
@@ -119,6 +132,7 @@ class Service:
         self._threads: list[threading.Thread] = []
         self._backfilling = threading.Lock()
         self._last_scan = 0.0
+        self._worked = False  # a batch ran since the freed memory was last given back
         # Copies seen while their content's job was pending or running: path -> (folder, that job's id).
         self._copies_waiting: dict[Path, tuple[Path, int]] = {}
         self._copies_lock = threading.Lock()
@@ -129,9 +143,9 @@ class Service:
         """Run until asked to stop; return the process exit code."""
         self._install_signal_handlers()
         self._create_folders()
-        for job in self.jobs.recover_running(self.config.max_attempts):
-            job_log(log, "requeued", job.path, "left running by a crash or stop; queued again", job.id)
         self.notifier.start()
+        self._recover()
+        self._notify_owed()  # what a killed daemon left unsent, and failures found just now
         self.watcher.start()
         self._start_thread("loader", self._loader_loop)
         self._start_workers()
@@ -144,7 +158,9 @@ class Service:
             if self._reload_requested.is_set():
                 self._reload_requested.clear()
                 self.reload()
-            self.models.unload_idle()  # never one a worker holds
+            if self.models.unload_idle():  # never one a worker holds
+                release_freed_memory()
+            self._release_memory_when_idle()
             self._enqueue_waiting_copies()
             self.systemd.status(self._status_text())
             # The watcher can miss events (inotify queue overflow, a share remounted
@@ -155,6 +171,31 @@ class Service:
         watchdog.stop()
         self._shutdown()
         return 0
+
+    def _release_memory_when_idle(self) -> None:
+        """Once the work in hand is done, give back to the system the memory its batches freed."""
+        busy = len(self._prefetch) > 0 or any(w.activity.current for w in list(self.workers.values()))
+        if busy:
+            self._worked = True
+        elif self._worked:
+            self._worked = False
+            release_freed_memory()
+
+    def _recover(self) -> None:
+        """Put back the jobs the last daemon left running (see JobQueue.recover_running), each with its
+        journal line; one failed for crashing the daemon is notified like any other failure. A job
+        killed while its sidecars were written may have left a temp file beside them: it goes."""
+        recovered = self.jobs.recover_running(self.config.max_attempts)
+        for folder in sorted({back.job.path.parent for back in recovered}):
+            for temp in subtitles.remove_stale_temps(folder):
+                log.info("removed %s, left by a daemon killed while it wrote subtitles", printable(str(temp)))
+        for back in recovered:
+            job = back.job
+            if job.state == JobState.FAILED:
+                self._report_failure(job, job.error or "")
+                continue
+            level = logging.WARNING if back.cause == "crashed_alone" else logging.INFO
+            job_log(log, "requeued", job.path, _recovery_note(back, self.config.max_attempts), job.id, level)
 
     def _create_folders(self) -> None:
         for rules in self.config.folders:
@@ -178,7 +219,7 @@ class Service:
     def _start_thread(self, name: str, target: Callable[[], None]) -> threading.Thread:
         thread = threading.Thread(target=target, name=name, daemon=True)
         thread.start()
-        self._threads.append(thread)
+        self._threads = [t for t in self._threads if t.is_alive()] + [thread]  # past scans' threads go
         return thread
 
     def _shutdown(self) -> None:
@@ -195,9 +236,9 @@ class Service:
             if worker.thread.is_alive() and job_ids:
                 # Stuck inside the model with no progress callback: give the jobs back
                 # ourselves; the caller ends the process without waiting for the thread.
+                log.info("%s did not finish in time", current)
                 for job_id in job_ids:
-                    self.jobs.release(job_id)
-                log.info("returned %s to the queue", current)
+                    self._release(job_id, "stopping: returned to the queue")
         for thread in self._threads:
             thread.join(2.0)
         self._release_prefetched()
@@ -207,7 +248,16 @@ class Service:
 
     def _release_prefetched(self) -> None:
         for _, job in self._still_running(self._prefetch.drain()):
-            self.jobs.release(job.id)
+            self._release(job.id, "stopping: returned to the queue before its turn")
+
+    def _release(self, job_id: int, why: str) -> None:
+        """Give a running job back to the queue (a clean stop: no attempt counted), with its line."""
+        try:
+            job = self.jobs.release(job_id)
+        except KeyError:
+            return  # forgotten meanwhile
+        if job.state == JobState.PENDING:
+            job_log(log, "released", job.path, why, job.id)
 
     # ------------------------------------------------------------ reload (SIGHUP)
 
@@ -290,7 +340,9 @@ class Service:
         rules = self.config.folder_for(new)
         job = self.jobs.move(old, new, rules.path if rules else None)
         if job and rules is None:
-            self.jobs.drop(new, claimed=True)  # moved out of the watched folders: a worker holding it lets go
+            # Moved out of the watched folders: a worker holding it lets go.
+            if self.jobs.drop(new, claimed=True) is not None:
+                job_log(log, "dropped", new, "moved out of the watched folders", job.id)
         elif job and job.state == JobState.DONE:
             self._follow_move(old, new)
 
@@ -318,6 +370,7 @@ class Service:
         try:
             self._scan_folders()
         finally:
+            self.jobs.close_thread()  # a scan every rescan_minutes: each would keep a connection open
             self._backfilling.release()
 
     def _scan_folders(self) -> None:
@@ -363,7 +416,7 @@ class Service:
                 self._complete_stored(job, prepared)
                 continue
             if self._stopping.is_set():
-                self.jobs.release(job.id)
+                self._release(job.id, "stopping: returned to the queue before its turn")
             else:
                 self._prefetch.put(prepared)
 
@@ -383,22 +436,25 @@ class Service:
     def _prepare(self, job: Job) -> pipeline.Prepared | None:
         rules = self.config.folder_for(job.path)
         if rules is None:
-            self.jobs.skip(job.id, "no longer inside a watched folder")
+            why = "no longer inside a watched folder"
+            self.jobs.skip(job.id, why)
+            job_log(log, "skipped", job.path, why, job.id)
             return None
         job_log(log, "started", job.path, f"attempt {job.attempts}", job.id)
         try:
             stored = self._stored_transcript(job, rules)
-            return replace(pipeline.prepare(job.path, rules, self._owned, stored), job_id=job.id)
+            prepared = pipeline.prepare(job.path, rules, self._owned, stored)
+            return replace(prepared, job_id=job.id, suspect=job.suspect)
         except pipeline.Skip as exc:
             self.jobs.skip(job.id, str(exc))
             job_log(log, "skipped", job.path, str(exc), job.id)
         except media.MediaGone:
             self._gone(job, "gone before it was read; dropped")
         except media.MediaError as exc:
-            self._failed(job, str(exc), permanent=exc.permanent, rules=rules)
+            self._failed(job, str(exc), permanent=exc.permanent)
         except Exception as exc:  # a bug must cost one job, never the loader thread
             log.exception("unexpected error preparing %s", job.path)
-            self._failed(job, f"internal error: {exc}", permanent=False, rules=rules)
+            self._failed(job, f"internal error: {exc}", permanent=False)
         return None
 
     def _stored_transcript(self, job: Job, rules: FolderRules) -> Transcript | None:
@@ -480,39 +536,60 @@ class Service:
                 return  # stopped while the model loaded: the files wait in the prefetch, released there
             live = self._still_running(self._prefetch.take(worker.device, spec, self._leave_to(worker)))
             if error is not None:
-                for item, job in live:
-                    self._failed(job, error, permanent=permanent, rules=item.rules)
+                for _, job in live:
+                    self._failed(job, error, permanent=permanent)
                 return
             self._transcribe(worker, model, live)
 
     def _transcribe(self, worker: Worker, model: Any, live: list[tuple[pipeline.Prepared, Job]]) -> None:
         """Transcribe a batch in one pass and finish each file; if the pass fails, go one file at a time,
-        so the error lands on the file that causes it and the others are done."""
+        so the error lands on the file that causes it and the others are done.
+
+        While the model has them the jobs are marked in the queue as in the model: if the daemon dies
+        then, they are the suspects (JobQueue.recover_running). A suspect comes alone (pick_batch)
+        and goes in alone (SoloGate), so a crash then is its own.
+        """
         if not live:
             return
         names = [item.path.name for item, _ in live]
+        alone = any(item.suspect for item, _ in live)
         if len(live) > 1:
             log.info("transcribing %d files together on %s: %s", len(live), worker.device,
                      ", ".join(printable(name) for name in names))
-        failure = None
+        elif alone:
+            log.info("transcribing %s alone on %s: it was in the model when the daemon last died",
+                     printable(names[0]), worker.device)
+        job_ids = [job.id for _, job in live]
+        if alone:
+            self.notifier.wait_idle(NOTIFY_FLUSH_SECONDS)
+        if not self._gate.enter(alone, self._stopping):
+            for _, job in live:
+                self._release(job.id, "stopping: returned to the queue before its turn")
+            return
+        failure, survived = None, False
         try:
-            with self._working_on(worker.activity, names, [job.id for _, job in live]):
+            self.jobs.enter_model(job_ids)
+            _crash_if_asked(names)
+            with self._working_on(worker.activity, names, job_ids):
                 transcripts = transcribe_many(
                     [(item.audio, pipeline.options_for(item.rules)) for item, _ in live], model,
                     lambda fraction: self._progress(worker.activity, fraction),
                 )
+            survived = True
         except Cancelled:
-            for item, job in live:
-                self.jobs.release(job.id)
-                job_log(log, "released", item.path, "stopping: returned to the queue", job.id)
+            for _, job in live:
+                self._release(job.id, "stopping: returned to the queue")
             return
         except Exception as exc:  # out of memory, a file the model cannot take, bugs
+            survived = True
             log.debug("transcription of %s failed", ", ".join(names), exc_info=True)
             if len(live) == 1:
-                item, job = live[0]
-                self._failed(job, _one_line(exc), permanent=False, rules=item.rules)
+                self._failed(live[0][1], _one_line(exc), permanent=False)
                 return
             failure = _one_line(exc)
+        finally:
+            self._gate.leave()
+            self.jobs.leave_model(job_ids, survived=survived)
         if failure is not None:  # outside the except block: its traceback holds the batch's tensors
             log.warning("a batch of %d files failed (%s); transcribing them one at a time",
                         len(live), failure)
@@ -534,7 +611,7 @@ class Service:
             return
         except Exception as exc:  # disk full, permissions: retried with backoff
             log.debug("writing the subtitles of %s failed", item.path, exc_info=True)
-            self._failed(job, _one_line(exc), permanent=False, rules=item.rules)
+            self._failed(job, _one_line(exc), permanent=False)
             return
         self._done(job, item, result)
 
@@ -573,23 +650,46 @@ class Service:
         details = done_details(result.language, result.media_duration, result.elapsed,
                                done.uncovered_seconds, reused=item.transcript is not None)
         job_log(log, "done", job.path, details, done.id)
-        self.notifier.send(Event(
-            kind="done", path=job.path, language=result.language, media_duration=result.media_duration,
-            elapsed=result.elapsed, model=item.rules.model, error=None, urls=self._targets(item.rules),
-        ))
+        self._notify_owed()
 
-    def _failed(self, job: Job, error: str, *, permanent: bool, rules: FolderRules) -> None:
+    def _failed(self, job: Job, error: str, *, permanent: bool) -> None:
         updated = self.jobs.fail(job.id, error, permanent=permanent, max_attempts=self.config.max_attempts)
         if updated.state == JobState.PENDING:
             wait = max(updated.next_attempt_at - time.time(), 0)
             job_log(log, "retrying", job.path, f"in {wait:.0f} s: {error}", job.id,
                     level=logging.WARNING)
             return
+        self._report_failure(job, error)
+
+    def _report_failure(self, job: Job, error: str) -> None:
+        """Log a job that is now failed and send the notification the queue owes for it."""
         job_log(log, "failed", job.path, error, job.id, level=logging.ERROR)
-        self.notifier.send(Event(
-            kind="failed", path=job.path, language=None, media_duration=None, elapsed=None,
-            model=rules.model, error=error, urls=self._targets(rules),
-        ))
+        self._notify_owed()
+
+    def _notify_owed(self) -> None:
+        """Hand the notifier each notification the queue owes that it has not been handed yet.
+
+        The queue writes them in the transaction that ends a job and deletes them once delivered
+        (Notifier's `settled`), so one a kill kept from its target goes out at the next start.
+        """
+        with self._notices_lock:
+            try:
+                owed = self.jobs.notices(after=self._notices_sent)
+            except QueueError:
+                return  # closed: shutting down
+            if owed:
+                self._notices_sent = owed[-1].id
+        for notice in owed:
+            self.notifier.send(self._event(notice))
+
+    def _event(self, notice: Notice) -> Event:
+        rules = self.config.folder_for(notice.path)  # None: its folder has left the config
+        return Event(
+            kind=notice.kind, path=notice.path, language=notice.language,
+            media_duration=notice.media_duration, elapsed=notice.elapsed,
+            model=rules.model if rules else None, error=notice.error,
+            urls=self._targets(rules) if rules else (), key=notice.id,
+        )
 
     def _targets(self, rules: FolderRules) -> tuple[str, ...]:
         if rules.notify.replace:
@@ -618,6 +718,41 @@ class Service:
         each = [f"{device}: {current}" + (f" {percent(progress)}" if progress is not None else "")
                 for device, current, progress in busy]
         return status_line("transcribing", "; ".join(each), None, queued)
+
+
+def release_freed_memory() -> None:
+    """Ask glibc to return the heap memory that is free to the system (no-op on other C libraries).
+
+    glibc keeps what a process frees for reuse: after one large batch an idle daemon would hold
+    that peak for good (found by bench/soak.py: resident memory after a wave rose with the
+    largest batch so far, never with the number of files).
+    """
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim(0)
+
+
+def _recovery_note(back: Recovered, max_attempts: int) -> str:
+    """Given a job put back at start-up, return the details of its `requeued` line."""
+    if back.cause == "waiting":
+        return "left running by a crash or stop before the model began on it; attempt not counted"
+    if back.cause == "crashed_alone":
+        return (f"left running by a crash or stop while the model transcribed it alone (crash "
+                f"{back.job.crashes} of {max_attempts}); transcribed alone again")
+    others = back.together - 1
+    company = f" with {others} other file{'s' if others != 1 else ''}" if others else ""
+    return (f"left running by a crash or stop while the model transcribed it{company}; transcribed "
+            "alone next, to see whether it is the cause; attempt not counted")
+
+
+def _crash_if_asked(names: list[str]) -> None:
+    """Abort the process if the test-only CRASH_ON_ENV names a file of the batch (see CRASH_ON_ENV)."""
+    name = os.environ.get(CRASH_ON_ENV)
+    if name and name in names:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core file left behind
+        os.abort()
 
 
 def _one_line(exc: BaseException) -> str:

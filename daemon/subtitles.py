@@ -1075,6 +1075,38 @@ def _fsync_folder(folder: Path) -> None:
             os.close(fd)
 
 
+# A sidecar is written to ".subwatch-<pid>-<random>.tmp" beside it first: the pid tells whose it is.
+TEMP_PREFIX = ".subwatch-"
+_TEMP_NAME = re.compile(r"\.subwatch-(\d+)-[a-z0-9_]+\.tmp")
+
+
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Given a folder, delete the sidecar temp files in it whose writer is no longer running (a
+    process killed mid-write leaves one) and return them. One of this process counts as stale too:
+    call it before this process writes any sidecar there. Files that cannot be read or deleted are
+    left as they are."""
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(folder):
+            found = _TEMP_NAME.fullmatch(entry.name)
+            if found is None or (int(found[1]) != os.getpid() and _running(int(found[1]))):
+                continue
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: another user's process
+        return True
+    return True
+
+
 def _publish_new(tmp: str, path: Path) -> bool:
     """Given a finished temp file, give it the name `path` if nothing has it; return False if taken.
 
@@ -1101,11 +1133,12 @@ def write_sidecar(path: Path, text: str, may_replace: Callable[[Path], bool]) ->
     that appeared meanwhile, over an existing file only if `may_replace(path)`
     says so (the caller knows which sidecars it wrote). Return False, leaving
     the existing file untouched, otherwise. The temp file never outlives the
-    call. Raise OSError naming `path` if the folder cannot be written.
+    call, unless the process dies during it (see `remove_stale_temps`). Raise
+    OSError naming `path` if the folder cannot be written.
     """
     folder = path.parent
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".subwatch-", suffix=".tmp", dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", suffix=".tmp", dir=folder)
     except OSError as exc:
         raise OSError(exc.errno, f"cannot write {path}: {exc.strerror}") from exc
     try:

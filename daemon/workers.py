@@ -9,6 +9,11 @@ Each worker is bound to one device of the config (`cpu`, `cuda:1`, …). It
 takes the first waiting file its device serves plus every other waiting file
 with the same model, up to a batch bound, and transcribes them together.
 The rules are pure functions of device strings, so they are tested without a GPU.
+
+A file that was in the model when the daemon died is a suspect (see
+`JobQueue.recover_running`): it goes before the others, alone, and while it
+is in a model no other file is in any (`SoloGate`), so if the daemon dies
+again the crash is its own.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ class Waiting:
     model: str
     devices: tuple[str, ...]
     seconds: float
+    alone: bool = False  # a suspect: its batch is itself alone
 
 
 def is_gpu(device: str) -> bool:
@@ -75,12 +81,13 @@ def pick_batch(
 ) -> list[int]:
     """Given a worker's device and the waiting files in arrival order, return the indices of its next batch.
 
-    The batch is the first file the worker serves (with `model`, if given)
-    and every later one it serves with the same model, while the batch stays
-    within `max_files` and `max_seconds` of audio; the first file goes
-    whatever its length. A file that one of the devices in `leave_to` serves
-    is left for that worker (used when this worker's device is unusable).
-    Return [] if there is nothing for it.
+    A file to be transcribed `alone` that the worker serves (with `model`, if
+    given) goes first, as a batch of one. Otherwise the batch is the first
+    file the worker serves and every later one it serves with the same model
+    (none of them `alone`), while the batch stays within `max_files` and
+    `max_seconds` of audio; the first file goes whatever its length. A file
+    that one of the devices in `leave_to` serves is left for that worker (used
+    when this worker's device is unusable). Return [] if there is nothing for it.
     """
 
     def mine(w: Waiting) -> bool:
@@ -90,15 +97,18 @@ def pick_batch(
             and not any(serves(other, w.devices) for other in leave_to)
         )
 
-    first = next((i for i, w in enumerate(waiting) if mine(w)), None)
-    if first is None:
+    candidates = [i for i, w in enumerate(waiting) if mine(w)]
+    if not candidates:
         return []
+    first = next((i for i in candidates if waiting[i].alone), candidates[0])
+    if waiting[first].alone:
+        return [first]
     batch, seconds = [first], waiting[first].seconds
     for index in range(first + 1, len(waiting)):
         w = waiting[index]
         if len(batch) >= max_files:
             break
-        if mine(w) and w.model == waiting[first].model and seconds + w.seconds <= max_seconds:
+        if mine(w) and not w.alone and w.model == waiting[first].model and seconds + w.seconds <= max_seconds:
             batch.append(index)
             seconds += w.seconds
     return batch
@@ -196,3 +206,42 @@ class Prefetch(Generic[T]):
 
     def _pick(self, worker: str, model: str | None, leave_to: Sequence[str]) -> list[int]:
         return pick_batch(worker, [w for _, w in self._items], model=model, leave_to=leave_to)
+
+
+class SoloGate:
+    """Lets the workers' batches into their models side by side, but a suspect in alone.
+
+    While a suspect is in a model no other batch is in any, and a suspect
+    waiting to go in holds back batches that have not gone in yet (it is not
+    starved by a busy second GPU). With one worker there is never a wait.
+    Thread-safe.
+    """
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._inside = 0
+        self._solo_inside = False
+        self._solo_waiting = 0
+
+    def enter(self, alone: bool, stop: threading.Event, poll: float = 0.5) -> bool:
+        """Wait until a batch (a suspect if `alone`) may go into its model and let it in; return
+        False, letting nothing in, if `stop` is set first. Each True needs one `leave`."""
+        with self._changed:
+            self._solo_waiting += alone
+            try:
+                while self._solo_inside or (self._inside if alone else self._solo_waiting):
+                    if stop.is_set():
+                        return False
+                    self._changed.wait(poll)
+                self._inside += 1
+                self._solo_inside = alone
+                return True
+            finally:
+                self._solo_waiting -= alone
+                self._changed.notify_all()
+
+    def leave(self) -> None:
+        with self._changed:
+            self._inside -= 1
+            self._solo_inside = False
+            self._changed.notify_all()

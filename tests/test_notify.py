@@ -194,6 +194,47 @@ def test_only_failed_in_on_sends_no_done(receiver: Receiver, notifiers: list[Not
     receiver.assert_quiet()
 
 
+def test_each_event_is_settled_once_its_message_is_sent_or_not_to_be_sent(
+    receiver: Receiver, refused_port: int, notifiers: list[Notifier]
+) -> None:
+    settled: queue.Queue[tuple[int, ...]] = queue.Queue()
+    rules = NotifyRules(urls=(receiver.url,), on=frozenset({"failed"}), retries=0)
+    notifier = started(notifiers, rules, settled=settled.put)
+    notifier.send(done(key=1))  # not to be sent: settled without a message
+    notifier.send(Event("failed", Path("/srv/media/Broken.mkv"), error="x", key=2))
+    notifier.send(Event("failed", MOVIE, error="x", urls=(f"json://127.0.0.1:{refused_port}/",), key=3))
+    notifier.send(failed(Path("/srv/media/Unkeyed.mkv")))  # no key: nothing to settle
+    assert [settled.get(timeout=30) for _ in range(3)] == [(1,), (2,), (3,)]  # 3: given up on
+    titles = [post["title"] for post in receiver.take(2)]
+    assert titles == ["Subtitles failed: Broken", "Subtitles failed: Unkeyed"]
+    notifier.stop(timeout=5.0)
+    assert settled.empty()
+
+
+def test_a_digest_settles_every_event_it_tells_of(receiver: Receiver, notifiers: list[Notifier]) -> None:
+    settled: list[tuple[int, ...]] = []
+    rules = NotifyRules(urls=(receiver.url,), burst=1, on=frozenset({"done", "digest"}))
+    notifier = started(notifiers, rules, settled=settled.append)
+    for key in (1, 2, 3):
+        notifier.send(done(Path(f"/m/{key}.mkv"), key=key))
+    notifier.stop(timeout=10.0)  # the held two go out as one digest at shutdown
+    assert [post["title"] for post in receiver.take(2)] == ["Subtitles ready: 1", "Subtitles: 2 files done"]
+    assert settled == [(1,), (2, 3)]
+
+
+def test_wait_idle_returns_once_what_was_sent_is_delivered(
+    receiver: Receiver, hanging_port: int, notifiers: list[Notifier]
+) -> None:
+    notifier = started(notifiers, NotifyRules(urls=(receiver.url,)))
+    assert notifier.wait_idle(0.01)  # nothing sent
+    notifier.send(done())
+    assert notifier.wait_idle(30)
+    assert receiver.posts.qsize() == 1  # already there: delivered before wait_idle returned
+    stuck = started(notifiers, NotifyRules(urls=(f"json://127.0.0.1:{hanging_port}/",), retries=0))
+    stuck.send(done())
+    assert stuck.wait_idle(0.3) is False
+
+
 def test_update_switches_targets_for_later_events(
     receiver: Receiver, refused_port: int, notifiers: list[Notifier]
 ) -> None:

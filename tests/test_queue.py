@@ -374,7 +374,9 @@ def test_recover_running_after_a_dropped_connection(db: Path, media: Path) -> No
 
     restarted = JobQueue(db)
     recovered = restarted.recover_running()
-    assert [(j.id, j.state, j.attempts) for j in recovered] == [(job.id, JobState.PENDING, 1)]
+    # Claimed but never in the model: the attempt does not count.
+    assert [(r.job.id, r.job.state, r.job.attempts, r.cause) for r in recovered] == [
+        (job.id, JobState.PENDING, 0, "waiting")]
     assert restarted.finish(restarted.claim().id, result()).state is JobState.DONE
     assert restarted.claim() is None
     assert restarted.recover_running() == []
@@ -404,7 +406,7 @@ def test_a_job_claimed_by_a_killed_process_is_done_exactly_once(db: Path, media:
     q.close()
 
     restarted = JobQueue(db)
-    assert [j.state for j in restarted.recover_running()] == [JobState.PENDING]
+    assert [r.job.state for r in restarted.recover_running()] == [JobState.PENDING]
     done = []
     while (claimed := restarted.claim()) is not None:
         done.append(restarted.finish(claimed.id, result()).id)
@@ -413,15 +415,162 @@ def test_a_job_claimed_by_a_killed_process_is_done_exactly_once(db: Path, media:
     restarted.close()
 
 
-def test_a_job_that_keeps_crashing_the_daemon_ends_failed(q: JobQueue, media: Path) -> None:
+def test_a_kill_before_the_model_began_never_counts(q: JobQueue, media: Path) -> None:
+    job = q.enqueue(write(media / "Film.mkv", b"film"), media).job
+    for _ in range(10):  # killed at start-up, while decoding, while the model loaded, ...
+        assert q.claim().id == job.id
+        [back] = q.recover_running(max_attempts=3)
+        assert (back.cause, back.job.state, back.job.attempts, back.job.suspect, back.job.crashes) == (
+            "waiting", JobState.PENDING, 0, False, 0)
+
+
+def test_files_in_the_model_at_a_crash_become_suspects_and_go_first(q: JobQueue, media: Path) -> None:
+    a, b, c, d = (q.enqueue(write(media / f"{n}.mkv", n.encode()), media).job for n in "abcd")
+    for _ in range(3):
+        q.claim()  # a, b, c claimed; d still pending
+    q.enter_model([a.id, b.id])  # c waits for a worker
+    backs = {r.job.id: (r.cause, r.together, r.job.suspect, r.job.attempts, r.job.crashes)
+             for r in q.recover_running(max_attempts=3)}
+    assert backs == {a.id: ("in_model", 2, True, 0, 0), b.id: ("in_model", 2, True, 0, 0),
+                     c.id: ("waiting", 2, False, 0, 0)}
+    # The suspects are claimed before older and newer pending files alike.
+    assert [q.claim().id for _ in range(4)] == [a.id, b.id, c.id, d.id]
+
+
+def test_only_a_suspect_alone_in_the_model_has_crashes_counted(q: JobQueue, media: Path) -> None:
     job = q.enqueue(write(media / "huge.mkv", b"out of memory"), media).job
-    for _ in range(2):
-        q.claim()
-        assert q.recover_running()[0].state is JobState.PENDING
     q.claim()
-    final = q.recover_running(max_attempts=3)[0]
-    assert (final.id, final.state, final.attempts) == (job.id, JobState.FAILED, 3)
-    assert "interrupted 3 times" in final.error
+    q.enter_model([job.id])  # alone, but not suspected yet: it becomes a suspect, nothing counted
+    [back] = q.recover_running(max_attempts=3)
+    assert (back.cause, back.job.suspect, back.job.crashes, back.job.attempts) == ("in_model", True, 0, 0)
+    for crash in (1, 2):
+        q.claim()
+        q.enter_model([job.id])
+        [back] = q.recover_running(max_attempts=3)
+        assert (back.cause, back.job.state, back.job.crashes, back.job.attempts) == (
+            "crashed_alone", JobState.PENDING, crash, crash)
+    q.claim()
+    q.enter_model([job.id])
+    [back] = q.recover_running(max_attempts=3)
+    assert (back.cause, back.job.state, back.job.crashes) == ("crashed_alone", JobState.FAILED, 3)
+    assert back.job.error == (
+        "the daemon crashed 3 times while transcribing this file alone; it may be damaged: "
+        f"check it with ffprobe, then `subwatch retry {media / 'huge.mkv'}`")
+    assert q.retry(media / "huge.mkv") == 1
+    again = q.get(job.id)
+    assert (again.state, again.attempts, again.suspect, again.crashes) == (JobState.PENDING, 0, False, 0)
+
+
+def test_a_suspect_in_the_model_with_another_file_is_not_counted(q: JobQueue, media: Path) -> None:
+    a, b = (q.enqueue(write(media / f"{n}.mkv", n.encode()), media).job for n in "ab")
+    for _ in range(2):
+        assert {q.claim().id, q.claim().id} == {a.id, b.id}
+        q.enter_model([a.id, b.id])  # one batch, or two workers: neither alone
+        assert {r.cause for r in q.recover_running()} == {"in_model"}
+    assert [(j.suspect, j.crashes) for j in q.jobs()] == [(True, 0), (True, 0)]
+
+
+def test_a_suspect_that_leaves_the_model_alive_is_cleared(q: JobQueue, media: Path) -> None:
+    a, b = (q.enqueue(write(media / f"{n}.mkv", n.encode()), media).job for n in "ab")
+    q.claim(), q.claim()
+    q.enter_model([a.id, b.id])
+    q.recover_running()
+    q.claim()
+    q.enter_model([a.id])
+    q.leave_model([a.id], survived=False)  # a clean stop abandoned it: still suspected
+    assert q.release(a.id).suspect
+    q.claim()
+    q.enter_model([a.id])
+    assert q.recover_running()[0].job.crashes == 1  # killed while it ran alone
+    q.claim()
+    q.enter_model([a.id])
+    q.leave_model([a.id], survived=True)
+    cleared = q.get(a.id)
+    assert (cleared.suspect, cleared.crashes, cleared.in_model_since, cleared.state) == (
+        False, 0, None, JobState.RUNNING)
+    assert q.get(b.id).suspect
+
+
+def test_a_clean_stop_in_the_model_is_no_crash(q: JobQueue, media: Path) -> None:
+    job = q.enqueue(write(media / "Film.mkv", b"film"), media).job
+    q.claim()
+    q.enter_model([job.id])
+    released = q.release(job.id)  # SIGTERM: the daemon gave it back
+    assert (released.state, released.in_model_since, released.suspect, released.attempts) == (
+        JobState.PENDING, None, False, 0)
+    assert q.recover_running() == []
+
+
+def test_the_notification_of_a_job_that_ends_is_owed_until_settled(q: JobQueue, media: Path) -> None:
+    a, b, c = (q.enqueue(write(media / f"{n}.mkv", n.encode()), media).job for n in "abc")
+    q.claim(), q.claim(), q.claim()
+    q.finish(a.id, result())
+    assert q.fail(b.id, "disk full", permanent=False).state is JobState.PENDING  # retried: nothing owed
+    q.fail(c.id, "no audio stream", permanent=True)
+    owed = q.notices()
+    assert [(n.job_id, n.kind, n.path, n.language, n.media_duration, n.elapsed, n.error) for n in owed] == [
+        (a.id, "done", media / "a.mkv", "en", 61.5, 4.2, None),
+        (c.id, "failed", media / "c.mkv", None, None, None, "no audio stream")]
+    assert q.notices(after=owed[0].id) == owed[1:]
+    q.forget(media / "c.mkv")  # told even so: the notice outlives the job
+    q.notices_settled([owed[0].id])
+    assert q.notices() == owed[1:]
+
+
+def test_a_job_failed_at_start_up_is_owed_its_notification(q: JobQueue, media: Path) -> None:
+    job = q.enqueue(write(media / "huge.mkv", b"out of memory"), media).job
+    for _ in range(1 + 3):  # in the model once, then alone three times
+        q.claim()
+        q.enter_model([job.id])
+        q.recover_running(max_attempts=3)
+    [notice] = q.notices()
+    assert (notice.job_id, notice.kind, notice.error) == (job.id, "failed", q.get(job.id).error)
+
+
+def test_an_old_database_gains_the_crash_columns(db: Path, media: Path) -> None:
+    conn = sqlite3.connect(db.parent.mkdir(parents=True) or db)
+    for statements in queue_module._MIGRATIONS[:2]:
+        for sql in statements:
+            conn.execute(sql)
+    conn.execute("PRAGMA user_version = 2")
+    now = time.time()
+    conn.execute("INSERT INTO jobs (path, folder, state, size, mtime, fingerprint, attempts, created_at, "
+                 "updated_at) VALUES (?, ?, 'running', 4, 0, 'x', 1, ?, ?)",
+                 (os.fsencode(media / "Old.mkv"), os.fsencode(media), now, now))
+    conn.commit()
+    conn.close()
+    q = JobQueue(db)
+    [back] = q.recover_running()  # left running by the old version: not known to be in the model
+    assert (back.cause, back.job.state, back.job.suspect, back.job.crashes) == (
+        "waiting", JobState.PENDING, False, 0)
+    q.close()
+
+
+def test_a_short_lived_thread_leaves_no_connection_open(q: JobQueue, db: Path, media: Path) -> None:
+    def open_on_db() -> int:
+        return sum(os.readlink(f"/proc/self/fd/{fd}").startswith(str(db))
+                   for fd in os.listdir("/proc/self/fd") if os.path.exists(f"/proc/self/fd/{fd}"))
+
+    q.enqueue(write(media / "Film.mkv", b"film"), media)
+
+    def scan(close: bool) -> None:  # as the daemon's rescan thread does, every rescan_minutes
+        q.find(media / "Film.mkv")
+        if close:
+            q.close_thread()
+
+    def scans(count: int, close: bool) -> int:
+        """Run `count` scan threads one after another; return how many more descriptors are open."""
+        opened = open_on_db()
+        for _ in range(count):
+            thread = threading.Thread(target=scan, args=(close,))
+            thread.start()
+            thread.join()
+        return open_on_db() - opened
+
+    assert scans(5, close=False) == 10  # the database and its WAL for each, until close()
+    # Closed: SQLite may hold one descriptor back while others lock the file, and reuses it.
+    assert scans(5, close=True) <= 1
+    assert q.find(media / "Film.mkv") is not None  # this thread's own connection is untouched
 
 
 # -- concurrency ----------------------------------------------------------------------------------
@@ -782,7 +931,7 @@ def test_a_database_at_the_first_schema_is_migrated_with_its_jobs(db: Path, medi
     finally:
         q.close()
     raw = sqlite3.connect(db)
-    assert raw.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == len(queue_module._MIGRATIONS) == 3
     raw.close()
     JobQueue(db).close()  # opening a migrated database again changes nothing
 
@@ -793,7 +942,7 @@ def test_a_database_at_the_first_schema_is_migrated_with_its_jobs(db: Path, medi
 def test_the_database_uses_wal_and_a_schema_version(q: JobQueue, db: Path) -> None:
     raw = sqlite3.connect(db)
     assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert raw.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == len(queue_module._MIGRATIONS) == 3
     raw.close()
 
 

@@ -415,3 +415,39 @@ def test_file_sha256(tmp_path: Path) -> None:
     path.write_bytes(b"subtitle bytes" * 100_000)
 
     assert file_sha256(path) == hashlib.sha256(b"subtitle bytes" * 100_000).hexdigest()
+
+
+def test_temp_files_of_dead_writers_are_removed_and_live_ones_kept(tmp_path: Path) -> None:
+    import subprocess
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # its pid is free now: a writer killed mid-write
+    alive = subprocess.Popen(["sleep", "60"])
+    try:
+        stale = tmp_path / f".subwatch-{gone.pid}-abc123_x.tmp"
+        mine = tmp_path / f".subwatch-{os.getpid()}-q1w2e3r4.tmp"  # left by this pid before a restart
+        busy = tmp_path / f".subwatch-{alive.pid}-zz9.tmp"  # `subwatch transcribe` writing right now
+        others = [tmp_path / ".subwatch-abc.tmp", tmp_path / "Film.en.srt", tmp_path / ".subwatch-1-x.srt"]
+        for path in [stale, mine, busy, *others]:
+            path.write_text("1\n")
+        assert sorted(subtitles.remove_stale_temps(tmp_path)) == sorted([stale, mine])
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in [busy, *others])
+        assert subtitles.remove_stale_temps(tmp_path / "missing") == []
+    finally:
+        alive.kill()
+        alive.wait()
+
+
+def test_a_sidecar_is_written_through_a_temp_named_for_its_writer(tmp_path: Path) -> None:
+    target = tmp_path / "Film.en.srt"
+    target.write_text("old")
+    seen: list[str] = []
+
+    def may_replace(path: Path) -> bool:  # called while the new text waits in its temp file
+        seen.extend(p.name for p in tmp_path.iterdir() if p != path)
+        return True
+
+    assert subtitles.write_sidecar(target, "new", may_replace)
+    [name] = seen
+    assert name.startswith(f".subwatch-{os.getpid()}-") and name.endswith(".tmp")
+    assert [p.name for p in tmp_path.iterdir()] == ["Film.en.srt"] and target.read_text() == "new"
