@@ -18,6 +18,8 @@ killed before that sends it at its next start.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import queue
 import threading
@@ -367,6 +369,8 @@ class Notifier:
         self._deadline: float | None = None  # time.monotonic() by which stop() wants to return
         self._thread = threading.Thread(target=self._run, name="subwatch-notify", daemon=True)
         self._targets: dict[str, Any] = {}  # Apprise URL -> (Apprise object or None, log label)
+        self._retries: list[_Retry] = []  # a heap: failed deliveries waiting for their next attempt
+        self._order = itertools.count()
 
     def start(self) -> None:
         """Start the delivery thread."""
@@ -432,12 +436,13 @@ class Notifier:
                 messages = self._gate.due(self._clock())
             for message in messages:
                 self._deliver(apprise, message)
-                self._settle(message.keys)
+            self._retry_due(apprise)
             if isinstance(item, _Queued):
                 with self._idle:
                     self._unfinished -= 1
                     self._idle.notify_all()
             if item is _STOP:
+                self._retry_until_deadline(apprise)
                 return
 
     def _settle(self, keys: tuple[int, ...]) -> None:
@@ -449,23 +454,82 @@ class Notifier:
             logger.warning("could not record notifications as sent; they may be sent again", exc_info=True)
 
     def _next_item(self) -> Any:
-        due = self._gate.next_due()
-        if due is None:
+        dues = [d for d in (self._gate.next_due(), self._next_retry()) if d is not None]
+        if not dues:
             return self._queue.get()
-        # Wake at the end of the window, and at least every 0.25 s in case the clock is not time.monotonic.
-        wait = min(max(due - self._clock(), 0.0), 0.25)
+        # Wake when a window ends or a retry is due, and at least every 0.25 s in case the gate's
+        # clock is not time.monotonic (retries always are).
+        wait = min(max(min(dues) - time.monotonic(), 0.0), 0.25)
         try:
             return self._queue.get(timeout=wait)
         except queue.Empty:
             return None
 
+    def _next_retry(self) -> float | None:
+        return self._retries[0].due if self._retries else None
+
     def _deliver(self, apprise: Any, message: Message) -> None:
-        if apprise is None:
-            return
+        """Try each of the message's targets once; a failed one is retried later, from `_retries`,
+        so a dead target never holds up the messages behind it or the other targets."""
+        delivery = _Delivery(message, set())
         for url in message.urls:
-            target, label = self._target(apprise, url)
-            if target is not None:
-                self._deliver_to(apprise, target, label, message)
+            if apprise is not None and self._target(apprise, url)[0] is not None:
+                delivery.waiting.add(url)
+        for url in list(delivery.waiting):
+            self._attempt(apprise, delivery, url, attempt=1)
+        if not delivery.waiting:
+            self._settle(message.keys)
+
+    def _attempt(self, apprise: Any, delivery: _Delivery, url: str, attempt: int) -> None:
+        target, label = self._target(apprise, url)
+        attempts = 1 + self._rules.retries
+        if self._send(apprise, target, label, delivery.message):
+            delivery.waiting.discard(url)
+        elif attempt < attempts:
+            logger.warning("notification to %s failed (attempt %d of %d)", label, attempt, attempts)
+            delay = min(self._retry_delay * 2 ** (attempt - 1), RETRY_DELAY_MAX)
+            heapq.heappush(self._retries, _Retry(time.monotonic() + delay, next(self._order), delivery, url,
+                                                 attempt + 1))
+        else:
+            logger.error("gave up on notification %r to %s after %d attempts", delivery.message.title,
+                         label, attempts)
+            delivery.waiting.discard(url)
+
+    def _send(self, apprise: Any, target: Any, label: str, message: Message) -> bool:
+        try:
+            sent = target.notify(
+                title=message.title,
+                body=message.body,
+                body_format=apprise.NotifyFormat.TEXT,
+                notify_type=apprise.NotifyType(message.kind),
+            )
+        except Exception:  # a plugin bug must not kill the delivery thread
+            logger.exception("notification to %s raised an error", label)
+            return False
+        if sent:
+            logger.debug("notified %s: %s", label, message.title)
+        return bool(sent)
+
+    def _retry_due(self, apprise: Any) -> None:
+        while self._retries and self._retries[0].due <= time.monotonic() and not self._past_deadline():
+            retry = heapq.heappop(self._retries)
+            self._attempt(apprise, retry.delivery, retry.url, retry.attempt)
+            if not retry.delivery.waiting:
+                self._settle(retry.delivery.message.keys)
+
+    def _retry_until_deadline(self, apprise: Any) -> None:
+        """At shutdown: make the retries that fall before stop()'s deadline. The others are left
+        unsettled, so the job queue still owes them and the next start sends them."""
+        while self._retries and not self._past_deadline():
+            wait = self._retries[0].due - time.monotonic()
+            if self._deadline is not None and time.monotonic() + max(wait, 0.0) > self._deadline:
+                break
+            time.sleep(max(wait, 0.0))
+            self._retry_due(apprise)
+        for retry in self._retries:
+            logger.warning("notification %r to %s not delivered before shutdown; it is sent again at "
+                           "the next start", retry.delivery.message.title, self._targets[retry.url][1])
+        self._retries.clear()
 
     def _target(self, apprise: Any, url: str) -> tuple[Any, str]:
         if url not in self._targets:
@@ -478,41 +542,25 @@ class Notifier:
                 self._targets[url] = (None, label)
         return self._targets[url]
 
-    def _deliver_to(self, apprise: Any, target: Any, label: str, message: Message) -> None:
-        attempts = 1 + self._rules.retries
-        for attempt in range(1, attempts + 1):
-            if attempt > 1 and not self._pause_before_retry(attempt):
-                break
-            if self._past_deadline():
-                break
-            try:
-                sent = target.notify(
-                    title=message.title,
-                    body=message.body,
-                    body_format=apprise.NotifyFormat.TEXT,
-                    notify_type=apprise.NotifyType(message.kind),
-                )
-            except Exception:  # a plugin bug must not kill the delivery thread
-                logger.exception("notification to %s raised an error", label)
-                sent = False
-            if sent:
-                logger.debug("notified %s: %s", label, message.title)
-                return
-            logger.warning("notification to %s failed (attempt %d of %d)", label, attempt, attempts)
-        logger.error("gave up on notification %r to %s", message.title, label)
-
-    def _pause_before_retry(self, attempt: int) -> bool:
-        """Wait before retry number `attempt`; return False if shutdown leaves no time for it."""
-        delay = min(self._retry_delay * 2 ** (attempt - 2), RETRY_DELAY_MAX)
-        if self._deadline is not None and time.monotonic() + delay > self._deadline:
-            return False
-        if self._stopping.wait(delay):
-            # stop() came during the pause: retry at once if its timeout still allows.
-            return not self._past_deadline()
-        return True
-
     def _past_deadline(self) -> bool:
         return self._deadline is not None and time.monotonic() >= self._deadline
+
+
+@dataclass
+class _Delivery:
+    """A message on its way: the URLs it has yet to reach (or be given up on)."""
+
+    message: Message
+    waiting: set[str]
+
+
+@dataclass(frozen=True, order=True)
+class _Retry:
+    due: float  # time.monotonic()
+    order: int  # ties: first failed, first retried
+    delivery: _Delivery = field(compare=False)
+    url: str = field(compare=False)
+    attempt: int = field(compare=False)
 
 
 def _import_apprise() -> Any:

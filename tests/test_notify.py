@@ -262,6 +262,49 @@ def test_failed_delivery_is_retried(
     assert "attempt 3 of 4" not in caplog.text
 
 
+def test_a_dead_target_never_holds_up_the_others(
+    receiver: Receiver, refused_port: int, notifiers: list[Notifier]
+) -> None:
+    # Retries a minute apart: were they made in line, the third message would wait minutes.
+    rules = NotifyRules(urls=(f"json://127.0.0.1:{refused_port}/", receiver.url), retries=3)
+    notifier = started(notifiers, rules, retry_delay=60.0)
+    for index in range(3):
+        notifier.send(failed(Path(f"/m/{index}.mkv")))
+    titles = [post["title"] for post in receiver.take(3, timeout=20.0)]
+    assert titles == ["Subtitles failed: 0", "Subtitles failed: 1", "Subtitles failed: 2"]
+
+
+def test_a_message_is_settled_once_every_target_has_it_or_was_given_up_on(
+    receiver: Receiver, refused_port: int, notifiers: list[Notifier], caplog: pytest.LogCaptureFixture
+) -> None:
+    settled: queue.Queue[tuple[int, ...]] = queue.Queue()
+    receiver.failures_left = 1
+    rules = NotifyRules(urls=(receiver.url, f"json://127.0.0.1:{refused_port}/"), retries=2)
+    notifier = started(notifiers, rules, retry_delay=0.05, settled=settled.put)
+    with caplog.at_level(logging.WARNING, logger="subwatch.notify"):
+        notifier.send(done(key=7))
+        assert settled.get(timeout=30) == (7,)
+    assert [post["_status"] for post in receiver.take(2)] == [500, 200]
+    assert f"gave up on notification 'Subtitles ready: Movie (2009)' to json://127.0.0.1:{refused_port} " \
+        "after 3 attempts" in caplog.text
+    assert settled.empty()
+
+
+def test_a_retry_cut_off_by_shutdown_stays_owed(
+    refused_port: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    settled: list[tuple[int, ...]] = []
+    rules = NotifyRules(urls=(f"json://127.0.0.1:{refused_port}/",), retries=3)
+    notifier = Notifier(rules, retry_delay=60.0, settled=settled.append)
+    notifier.start()
+    with caplog.at_level(logging.WARNING, logger="subwatch.notify"):
+        notifier.send(done(key=4))
+        notifier.wait_idle(30)  # the first attempt was made (and failed)
+        notifier.stop(timeout=1.0)
+    assert settled == []  # the job queue still owes it: the next start sends it
+    assert "not delivered before shutdown; it is sent again at the next start" in caplog.text
+
+
 # --- bursts --------------------------------------------------------------------------------------
 
 
