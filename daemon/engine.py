@@ -71,6 +71,9 @@ class EngineOptions:
     sync_every: decoding steps between checks for finished chunks; None is 1
         on the CPU and 4 on a GPU, where each check waits for the card and
         empties its queue of work.
+    memory_limit: bytes this process may use on the model's GPU (the cap
+        transcribe.ModelStore put on the card); batch_size=None picks within
+        it. None: the whole card.
     """
 
     temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
@@ -81,6 +84,7 @@ class EngineOptions:
     max_batch_size: int = 64
     encoder_batch_size: int = 16
     sync_every: int | None = None
+    memory_limit: int | None = None
 
 
 @dataclass(frozen=True)
@@ -248,7 +252,7 @@ def vote_language(distributions: Sequence[dict[str, float]], weights: Sequence[f
 def pick_batch_size(model: Whisper, group: int, options: EngineOptions) -> int:
     """Return how many chunks to decode at once: options.batch_size, or what GPU memory holds.
 
-    On a GPU that is free memory, within the card's gpu_memory_limit (see memory_available).
+    On a GPU that is free memory, within options.memory_limit (see memory_available).
     """
     if options.batch_size:
         return max(1, options.batch_size)
@@ -264,13 +268,11 @@ def pick_batch_size(model: Whisper, group: int, options: EngineOptions) -> int:
     )
     # the encoder's activations for one admission batch, with headroom
     workspace = options.encoder_batch_size * dims.n_audio_ctx * dims.n_audio_state * size * 24
-    fits = int((memory_available(model.device) * 0.85 - workspace) // per_chunk)
+    fits = int((memory_available(model.device, options.memory_limit) * 0.85 - workspace) // per_chunk)
     return max(1, min(options.max_batch_size, fits))
 
 
-# ----------------------------------------------------------------------------- GPU memory limit
-
-_memory_limits: dict[int, int] = {}  # CUDA device index → bytes this process may use there
+# ----------------------------------------------------------------------------- GPU memory
 
 
 def cuda_index(device: torch.device | str) -> int:
@@ -281,34 +283,14 @@ def cuda_index(device: torch.device | str) -> int:
     return torch.cuda.current_device() if device.index is None else device.index
 
 
-def limit_memory(device: torch.device | str, limit: int | None) -> int:
-    """Given a CUDA device and a number of bytes, keep this process within them there; return the limit.
-
-    The caching allocator enforces it: an allocation beyond it raises
-    OutOfMemoryError as a full card would, so decoding halves its batch, and
-    batch sizes are picked within it (see memory_available). None lifts the limit.
-    """
-    import torch
-
-    index = cuda_index(device)
-    total = torch.cuda.get_device_properties(index).total_memory
-    if limit is None:
-        torch.cuda.set_per_process_memory_fraction(1.0, index)
-        _memory_limits.pop(index, None)
-        return total
-    limit = max(1, min(limit, total))
-    torch.cuda.set_per_process_memory_fraction(limit / total, index)
-    _memory_limits[index] = limit
-    return limit
-
-
-def memory_available(device: torch.device | str) -> int:
-    """Return how many bytes decoding may still allocate on a CUDA device: free, and within its limit."""
+def memory_available(device: torch.device | str, limit: int | None) -> int:
+    """Given a CUDA device and the bytes this process may use there (None: no limit), return how many
+    bytes decoding may still allocate on it: free, and within the limit."""
     import torch
 
     index = cuda_index(device)
     free, _ = torch.cuda.mem_get_info(index)
-    return usable_memory(free, _memory_limits.get(index), torch.cuda.memory_allocated(index))
+    return usable_memory(free, limit, torch.cuda.memory_allocated(index))
 
 
 def usable_memory(free: int, limit: int | None, allocated: int) -> int:
