@@ -1226,31 +1226,6 @@ def assign_words(segments: list[tuple[Segment, list[int]]], alignment: list[Any]
 # ----------------------------------------------------------------------------- entry points
 
 
-def decode(
-    model: Whisper,
-    mel: torch.Tensor,
-    options: DecodingOptions | Sequence[DecodingOptions],
-    batch_size: int | None = None,
-) -> list[ChunkDecoding]:
-    """Given (n, n_mels, 3000) log-mels and options (one for all or one per window), decode each window.
-
-    The same as `whisper.decode(model, mel[i], options[i])` for every i, in
-    batches: one pass, no fallback, no segments.
-    """
-    from whisper.decoding import DecodingOptions
-
-    per_window = [options] * len(mel) if isinstance(options, DecodingOptions) else list(options)
-    requests = [ChunkRequest(o, mel=m) for o, m in zip(per_window, mel, strict=True)]
-    no_guards = EngineOptions(
-        compression_ratio_threshold=None,
-        logprob_threshold=None,
-        no_speech_threshold=None,
-        batch_size=batch_size,
-    )
-    results = _run(model, requests, no_guards, single_temperature=True)
-    return [replace(r, segments=()) for r in results]
-
-
 def transcribe_chunks(
     model: Whisper,
     requests: Sequence[ChunkRequest],
@@ -1271,7 +1246,6 @@ def _run(
     requests: Sequence[ChunkRequest],
     options: EngineOptions,
     on_done: Callable[[int], None] | None = None,
-    single_temperature: bool = False,
 ) -> list[ChunkDecoding]:
     import torch
 
@@ -1284,8 +1258,7 @@ def _run(
         key = repr(request.options)
         if key not in configs:
             configs[key] = _Config(model, request.options, len(configs))
-        temperatures = (request.options.temperature,) if single_temperature else options.temperatures
-        jobs.append(_Job(index, request, configs[key], temperatures))
+        jobs.append(_Job(index, request, configs[key], options.temperatures))
     results: list[ChunkDecoding | None] = [None] * len(requests)
 
     def settle(job: _Job, result: ChunkDecoding) -> None:
