@@ -20,6 +20,7 @@ from whisper.decoding import DecodingOptions
 from whisper.timing import add_word_timestamps
 
 from daemon import engine
+from daemon.engine.scheduler import Scheduler
 from tests.engine_decode import decode
 from tests.whisper_checkpoint import random_whisper
 
@@ -263,16 +264,16 @@ def test_out_of_memory_halves_the_batch_and_finishes(model, windows, monkeypatch
     mel, _ = windows
     per_window = [options(language="en", sample_len=16)] * 6
     expected = [list(r.tokens) for r in decode(model, mel[:6], per_window, batch_size=4)]
-    real_step, calls, capacities = engine._Pass._step, {"n": 0}, []
+    real_step, calls, capacities = Scheduler._step, {"n": 0}, []
 
-    def step_that_runs_out_once(self: engine._Pass) -> None:
+    def step_that_runs_out_once(self: Scheduler) -> None:
         calls["n"] += 1
         capacities.append(self.capacity)
         if calls["n"] == 5 and self.capacity == 4:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         real_step(self)
 
-    monkeypatch.setattr(engine._Pass, "_step", step_that_runs_out_once)
+    monkeypatch.setattr(Scheduler, "_step", step_that_runs_out_once)
     got = decode(model, mel[:6], per_window, batch_size=4)
 
     assert [list(r.tokens) for r in got] == expected
