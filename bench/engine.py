@@ -14,7 +14,7 @@ Rows:
   openai-whisper, one window at a time   whisper.decode per window, as whisper.transcribe does
   openai-whisper, batched decode()       whisper.decode on --batch-size windows at once
   HF transformers generate(), batched    GenerationMixin.generate, SDPA attention (skipped if not installed)
-  subwatch engine                        daemon.engine.decode with continuous batching
+  subwatch engine                        daemon.engine.transcribe_chunks with continuous batching
 """
 
 from __future__ import annotations
@@ -230,9 +230,18 @@ def subwatch(args: argparse.Namespace):  # noqa: ANN201
 
     model = engine.prepare_model(random_model(args))  # fp16 once, on a GPU
 
+    # guards off: each window is decoded once, as whisper.decode does in the other rows
+    one_pass = engine.EngineOptions(
+        temperatures=(0.0,),
+        compression_ratio_threshold=None,
+        logprob_threshold=None,
+        no_speech_threshold=None,
+        batch_size=args.batch_size,
+    )
+
     def decode(mel, tokens: int) -> int:  # noqa: ANN001
-        results = engine.decode(model, mel, forced_options(model, tokens), batch_size=args.batch_size)
-        return sum(len(r.tokens) for r in results)
+        requests = [engine.ChunkRequest(forced_options(model, tokens), mel=m) for m in mel]
+        return sum(len(r.tokens) for r in engine.transcribe_chunks(model, requests, one_pass))
 
     return decode, f"{ROWS['subwatch']} ({args.batch_size})"
 

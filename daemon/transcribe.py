@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -26,7 +27,6 @@ from daemon.engine import (
     cuda_index,
     encode,
     language_probabilities,
-    limit_memory,
     log_mel,
     prepare_model,
     transcribe_chunks,
@@ -208,8 +208,13 @@ class ModelStore:
     Loading turbo takes seconds and gigabytes, so jobs share one instance. A
     model unused for `unload_after_seconds` is dropped so the GPU is free for
     other work on the server. With a `memory_limit`, each CUDA card is capped
-    (engine.limit_memory) and loading a model unloads the least recently used
-    idle models on that card until it fits, so several folders' models share it.
+    (the caching allocator enforces it) and loading a model unloads the least
+    recently used idle models on that card until it fits, so several folders'
+    models share it.
+
+    The store is the one keeper of each card's limit (`memory_limit_on`). A
+    model it hands out can be asked for its card's limit (`memory_limit_of`),
+    which transcription passes to the engine to size its batches within it.
     """
 
     def __init__(
@@ -257,6 +262,10 @@ class ModelStore:
         with self._lock:
             return [key for key, _ in sorted(self._models.items(), key=lambda item: item[1].last_used)]
 
+    def memory_limit_on(self, device: str) -> int | None:
+        """Given a resolved device, return the bytes this process may use there; None if it is not capped."""
+        return self._limits.get(device)
+
     def set_memory_limit(self, memory_limit: MemoryLimit | None) -> None:
         """Apply a new limit (a reloaded config) to the cards already in use; None lifts it."""
         with self._lock:
@@ -264,7 +273,7 @@ class ModelStore:
             devices, self._limits = list(self._limits), {}
             for device in devices:
                 if memory_limit is None:
-                    limit_memory(device, None)
+                    _cap_card(device, None)
                 else:
                     self._limit_for(device)
 
@@ -288,6 +297,7 @@ class ModelStore:
         size = model_bytes(model)
         log.info("loaded model %s on %s in %.1f s (%.0f MiB)", spec, device, time.monotonic() - started,
                  size / 2**20)
+        model.subwatch_memory_limit = partial(self.memory_limit_on, device)  # read by memory_limit_of
         return _Loaded(model, size, time.monotonic())
 
     def _limit_for(self, device: str) -> int | None:
@@ -298,7 +308,7 @@ class ModelStore:
             import torch
 
             total = torch.cuda.get_device_properties(cuda_index(device)).total_memory
-            self._limits[device] = limit_memory(device, self.memory_limit.on_card(total))
+            self._limits[device] = _cap_card(device, self.memory_limit.on_card(total))
             log.info("gpu_memory_limit: subwatch uses at most %.1f of the %.1f GiB of %s",
                      self._limits[device] / 2**30, total / 2**30, device)
         return self._limits[device]
@@ -342,6 +352,32 @@ class ModelStore:
         with self._lock:
             self._models.clear()
         _free_gpu_cache()
+
+
+def memory_limit_of(model: Whisper) -> int | None:
+    """Given a model, return the bytes this process may use on its card, as the ModelStore that loaded
+    it keeps them; None if the card is not capped or the model comes from elsewhere."""
+    limit_on_its_card = getattr(model, "subwatch_memory_limit", None)
+    return None if limit_on_its_card is None else limit_on_its_card()
+
+
+def _cap_card(device: str, limit: int | None) -> int:
+    """Given a CUDA device and a number of bytes, keep this process within them there; return the limit.
+
+    The caching allocator enforces it: an allocation beyond it raises
+    OutOfMemoryError as a full card would, so decoding halves its batch, and
+    the engine sizes batches within it (EngineOptions.memory_limit). None lifts the limit.
+    """
+    import torch
+
+    index = cuda_index(device)
+    total = torch.cuda.get_device_properties(index).total_memory
+    if limit is None:
+        torch.cuda.set_per_process_memory_fraction(1.0, index)
+        return total
+    limit = max(1, min(limit, total))
+    torch.cuda.set_per_process_memory_fraction(limit / total, index)
+    return limit
 
 
 def _out_of_memory(exc: BaseException) -> bool:
@@ -498,9 +534,10 @@ def _decode_round(
     """
     requests = [_request(model, files[f], chunk, features.get((f, chunk))) for f, chunk, _ in work]
     first = tracker.add([request.duration for request in requests])
+    memory_limit = memory_limit_of(model)
     groups: dict[EngineOptions, list[int]] = {}
     for index, (f, _, _) in enumerate(work):
-        groups.setdefault(_engine_options(files[f].options), []).append(index)
+        groups.setdefault(_engine_options(files[f].options, memory_limit), []).append(index)
     for engine_options, indices in groups.items():
         results = transcribe_chunks(
             model,
@@ -641,14 +678,16 @@ def _request(model: Whisper, file: _File, chunk: SpeechChunk, features: Any) -> 
     )
 
 
-def _engine_options(o: TranscribeOptions) -> EngineOptions:
-    """The engine's share of a folder's options: its quality guards and batch size."""
+def _engine_options(o: TranscribeOptions, memory_limit: int | None) -> EngineOptions:
+    """The engine's share of a folder's options (its quality guards and batch size), and the model's
+    card's memory limit."""
     return EngineOptions(
         temperatures=o.temperatures,
         compression_ratio_threshold=o.compression_ratio_threshold,
         logprob_threshold=o.logprob_threshold,
         no_speech_threshold=o.no_speech_threshold,
         batch_size=o.batch_size,
+        memory_limit=memory_limit,
     )
 
 

@@ -20,6 +20,8 @@ from whisper.decoding import DecodingOptions
 from whisper.timing import add_word_timestamps
 
 from daemon import engine
+from daemon.engine.scheduler import Scheduler
+from tests.engine_decode import decode
 from tests.whisper_checkpoint import random_whisper
 
 EOT = 50257
@@ -120,7 +122,7 @@ def assert_whispers_tokens(model: whisper.Whisper, windows: tuple, per_window: l
     expected = [whisper.decode(model, mel[i], o) for i, o in enumerate(per_window)]
 
     # batch of 3 for 8 windows: finished windows leave and waiting ones are admitted mid-flight
-    got = engine.decode(model, mel, per_window, batch_size=3)
+    got = decode(model, mel, per_window, batch_size=3)
 
     assert [list(g.tokens) for g in got] == [e.tokens for e in expected]
     for g, e in zip(got, expected, strict=True):
@@ -154,7 +156,7 @@ def test_checking_for_finished_windows_every_few_steps_changes_nothing(model, wi
 def test_the_cases_cover_windows_finishing_at_different_steps(model, windows) -> None:
     mel, _ = windows
     lengths = [
-        len(r.tokens) for r in engine.decode(model, mel, CASES["mixed options in one batch"], batch_size=3)
+        len(r.tokens) for r in decode(model, mel, CASES["mixed options in one batch"], batch_size=3)
     ]
     assert len(set(lengths)) >= 5  # e.g. [224, 14, 224, 16, 10, 7, 28, 13]
     assert min(lengths) < 20 and max(lengths) == 224
@@ -261,18 +263,18 @@ def test_log_mel_matches_whisper_for_short_chunks(testdata: Path) -> None:
 def test_out_of_memory_halves_the_batch_and_finishes(model, windows, monkeypatch) -> None:
     mel, _ = windows
     per_window = [options(language="en", sample_len=16)] * 6
-    expected = [list(r.tokens) for r in engine.decode(model, mel[:6], per_window, batch_size=4)]
-    real_step, calls, capacities = engine._Pass._step, {"n": 0}, []
+    expected = [list(r.tokens) for r in decode(model, mel[:6], per_window, batch_size=4)]
+    real_step, calls, capacities = Scheduler._step, {"n": 0}, []
 
-    def step_that_runs_out_once(self: engine._Pass) -> None:
+    def step_that_runs_out_once(self: Scheduler) -> None:
         calls["n"] += 1
         capacities.append(self.capacity)
         if calls["n"] == 5 and self.capacity == 4:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         real_step(self)
 
-    monkeypatch.setattr(engine._Pass, "_step", step_that_runs_out_once)
-    got = engine.decode(model, mel[:6], per_window, batch_size=4)
+    monkeypatch.setattr(Scheduler, "_step", step_that_runs_out_once)
+    got = decode(model, mel[:6], per_window, batch_size=4)
 
     assert [list(r.tokens) for r in got] == expected
     assert capacities[0] == 4 and capacities[-1] == 2

@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from daemon import engine, pipeline
+from daemon import pipeline
 from daemon.config import load_config
 from daemon.datatypes import Audio, JobState, MemoryLimit
 from daemon.engine import EngineOptions, pick_batch_size, usable_memory
 from daemon.queue import JobQueue
 from daemon.service import Activity, Service, Worker
-from daemon.transcribe import MODEL_PARAMETERS, ModelStore, choose_evictions, load_estimate
+from daemon.transcribe import MODEL_PARAMETERS, ModelStore, choose_evictions, load_estimate, memory_limit_of
 from daemon.workers import Prefetch, SoloGate, Waiting, describe_files, pick_batch, serves, worker_devices
 from tests.media_factory import duration_of, make_media
 from tests.test_daemon_e2e import assert_cues_valid
@@ -215,7 +215,7 @@ def test_memory_limit_is_a_no_op_on_the_cpu(tiny_checkpoint: Path, tmp_path: Pat
         assert store.unload_idle() == []  # held: never unloaded, however idle
         assert model.device.type == "cpu"
         assert pick_batch_size(model, 1, EngineOptions()) == 16
-    assert engine._memory_limits == {}  # nothing capped
+    assert store._limits == {} and memory_limit_of(model) is None  # nothing capped, nothing for the engine
     assert store.loaded() == [(str(tiny_checkpoint), "cpu")]
     assert store.unload_idle() == [str(tiny_checkpoint)]
 
