@@ -5,7 +5,7 @@ Whisper base (tests/real_weights.py): the short clips of five languages
 (FLEURS en/de/es/fr/pt, plus LibriSpeech and jfk.flac for English, language
 given) and the long file of issue #10 (the English clips three times over, 1 s
 of silence between). Each row runs in its own process and prints JSON; the
-parent scores the text (whisper's normalizers, corpus WER with jiwer), checks
+parent scores the text (tests/speech.py: whisper's normalizers, corpus WER with jiwer), checks
 which utterances of the long file got a subtitle, and prints the table last.
 
     python bench/accuracy.py --quick      # smoke: 2 clips per language, the long file once
@@ -43,6 +43,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from daemon.coverage import merge, subtract, total  # noqa: E402
+from tests.speech import normalise, word_error_rate  # noqa: E402
 
 # row -> (implementation, beam size)
 ROWS: dict[str, tuple[str, int]] = {
@@ -429,13 +432,14 @@ def score(result: dict[str, Any], work: dict[str, Any]) -> dict[str, Any]:
     if "texts" not in result:
         return result
     wer = {
-        lang: corpus_wer([c["text"] for c in work["languages"][lang]], result["texts"][lang], lang)
+        lang: word_error_rate([c["text"] for c in work["languages"][lang]], result["texts"][lang], lang)
         for lang in result["texts"]
     }
     utterances = work["long"]["utterances"]
     segments = [(s[0], s[1]) for s in result["segments"] if s[2].strip()]
     speech = [sum(b - a for a, b in u["speech"]) for u in utterances]
-    uncovered = [sum(b - a for a, b in uncovered_parts(u["speech"], segments)) for u in utterances]
+    covered = merge(segments)  # peers' segments may overlap; subtract wants them disjoint
+    uncovered = [total(subtract(merge(u["speech"]), covered)) for u in utterances]
     long_wer, lost = long_text([u["text"] for u in utterances], [s[2] for s in result["segments"]])
     return {
         **result,
@@ -451,22 +455,6 @@ def score(result: dict[str, Any], work: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def normalizer(lang: str) -> Callable[[str], str]:
-    from whisper.normalizers import BasicTextNormalizer, EnglishTextNormalizer
-
-    return EnglishTextNormalizer() if lang == "en" else BasicTextNormalizer()
-
-
-def corpus_wer(references: list[str], hypotheses: list[str], lang: str) -> float:
-    """Word error rate of a language's clips together (errors / reference words), after normalising."""
-    import jiwer
-
-    normalize = normalizer(lang)
-    pairs = [(normalize(r), normalize(h)) for r, h in zip(references, hypotheses, strict=True)]
-    pairs = [(r, h) for r, h in pairs if r.strip()]  # jiwer refuses empty references
-    return jiwer.wer([r for r, _ in pairs], [h for _, h in pairs])
-
-
 def long_text(references: list[str], texts: list[str]) -> tuple[float, int]:
     """Return the long file's WER (all references joined against all text) and the utterances lost.
 
@@ -477,10 +465,9 @@ def long_text(references: list[str], texts: list[str]) -> tuple[float, int]:
     """
     import jiwer
 
-    normalize = normalizer("en")
-    words = [normalize(r).split() for r in references]
+    words = [normalise(r, "en").split() for r in references]
     owner = [i for i, utterance in enumerate(words) for _ in utterance]
-    aligned = jiwer.process_words(" ".join(w for u in words for w in u), normalize(" ".join(texts)))
+    aligned = jiwer.process_words(" ".join(w for u in words for w in u), normalise(" ".join(texts), "en"))
     hits = [0] * len(words)
     for chunk in aligned.alignments[0]:
         if chunk.type == "equal":
@@ -501,19 +488,6 @@ def spoken(utterance: dict[str, Any]) -> Span:
 
 def overlapping(span: Span, segments: list[Span]) -> bool:
     return any(start < span[1] and end > span[0] for start, end in segments)
-
-
-def uncovered_parts(regions: list[Span], segments: list[Span]) -> list[Span]:
-    """Return the parts of `regions` that no segment overlaps."""
-    parts = list(regions)
-    for s_start, s_end in segments:
-        parts = [
-            piece
-            for a, b in parts
-            for piece in ((a, min(b, s_start)), (max(a, s_end), b))
-            if piece[1] > piece[0]
-        ]
-    return parts
 
 
 # ----------------------------------------------------------------------------- report
