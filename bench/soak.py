@@ -94,13 +94,17 @@ def soak(work: Path, args: argparse.Namespace) -> int:
         wait_done(db, [warm_up[0].name], daemon)
         for first in range(0, len(clips), args.wave):
             wave = clips[first:first + args.wave]
+            cpu = cpu_seconds(daemon.pid)
             drop(inbox, wave)
             wait_done(db, [path.name for path, _ in wave], daemon)
-            waves.append(wave_speed(db, wave))
+            used = {"cpu": cpu_seconds(daemon.pid) - cpu, "load": os.getloadavg()[0]}
+            waves.append(wave_speed(db, wave) | used)
             time.sleep(3.0)  # idle: the daemon gives back what its batches freed within a second or two
             samples.append({"done": first + len(wave), **process_sample(daemon.pid)})
             sample = samples[-1]
-            print(f"wave {len(waves)}: {waves[-1]['x']:.2f}x realtime, RSS {sample['rss_mib']:.0f} MiB, "
+            done = waves[-1]
+            print(f"wave {len(waves)}: {done['x']:.2f}x realtime ({done['audio'] / done['cpu']:.2f}x "
+                  f"by CPU time, load {done['load']:.1f}), RSS {sample['rss_mib']:.0f} MiB, "
                   f"{sample['fds']} fds, {sample['threads']} threads", flush=True)
     finally:
         daemon.send_signal(signal.SIGTERM)
@@ -198,6 +202,12 @@ def wave_speed(db: Path, wave: list[tuple[Path, float]]) -> dict:
     return {"files": len(rows), "audio": audio, "wall": wall, "x": audio / wall}
 
 
+def cpu_seconds(pid: int) -> float:
+    """The CPU time (user + system) the process has used so far, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: fields 14, 15
+
+
 def process_sample(pid: int) -> dict:
     """The daemon's resident memory (MiB), threads and open file descriptors now."""
     status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
@@ -232,10 +242,15 @@ def report(samples: list[dict], waves: list[dict], states: dict, code: int, note
     first, last = samples[0], samples[-1]
     lines.append(f"| end vs start | | {change(first['rss_mib'], last['rss_mib'])} | "
                  f"{change(first['fds'], last['fds'])} | {change(first['threads'], last['threads'])} |")
-    lines += ["", "| files | audio s | wall s | x realtime |", "|---|---:|---:|---:|"]
+    # Wall-clock speed moves with whatever else the machine runs; audio per CPU second of the
+    # daemon moves far less, so a slow-down of subwatch's own shows there.
+    lines += ["", "| files | audio s | wall s | x realtime | daemon CPU s | x realtime by CPU | load |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
     for name, wave in ((f"first {args.wave}", waves[0]), (f"last {args.wave}", waves[-1])):
-        lines.append(f"| {name} | {wave['audio']:.0f} | {wave['wall']:.1f} | {wave['x']:.2f} |")
-    lines.append(f"| last vs first | | | {change(waves[0]['x'], waves[-1]['x'])} |")
+        lines.append(f"| {name} | {wave['audio']:.0f} | {wave['wall']:.1f} | {wave['x']:.2f} | "
+                     f"{wave['cpu']:.1f} | {wave['audio'] / wave['cpu']:.2f} | {wave['load']:.1f} |")
+    by_cpu = [w["audio"] / w["cpu"] for w in (waves[0], waves[-1])]
+    lines.append(f"| last vs first | | | {change(waves[0]['x'], waves[-1]['x'])} | | {change(*by_cpu)} | |")
     lines += ["", "every wave: " + ", ".join(f"{w['x']:.2f}x" for w in waves)]
     return "\n".join(lines)
 
