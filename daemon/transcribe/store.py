@@ -162,11 +162,6 @@ class ModelStore:
                 entry.users -= 1
                 entry.last_used = time.monotonic()
 
-    def loaded(self) -> list[tuple[str, str]]:
-        """Return the (spec, device) of every loaded model, least recently used first."""
-        with self._lock:
-            return [key for key, _ in sorted(self._models.items(), key=lambda item: item[1].last_used)]
-
     def memory_limit_on(self, device: str) -> int | None:
         """Given a resolved device, return the bytes this process may use there; None if it is not capped."""
         return self._limits.get(device)
