@@ -149,11 +149,6 @@ class Prefetch(Generic[T]):
         with self._changed:
             return len(self._items)
 
-    def seconds(self) -> float:
-        """Return the seconds of audio waiting."""
-        with self._changed:
-            return sum(w.seconds for _, w in self._items)
-
     def has_room(self) -> bool:
         with self._changed:
             return self._has_room()

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from daemon import queue as queue_module
 from daemon.datatypes import JobResult, JobState, Segment, Transcript, TranscriptKey, Word
 from daemon.queue import SAMPLE_BYTES, JobQueue, QueueError, fingerprint
+from daemon.queue import enqueue as enqueue_module
+from daemon.queue.schema import MIGRATIONS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -277,7 +278,7 @@ def test_an_unchanged_file_is_not_hashed_again(
     def no_reading(path: Path) -> tuple[int, float, str]:
         raise AssertionError(f"{path} was hashed although size and mtime did not change")
 
-    monkeypatch.setattr(queue_module, "fingerprint", no_reading)
+    monkeypatch.setattr(enqueue_module, "fingerprint", no_reading)
     assert q.enqueue(film, media).action == "already_done"
     monkeypatch.undo()
     os.utime(film, (1_000_000, 1_000_000))  # touched: hash again, same content, remember new mtime
@@ -529,7 +530,7 @@ def test_a_job_failed_at_start_up_is_owed_its_notification(q: JobQueue, media: P
 
 def test_an_old_database_gains_the_crash_columns(db: Path, media: Path) -> None:
     conn = sqlite3.connect(db.parent.mkdir(parents=True) or db)
-    for statements in queue_module._MIGRATIONS[:2]:
+    for statements in MIGRATIONS[:2]:
         for sql in statements:
             conn.execute(sql)
     conn.execute("PRAGMA user_version = 2")
@@ -905,7 +906,7 @@ def test_a_database_at_the_first_schema_is_migrated_with_its_jobs(db: Path, medi
     size, mtime, content = fingerprint(film)
     db.parent.mkdir(parents=True)
     raw = sqlite3.connect(db)
-    for sql in queue_module._MIGRATIONS[0]:
+    for sql in MIGRATIONS[0]:
         raw.execute(sql)
     raw.execute("INSERT INTO jobs (path, folder, state, size, mtime, fingerprint, language, outputs, "
                 "created_at, updated_at) VALUES (?, ?, 'done', ?, ?, ?, 'en', ?, 1.0, 2.0)",
@@ -931,7 +932,7 @@ def test_a_database_at_the_first_schema_is_migrated_with_its_jobs(db: Path, medi
     finally:
         q.close()
     raw = sqlite3.connect(db)
-    assert raw.execute("PRAGMA user_version").fetchone()[0] == len(queue_module._MIGRATIONS) == 3
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 3
     raw.close()
     JobQueue(db).close()  # opening a migrated database again changes nothing
 
@@ -942,7 +943,7 @@ def test_a_database_at_the_first_schema_is_migrated_with_its_jobs(db: Path, medi
 def test_the_database_uses_wal_and_a_schema_version(q: JobQueue, db: Path) -> None:
     raw = sqlite3.connect(db)
     assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert raw.execute("PRAGMA user_version").fetchone()[0] == len(queue_module._MIGRATIONS) == 3
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 3
     raw.close()
 
 

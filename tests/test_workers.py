@@ -146,6 +146,11 @@ def test_status_names_a_batch() -> None:
     assert describe_files(["A.mkv", "B.mkv", "C.mkv"]) == "3 files: A.mkv, B.mkv, …"
 
 
+def seconds_waiting(buffer: Prefetch) -> float:
+    """The seconds of audio a prefetch buffer holds (what its bound counts)."""
+    return sum(waiting.seconds for _, waiting in buffer._items)
+
+
 def test_prefetch_is_bounded_by_seconds_of_audio() -> None:
     buffer: Prefetch[tuple[str, float]] = Prefetch(
         lambda item: Waiting("turbo", ("cpu",), item[1]), max_seconds=1800, max_files=16
@@ -153,7 +158,7 @@ def test_prefetch_is_bounded_by_seconds_of_audio() -> None:
     stop = threading.Event()
     assert buffer.has_room()
     buffer.put(("film", 3 * 3600.0))  # an empty buffer takes one file, however long
-    assert not buffer.has_room() and buffer.seconds() == 3 * 3600
+    assert not buffer.has_room() and seconds_waiting(buffer) == 3 * 3600
     assert buffer.take("cpu") == [("film", 3 * 3600.0)] and len(buffer) == 0
     for n in range(15):
         buffer.put((f"short{n}", 60.0))  # 15 min of short files: room for more
@@ -216,7 +221,7 @@ def test_memory_limit_is_a_no_op_on_the_cpu(tiny_checkpoint: Path, tmp_path: Pat
         assert model.device.type == "cpu"
         assert pick_batch_size(model, 1, EngineOptions()) == 16
     assert store._limits == {} and memory_limit_of(model) is None  # nothing capped, nothing for the engine
-    assert store.loaded() == [(str(tiny_checkpoint), "cpu")]
+    assert list(store._models) == [(str(tiny_checkpoint), "cpu")]  # loaded, and kept while idle
     assert store.unload_idle() == [str(tiny_checkpoint)]
 
 

@@ -1,0 +1,161 @@
+"""A job's life with a worker: claimed, in and out of the model, then done, failed, skipped or released.
+
+While the model transcribes a job it is marked so (`enter_model`), so a crash is
+held only against the files that were in the model (see `recovery`). The
+notification a finished or failed job is owed is written in the transaction that
+ends it (`outbox`), so a kill cannot lose it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from daemon.datatypes import Job, JobResult, JobState
+from daemon.queue import outbox, transcripts
+from daemon.queue.database import Database
+from daemon.queue.schema import outputs_json
+
+
+class JobRuns:
+    """The worker's side of the `jobs` table."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def claim(self, now: float | None = None) -> Job | None:
+        """Return the oldest pending job that is due at `now` (a suspect before any other), marked
+        running, or None if none is.
+
+        Atomic across threads and processes: no two callers get the same job.
+        """
+        now = time.time() if now is None else now
+        with self._db.write() as conn:
+            # Suspects first: each is transcribed alone (see recover_running), and the sooner the
+            # better, before a backlog piles up behind it.
+            row = conn.execute(
+                "SELECT id FROM jobs WHERE state = 'pending' AND next_attempt_at <= ? "
+                "ORDER BY suspect DESC, id LIMIT 1",
+                (now,),
+            ).fetchone()
+            if row is None:
+                return None
+            conn.execute(
+                "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = ?, "
+                "finished_at = NULL, updated_at = ? WHERE id = ?",
+                (now, now, row["id"]),
+            )
+            return self._db.require(conn, row["id"])
+
+    def finish(self, job_id: int, result: JobResult) -> Job:
+        """Given a job id and the pipeline's result, return the job marked done. Raise KeyError if gone.
+
+        The result's transcript, if it has one with its key, is stored for the job's content in the
+        same transaction, and the job records its seconds of speech and of speech left uncovered.
+        Its `done` notification is owed from the same transaction on (see `notices`).
+        """
+        transcript, key = result.transcript, result.transcript_key
+        with self._db.write() as conn:
+            job = self._db.require(conn, job_id)
+            if transcript is not None and key is not None:
+                transcripts.store(conn, job.fingerprint, key, transcript)
+            done = self._db.set(
+                conn,
+                job_id,
+                state=JobState.DONE.value,
+                error=None,
+                language=result.language,
+                language_probability=result.language_probability,
+                outputs=outputs_json(result.outputs),
+                media_duration=result.media_duration,
+                elapsed=result.elapsed,
+                transcript_rules=None if transcript is None or key is None else transcripts.key_text(key),
+                speech_seconds=None if transcript is None else transcript.speech_seconds,
+                uncovered_seconds=None if transcript is None else transcript.uncovered_seconds,
+                in_model_since=None,
+                finished_at=time.time(),
+            )
+            outbox.owe(conn, done, "done")
+            return done
+
+    def fail(
+        self,
+        job_id: int,
+        error: str,
+        *,
+        permanent: bool,
+        max_attempts: int = 3,
+        backoff_base: float = 30.0,
+        now: float | None = None,
+    ) -> Job:
+        """Given a job id and why it failed, return the job failed or pending again after a backoff.
+
+        It is failed for good if `permanent` or it has had `max_attempts` attempts, and its `failed`
+        notification owed (see `notices`); otherwise it is due again at now + backoff_base *
+        2**(attempts - 1). Raise KeyError if the job is gone.
+        """
+        now = time.time() if now is None else now
+        with self._db.write() as conn:
+            attempts = max(self._db.require(conn, job_id).attempts, 1)
+            if permanent or attempts >= max_attempts:
+                failed = self._db.set(
+                    conn, job_id, state=JobState.FAILED.value, error=error, in_model_since=None,
+                    finished_at=now,
+                )
+                outbox.owe(conn, failed, "failed")
+                return failed
+            due = now + backoff_base * 2 ** (attempts - 1)
+            return self._db.set(
+                conn, job_id, state=JobState.PENDING.value, error=error, started_at=None, in_model_since=None,
+                next_attempt_at=due,
+            )
+
+    def skip(self, job_id: int, reason: str) -> Job:
+        """Given a job id and why there is nothing to do, return the job marked skipped (reason in
+        `error`). Raise KeyError if the job is gone."""
+        with self._db.write() as conn:
+            self._db.require(conn, job_id)
+            state = JobState.SKIPPED.value
+            return self._db.set(
+                conn, job_id, state=state, error=reason, in_model_since=None, finished_at=time.time()
+            )
+
+    def release(self, job_id: int) -> Job:
+        """Given a running job id, return it pending again without counting the attempt.
+
+        For a daemon that stops cleanly mid-job: it is no crash, so a suspect stays one and gains no
+        crash. A job in another state is returned unchanged. Raise KeyError if the job is gone.
+        """
+        with self._db.write() as conn:
+            job = self._db.require(conn, job_id)
+            if job.state is not JobState.RUNNING:
+                return job
+            return self._db.set(
+                conn, job_id, state=JobState.PENDING.value, attempts=max(job.attempts - 1, 0),
+                started_at=None, in_model_since=None,
+            )
+
+    def enter_model(self, job_ids: Iterable[int], now: float | None = None) -> None:
+        """Given the running jobs a worker is about to hand the model together, mark them in the
+        model: if the daemon dies before `leave_model`, recover_running holds it against them."""
+        now = time.time() if now is None else now
+        ids = list(job_ids)
+        with self._db.write() as conn:  # durable: after a power cut the mark must be there
+            conn.executemany(
+                "UPDATE jobs SET in_model_since = ?, updated_at = ? WHERE id = ? AND state = 'running'",
+                [(now, now, job_id) for job_id in ids],
+            )
+
+    def leave_model(self, job_ids: Iterable[int], *, survived: bool) -> None:
+        """Given jobs the model has finished with, clear their in-model mark; with `survived` (the
+        model returned or raised, the daemon lived through it) a suspect among them is cleared too,
+        its crashes forgiven: the file does not bring the daemon down. Not `survived`: a stop
+        abandoned the transcription, which proves nothing either way."""
+        ids = list(job_ids)
+        now = time.time()
+        cleared = ", suspect = 0, crashes = 0" if survived else ""
+        with self._db.write() as conn:
+            conn.executemany(
+                f"UPDATE jobs SET in_model_since = NULL{cleared}, updated_at = ? WHERE id = ?",
+                [(now, job_id) for job_id in ids],
+            )

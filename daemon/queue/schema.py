@@ -1,0 +1,145 @@
+"""The tables in the job file, their migrations, and how rows and paths are stored.
+
+Paths are stored as `os.fsencode` bytes (BLOB), so names with newlines, quotes
+or bytes that are not valid UTF-8 round-trip exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+
+from daemon.datatypes import Job, JobState
+
+JOB_COLUMNS = (
+    "id, path, folder, state, size, mtime, fingerprint, attempts, error, language, "
+    "language_probability, outputs, media_duration, elapsed, speech_seconds, uncovered_seconds, "
+    "created_at, updated_at, next_attempt_at, in_model_since, suspect, crashes"
+)
+
+# Each entry moves the schema from version i to i + 1; append, never edit.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE IF NOT EXISTS jobs (
+            -- AUTOINCREMENT: a forgotten job's id is never reused by a new one
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            path BLOB NOT NULL UNIQUE,
+            folder BLOB NOT NULL,
+            state TEXT NOT NULL
+                CHECK (state IN ('pending', 'running', 'done', 'failed', 'skipped')),
+            size INTEGER NOT NULL,
+            mtime REAL NOT NULL,
+            fingerprint TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            error TEXT,
+            language TEXT,
+            language_probability REAL,
+            outputs TEXT NOT NULL DEFAULT '[]',
+            media_duration REAL,
+            elapsed REAL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            started_at REAL,
+            finished_at REAL,
+            next_attempt_at REAL NOT NULL DEFAULT 0
+        )""",
+        "CREATE INDEX IF NOT EXISTS jobs_fingerprint ON jobs (fingerprint)",
+        "CREATE INDEX IF NOT EXISTS jobs_due ON jobs (state, next_attempt_at, id)",
+        """CREATE TABLE IF NOT EXISTS sidecars (
+            path BLOB PRIMARY KEY,
+            sha256 TEXT NOT NULL,
+            job_id INTEGER NOT NULL REFERENCES jobs (id) ON DELETE CASCADE
+        )""",
+        "CREATE INDEX IF NOT EXISTS sidecars_job ON sidecars (job_id)",
+    ),
+    (
+        # A finished transcript, stored for copies of the same content and for `subwatch rewrite`.
+        # `rules` is transcripts.key_text(TranscriptKey); `transcript` is transcripts.transcript_json(...).
+        """CREATE TABLE IF NOT EXISTS transcripts (
+            fingerprint TEXT NOT NULL,
+            rules TEXT NOT NULL,
+            transcript TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (fingerprint, rules)
+        )""",
+        # The rules of the transcript a done job's sidecars were written from (NULL: none stored).
+        "ALTER TABLE jobs ADD COLUMN transcript_rules TEXT",
+        "ALTER TABLE jobs ADD COLUMN speech_seconds REAL",
+        "ALTER TABLE jobs ADD COLUMN uncovered_seconds REAL",
+    ),
+    (
+        # Crashes are blamed on a file only when it is the likely cause (see recover_running).
+        # When the model began transcribing the job; NULL while it is queued, claimed, decoded or
+        # waiting for a worker, so a crash then never counts against it.
+        "ALTER TABLE jobs ADD COLUMN in_model_since REAL",
+        # 1: the job was in the model when the daemon died; it is transcribed alone until it has
+        # been through the model once without the daemon dying.
+        "ALTER TABLE jobs ADD COLUMN suspect INTEGER NOT NULL DEFAULT 0",
+        # How often the daemon died while this job, a suspect, was the only one in the model.
+        "ALTER TABLE jobs ADD COLUMN crashes INTEGER NOT NULL DEFAULT 0",
+        # Notifications owed: written in the transaction that ends the job (done, failed), deleted
+        # once delivered or given up, so a daemon killed before delivering sends them at its next start.
+        # No foreign key: a failure is still told after `subwatch forget` removed its job.
+        """CREATE TABLE IF NOT EXISTS outbox (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            job_id INTEGER NOT NULL,
+            kind TEXT NOT NULL CHECK (kind IN ('done', 'failed')),
+            path BLOB NOT NULL,
+            language TEXT,
+            media_duration REAL,
+            elapsed REAL,
+            error TEXT,
+            created_at REAL NOT NULL
+        )""",
+    ),
+)
+
+
+def key(path: os.PathLike[str] | str) -> bytes:
+    """Given a path, return the exact bytes stored for it."""
+    return os.fsencode(path)
+
+
+def path_of(blob: bytes) -> Path:
+    """Given stored path bytes, return the Path they came from."""
+    return Path(os.fsdecode(blob))
+
+
+def job_of(row: sqlite3.Row) -> Job:
+    """Given a row selected with JOB_COLUMNS, return it as a Job."""
+    return Job(
+        id=row["id"],
+        path=path_of(row["path"]),
+        folder=path_of(row["folder"]),
+        state=JobState(row["state"]),
+        size=row["size"],
+        mtime=row["mtime"],
+        fingerprint=row["fingerprint"],
+        attempts=row["attempts"],
+        error=row["error"],
+        language=row["language"],
+        language_probability=row["language_probability"],
+        outputs=tuple(Path(p) for p in json.loads(row["outputs"])),
+        media_duration=row["media_duration"],
+        elapsed=row["elapsed"],
+        speech_seconds=row["speech_seconds"],
+        uncovered_seconds=row["uncovered_seconds"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        next_attempt_at=row["next_attempt_at"],
+        in_model_since=row["in_model_since"],
+        suspect=bool(row["suspect"]),
+        crashes=row["crashes"],
+    )
+
+
+def outputs_json(outputs: Iterable[Path]) -> str:
+    """Given output paths, return them as a JSON list.
+
+    json escapes the lone surrogates that `os.fsdecode` makes of non-UTF-8
+    bytes (`\\udce9`) and reads them back, so such paths survive too.
+    """
+    return json.dumps([os.fsdecode(p) for p in outputs])

@@ -1,0 +1,102 @@
+"""Decoded windows onto a file's timeline: words placed, snapped onto speech, and the Transcript.
+
+A coverage retry keeps only its new words; the speech no word covers is what the
+next coverage round decodes again and what the transcript reports as uncovered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+from daemon import coverage
+from daemon.datatypes import Segment, Transcript, Word
+from daemon.transcribe.repeats import collapse_repeats
+from daemon.transcribe.state import Decoded, File
+from daemon.vad import SpeechChunk
+
+
+def word_times(file: File, decoded: list[Decoded]) -> list[tuple[float, float]]:
+    """Return the (start, end) of every decoded word on the file's timeline (segments without words
+    count whole), in time order."""
+    timed = [(t.start, t.end) for segment in placed(file, decoded) for t in (segment.words or (segment,))]
+    return sorted(timed)
+
+
+def uncovered(file: File, words: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Return the file's stretches of possible speech that none of its words covers (see daemon.coverage)."""
+    return coverage.uncovered(file.faint, words, file.options.coverage)
+
+
+def transcript_of(file: File, decoded: list[Decoded]) -> Transcript:
+    """Put a file's decoded windows onto its timeline and return its Transcript."""
+    segments = collapse_repeats(placed(file, decoded), file.options.max_repeated_lines)
+    speech = coverage.merge(region for chunk in file.chunks for region in chunk.regions)
+    left = uncovered(file, word_times(file, decoded))
+    language = "en" if file.options.task == "translate" else (file.language or "en")
+    probability = None if file.options.task == "translate" else file.probability
+    return Transcript(
+        tuple(segments), language, probability, file.audio.duration,
+        speech_seconds=round(coverage.total(speech), 2), uncovered_seconds=round(coverage.total(left), 2),
+    )
+
+
+def placed(file: File, decoded: list[Decoded]) -> list[Segment]:
+    """Return the segments of all decoded windows on the file's timeline, in time order.
+
+    A coverage retry keeps only the words inside its window (by their middle):
+    the window lies between words of earlier rounds, so every one of them is new.
+    """
+    duration = file.audio.duration
+    segments: list[Segment] = []
+    for item in decoded:
+        if item.result.silent or (item.retry and not coverage.confident(item.result, file.options.coverage)):
+            continue
+        placed = [_on_timeline(segment, item.chunk, duration) for segment in item.result.segments]
+        if item.retry is not None:
+            placed = [s for s in (_within(segment, item.retry) for segment in placed) if s is not None]
+        segments += placed
+    ends = [end for _, end in file.faint]
+    segments = [_snapped(segment, file.faint, ends) for segment in segments]
+    return sorted(segments, key=lambda segment: (segment.start, segment.end))
+
+
+def _snapped(segment: Segment, speech: Sequence[tuple[float, float]], ends: list[float]) -> Segment:
+    """Return the segment with word edges that stick out of speech moved onto it (see coverage.snap);
+    a segment bounded by its words stays bounded by them."""
+    if not segment.words:
+        return segment
+    words = []
+    for word in segment.words:
+        start, end = coverage.snap((word.start, word.end), speech, ends)
+        words.append(word if (start, end) == (word.start, word.end) else replace(word, start=start, end=end))
+    was_first, was_last = segment.words[0], segment.words[-1]
+    start = words[0].start if segment.start <= was_first.start else max(segment.start, words[0].start)
+    end = words[-1].end if segment.end >= was_last.end else min(segment.end, words[-1].end)
+    return Segment(start, max(start, end), segment.text, tuple(words))
+
+
+def _within(segment: Segment, window: tuple[float, float]) -> Segment | None:
+    """Return the part of a segment inside `window` (by its words' middles), or None if nothing is."""
+    if not segment.words:
+        return segment if coverage.inside((segment.start, segment.end), window) else None
+    words = tuple(w for w in segment.words if coverage.inside((w.start, w.end), window))
+    if not words:
+        return None
+    if len(words) == len(segment.words):
+        return segment
+    return Segment(words[0].start, words[-1].end, "".join(w.text for w in words), words)
+
+
+def _on_timeline(segment: Segment, chunk: SpeechChunk, duration: float) -> Segment:
+    """Map a chunk-relative segment and its words onto the file's timeline, within [0, duration]."""
+
+    def at(t: float) -> float:
+        return min(max(chunk.to_timeline(t), 0.0), duration)
+
+    words = []
+    for word in segment.words:
+        start = at(word.start)
+        words.append(Word(start, max(start, at(word.end)), word.text, word.probability))
+    start = at(segment.start)
+    return Segment(start, max(start, at(segment.end)), segment.text, tuple(words))
