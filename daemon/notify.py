@@ -471,11 +471,12 @@ class Notifier:
     def _deliver(self, apprise: Any, message: Message) -> None:
         """Try each of the message's targets once; a failed one is retried later, from `_retries`,
         so a dead target never holds up the messages behind it or the other targets."""
-        delivery = _Delivery(message, set())
-        for url in message.urls:
-            if apprise is not None and self._target(apprise, url)[0] is not None:
-                delivery.waiting.add(url)
-        for url in list(delivery.waiting):
+        if apprise is None:
+            urls = []
+        else:
+            urls = [url for url in message.urls if self._target(apprise, url)[0] is not None]
+        delivery = _Delivery(message, set(urls))
+        for url in urls:  # in the order configured, not the set's
             self._attempt(apprise, delivery, url, attempt=1)
         if not delivery.waiting:
             self._settle(message.keys)
