@@ -2,19 +2,18 @@
 
 The way of a file, in the order the data flows:
 
-    watcher (events → stability, daemon.watch) ─┐
-    scan (daemon.watch.walk, at start, after     ├→ cheap checks → probe, only if the name cannot
-    a reload, every rescan_minutes, `subwatch    │   tell → enqueue
-    scan`) ─────────────────────────────────────┘
-
-The cheap checks come first and read nothing but names, a stat and the
-folder listing: the name rules, for a scan whether the file's job is
-unchanged or it already has subtitles, and whether it is a non-empty regular
-file. Only then, and only for an extension that does not say whether it is
-media, is ffprobe asked, through `daemon.media.probe`, the daemon's one
-runner. An arrival's probe runs on a thread of its folder's (`Prober`), never
-the watcher's dispatcher thread: a probe can take minutes on a slow share,
-and everything else keeps arriving meanwhile.
+1. noticed: by the watcher (daemon.watch: events, then the stability
+   tracker) when it arrives, or by a scan (daemon.watch.walk) at start, after
+   a reload, every rescan_minutes, and for `subwatch scan`;
+2. cheap checks, from names, a stat and the folder listing: the name rules;
+   for a scan, whether its job is unchanged and whether it already has
+   subtitles; for an unknown extension, whether it is a non-empty regular file;
+3. ffprobe, only for an extension that does not say whether it is media,
+   through `daemon.media.probe` (the daemon's one runner). An arrival's probe
+   runs on a thread of its folder's (`Prober`), never the watcher's
+   dispatcher thread: a probe can take minutes on a slow share, and
+   everything else keeps arriving meanwhile;
+4. enqueued (`JobQueue.enqueue`), which wakes the daemon's loader.
 
 The intake also follows sources on disk: a deleted file's pending job goes, a
 renamed one's job follows it, and a finished file's sidecars move with it. A

@@ -132,9 +132,9 @@ class Service:
         self.notifier.start()
         self._recover()
         self._notify_owed()  # what a killed daemon left unsent, and failures found just now
+        self.intake.start()  # the watcher, then a scan for what arrived while nobody watched
         self._start_thread("loader", self._loader_loop)
         self._start_workers()
-        self.intake.start()
         self.systemd.ready()
         watchdog = WatchdogLoop(self.systemd, self._healthy)
         watchdog.start()
