@@ -112,7 +112,7 @@ class Prober:
     before the thread ends (the queue closes that thread's connection).
     """
 
-    def __init__(self, verdicts: ProbeVerdicts, take: Callable[[Path, Path], None],
+    def __init__(self, verdicts: ProbeVerdicts, take: Callable[[Path, Path], object],
                  finish: Callable[[], None] = lambda: None) -> None:
         self._verdicts = verdicts
         self._take = take
