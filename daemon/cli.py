@@ -358,32 +358,19 @@ def _show(key: str, value: object) -> str:
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
-    from daemon import pipeline, subtitles
-    from daemon.service import watch_spec
-    from daemon.watch import scan
+    from daemon.intake import Intake
 
     config = load_config(args.config)
-    queue = _open_queue(config)
-    target = absolute(args.path) if args.path else None
-    queued = 0
-    for rules in config.folders:
-        if target and not _overlaps(target, rules.path):
-            continue
-        for path in scan(watch_spec(rules)):
-            if target and not (path == target or target in path.parents):
-                continue
-            if subtitles.existing_subtitles(path, pipeline.output_language(rules)):
-                continue
-            outcome = queue.enqueue(path, rules.path)
-            if outcome.queued:
-                queued += 1
-                print(f"queued {path}")
-    print(f"{queued} file(s) queued", file=sys.stderr)
+    queued: list[Path] = []
+
+    def queued_one(path: Path) -> None:
+        queued.append(path)
+        print(f"queued {path}")
+
+    # The daemon's own intake, unstarted: the same checks and enqueueing as its scans.
+    Intake(config, _open_queue(config)).scan(absolute(args.path) if args.path else None, queued_one)
+    print(f"{len(queued)} file(s) queued", file=sys.stderr)
     return EXIT_OK
-
-
-def _overlaps(a: Path, b: Path) -> bool:
-    return a == b or a in b.parents or b in a.parents
 
 
 def cmd_retry(args: argparse.Namespace) -> int:

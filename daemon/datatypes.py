@@ -181,3 +181,17 @@ class JobResult:
     kept: tuple[Path, ...] = field(default=())  # sidecars left alone because the user owns them
     transcript: Transcript | None = None  # what the sidecars were written from, stored by the queue
     transcript_key: TranscriptKey | None = None  # the rules that shaped it
+
+
+# File extensions (case-folded, without the dot) that are media by their name alone: the watcher
+# takes them without asking ffprobe, and the subtitle finder knows other media beside a video by
+# them. One list, so the two never disagree about what a media file is.
+MEDIA_EXTENSIONS = frozenset({
+    # video
+    "mkv", "mk3d", "mp4", "m4v", "avi", "mov", "qt", "wmv", "asf", "webm", "ts", "mts", "m2ts", "m2t",
+    "mpg", "mpeg", "mpe", "vob", "flv", "f4v", "ogv", "ogm", "3gp", "3g2", "divx", "rm",
+    "rmvb", "dv", "mxf", "wtv", "dvr-ms", "nut",
+    # audio
+    "mp3", "m4a", "m4b", "aac", "ac3", "eac3", "dts", "flac", "wav", "ogg", "oga", "opus", "wma", "aif",
+    "aiff", "ape", "wv", "mka", "amr", "mp2", "caf", "spx",
+})

@@ -1,8 +1,9 @@
-"""The daemon: watcher → queue → workers, with systemd, signals and notifications around them.
+"""The daemon: intake → queue → loader → workers, with systemd, signals and notifications around them.
 
 Threads, and why each exists:
-- the watcher's threads only record arrivals in the queue (milliseconds), so a
-  long transcription never delays noticing files;
+- the intake's threads (daemon.intake: the watcher's, probes of unknown
+  extensions, scans) only record arrivals in the queue, so a long
+  transcription never delays noticing files;
 - the loader claims jobs and decodes their audio with ffmpeg (CPU) ahead of
   the model, up to a bound in seconds of audio (workers.Prefetch), so the GPU
   never waits for ffmpeg; a file whose content already has a stored
@@ -13,8 +14,8 @@ Threads, and why each exists:
   the jobs in the model are marked so in the queue, so that after a crash
   only they are suspected, and each suspect then goes through alone;
 - the main thread owns signals (handlers only set flags), reloads, the
-  systemd status line, idle-model unloading, and enqueues again the copies
-  that waited for their twin's job to finish.
+  systemd status line, idle-model unloading, and the intake's tick (copies
+  that waited for their twin's job to finish, periodic rescans).
 """
 
 from __future__ import annotations
@@ -36,13 +37,13 @@ from typing import Any
 from daemon import media, pipeline, subtitles
 from daemon.config import Config, ConfigError, FolderRules, load_config
 from daemon.datatypes import Job, JobResult, JobState, Transcript
+from daemon.intake import Intake
 from daemon.logs import done_details, job_log
 from daemon.notify import Event, Notifier, NotifyRules
-from daemon.queue import EnqueueOutcome, JobQueue, Notice, QueueError, Recovered
+from daemon.queue import JobQueue, Notice, QueueError, Recovered
 from daemon.sdnotify import SystemdNotifier, WatchdogLoop, percent, status_line
 from daemon.text import printable
 from daemon.transcribe import DeviceUnavailable, ModelNotFound, ModelStore, resolve_device, transcribe_many
-from daemon.watch import Watcher, WatchSpec
 from daemon.workers import Prefetch, SoloGate, Waiting, describe_files, worker_devices
 
 log = logging.getLogger("subwatch")
@@ -87,13 +88,6 @@ def waiting(item: pipeline.Prepared) -> Waiting:
     return Waiting(item.rules.model, item.rules.devices, item.audio.duration, alone=item.suspect)
 
 
-def watch_spec(rules: FolderRules) -> WatchSpec:
-    return WatchSpec(
-        path=rules.path, recursive=rules.recursive, poll=rules.poll, poll_interval=rules.poll_interval,
-        settle_seconds=rules.settle_seconds, include=rules.include, exclude=rules.exclude,
-    )
-
-
 def owns(jobs: JobQueue, path: Path) -> bool:
     """Given the queue and a subtitle path, return True if subwatch wrote it and nobody edited it since."""
     recorded = jobs.sidecar_hash(path)
@@ -119,23 +113,15 @@ class Service:
         self._notices_sent = 0  # the last outbox row handed to the notifier
         self.systemd = SystemdNotifier()
         self.workers: dict[str, Worker] = {}  # by device
-        self.watcher = Watcher(
-            [watch_spec(f) for f in config.folders], self._on_ready,
-            on_deleted=self._on_deleted, on_moved=self._on_moved,
-        )
         self._prefetch: Prefetch[pipeline.Prepared] = Prefetch(waiting)
         self._gate = SoloGate()  # a suspect is alone in the models
         self._wake = threading.Event()  # new work for the loader
+        self.intake = Intake(config, self.jobs, wake=self._wake.set)
         self._stopping = threading.Event()
         self._abandon = threading.Event()  # stop grace expired: drop the running transcription
         self._reload_requested = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._backfilling = threading.Lock()
-        self._last_scan = 0.0
         self._worked = False  # a batch ran since the freed memory was last given back
-        # Copies seen while their content's job was pending or running: path -> (folder, that job's id).
-        self._copies_waiting: dict[Path, tuple[Path, int]] = {}
-        self._copies_lock = threading.Lock()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -146,10 +132,9 @@ class Service:
         self.notifier.start()
         self._recover()
         self._notify_owed()  # what a killed daemon left unsent, and failures found just now
-        self.watcher.start()
+        self.intake.start()  # the watcher, then a scan for what arrived while nobody watched
         self._start_thread("loader", self._loader_loop)
         self._start_workers()
-        self._start_backfill()
         self.systemd.ready()
         watchdog = WatchdogLoop(self.systemd, self._healthy)
         watchdog.start()
@@ -161,13 +146,8 @@ class Service:
             if self.models.unload_idle():  # never one a worker holds
                 release_freed_memory()
             self._release_memory_when_idle()
-            self._enqueue_waiting_copies()
+            self.intake.tick()
             self.systemd.status(self._status_text())
-            # The watcher can miss events (inotify queue overflow, a share remounted
-            # without events): a periodic scan catches whatever it missed.
-            rescan = self.config.rescan_minutes * 60
-            if rescan and time.monotonic() - self._last_scan >= rescan:
-                self._start_backfill()
         watchdog.stop()
         self._shutdown()
         return 0
@@ -225,7 +205,7 @@ class Service:
     def _shutdown(self) -> None:
         self.systemd.stopping()
         log.info("stopping")
-        self.watcher.stop()
+        self.intake.stop()
         workers = [w for w in self.workers.values() if w.thread is not None]
         _join_all([w.thread for w in workers], STOP_GRACE_SECONDS)
         if any(w.thread.is_alive() for w in workers):
@@ -273,132 +253,11 @@ class Service:
         self.config = new
         self.models.set_memory_limit(new.gpu_memory_limit)
         self._start_workers()  # for devices the new config adds
-        self.watcher.update([watch_spec(f) for f in new.folders])
+        self.intake.update(new)
         self.notifier.update(notify_rules(new))
-        self._start_backfill()
         log.info("reloaded %s: watching %d folder(s)", new.source, len(new.folders))
         self.systemd.ready()
         return True
-
-    # ------------------------------------------------------------ intake (watcher threads)
-
-    def _on_ready(self, path: Path, spec: WatchSpec) -> None:
-        self._enqueue(path, spec.path)
-
-    def _enqueue(self, path: Path, folder: Path) -> None:
-        try:
-            outcome = self.jobs.enqueue(path, folder)
-        except FileNotFoundError:
-            return  # gone before we could look: nothing to do
-        except OSError as exc:
-            log.error("cannot queue %s: %s", path, exc)
-            return
-        if outcome.action == "moved" and outcome.previous_path:
-            self._follow_move(outcome.previous_path, path)
-        if outcome.action == "duplicate" and outcome.job.path != path:
-            self._wait_for_twin(path, folder, outcome)
-        if outcome.queued:
-            copy = f"copy of {printable(os.fsdecode(outcome.copy_of))}" if outcome.copy_of else ""
-            job_log(log, "queued", path, copy, outcome.job.id)
-            self._wake.set()
-
-    def _wait_for_twin(self, path: Path, folder: Path, outcome: EnqueueOutcome) -> None:
-        """A copy of content whose job is pending or running elsewhere: enqueue it again once that
-        job has finished, so it gets its own sidecars (from the transcript stored then)."""
-        with self._copies_lock:
-            if path in self._copies_waiting:
-                return
-            self._copies_waiting[path] = (folder, outcome.job.id)
-        twin = printable(os.fsdecode(outcome.job.path))
-        job_log(log, "waiting", path, f"same content as {twin}, not done yet; queued once it is")
-
-    def _enqueue_waiting_copies(self) -> None:
-        """Enqueue again each waiting copy whose twin's job is no longer pending or running."""
-        with self._copies_lock:
-            waiting = list(self._copies_waiting.items())
-        for path, (folder, twin_id) in waiting:
-            twin = self.jobs.get(twin_id)
-            if twin is not None and twin.state in (JobState.PENDING, JobState.RUNNING):
-                continue
-            with self._copies_lock:
-                self._copies_waiting.pop(path, None)
-            self._enqueue(path, folder)
-
-    def _on_deleted(self, path: Path) -> None:
-        # `path` may be a folder: everything under it went (a file being transcribed
-        # is noticed by the transcriber, which drops its job when it finishes).
-        gone = [path] + [j.path for j in self.jobs.jobs([JobState.PENDING]) if path in j.path.parents]
-        for each in gone:
-            job = self.jobs.drop(each)
-            if job:
-                job_log(log, "dropped", each, "deleted before its turn", job.id)
-
-    def _on_moved(self, old: Path, new: Path) -> None:
-        with self._copies_lock:
-            if old in self._copies_waiting:
-                self._copies_waiting[new] = self._copies_waiting.pop(old)
-        rules = self.config.folder_for(new)
-        job = self.jobs.move(old, new, rules.path if rules else None)
-        if job and rules is None:
-            # Moved out of the watched folders: a worker holding it lets go.
-            if self.jobs.drop(new, claimed=True) is not None:
-                job_log(log, "dropped", new, "moved out of the watched folders", job.id)
-        elif job and job.state == JobState.DONE:
-            self._follow_move(old, new)
-
-    def _follow_move(self, old: Path, new: Path) -> None:
-        """A finished file was renamed or moved: its sidecars follow it."""
-        job = self.jobs.find(new)
-        if job is None:
-            return
-        for sidecar in self.jobs.sidecars_of(job.id):
-            target = new.parent / (new.stem + sidecar.name[len(old.stem):]) if sidecar.name.startswith(
-                old.stem) else None
-            if target is None or target.exists() or not sidecar.exists():
-                continue
-            sidecar.rename(target)
-            self.jobs.move_sidecar(sidecar, target)
-        job_log(log, "moved", new, f"renamed from {old.name}; subtitles moved with it", job.id)
-
-    def _start_backfill(self) -> None:
-        """Scan the folders in the background, unless a scan is already running."""
-        if self._backfilling.acquire(blocking=False):
-            self._start_thread("backfill", self._backfill)
-        self._last_scan = time.monotonic()
-
-    def _backfill(self) -> None:
-        try:
-            self._scan_folders()
-        finally:
-            self.jobs.close_thread()  # a scan every rescan_minutes: each would keep a connection open
-            self._backfilling.release()
-
-    def _scan_folders(self) -> None:
-        """Queue media already in the folders that lacks subtitles (at start, after reload, periodically)."""
-        for rules in self.config.folders:
-            if self._stopping.is_set():
-                return
-            queued = 0
-            for path in self.watcher.scan(watch_spec(rules)):
-                if self._stopping.is_set():
-                    return
-                if self._needs_work(path, rules):
-                    self._enqueue(path, rules.path)
-                    queued += 1
-            if queued:
-                log.info("backfill: %d file(s) in %s considered", queued, rules.path)
-
-    def _needs_work(self, path: Path, rules: FolderRules) -> bool:
-        job = self.jobs.find(path)
-        if job is not None:
-            try:
-                st = path.stat()
-            except OSError:
-                return False
-            # Unchanged since we last saw it: skip without reading it for a fingerprint.
-            if job.size == st.st_size and abs(job.mtime - st.st_mtime) < 1e-3:
-                return False
-        return not subtitles.existing_subtitles(path, pipeline.output_language(rules))
 
     # ------------------------------------------------------------ loader thread
 

@@ -32,7 +32,7 @@ from pathlib import Path, PurePosixPath
 from types import MappingProxyType
 from typing import Literal
 
-from daemon.datatypes import Cue, Segment, Transcript, Word
+from daemon.datatypes import MEDIA_EXTENSIONS, Cue, Segment, Transcript, Word
 
 __all__ = [
     "RENDERERS",
@@ -973,10 +973,8 @@ SUBTITLE_EXTENSIONS = frozenset({".srt", ".vtt", ".ass", ".ssa", ".sub", ".idx",
 _FLAGS = frozenset({"default", "forced", "foreign", "sdh", "cc", "hi"})
 # Media files that may share a folder (and a name prefix) with the video: their
 # sidecars are theirs, not ours ("Movie.mkv" vs "Movie.Extended.mkv").
-_MEDIA_EXTENSIONS = frozenset(
-    ".mkv .mp4 .m4v .avi .mov .wmv .webm .ts .m2ts .mts .mpg .mpeg .vob .flv .ogv .3gp .iso"
-    " .mp3 .m4a .m4b .flac .ogg .opus .wav .aac .wma .mka".split()
-)
+# Disc images count too: a player shows sidecars for them, though subwatch never transcribes one.
+_MEDIA_EXTENSIONS = frozenset(f".{extension}" for extension in MEDIA_EXTENSIONS | {"iso"})
 
 
 def _sidecar_language(tags: Sequence[str]) -> str | None:

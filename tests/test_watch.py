@@ -1,4 +1,4 @@
-"""Tests for daemon.watch: real watchdog observers on tmp folders, real files, real ffprobe.
+"""Tests for daemon.watch: real watchdog observers on tmp folders, real files.
 
 Settle times are short (0.3-0.8 s). Times are compared with time.monotonic(),
 the clock the tracker uses. Lower bounds ("not before the last write plus the
@@ -18,20 +18,22 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from watchdog.utils.dirsnapshot import DirectorySnapshot
 
-from daemon import watch
 from daemon.watch import (
     StabilityTracker,
     Watcher,
     WatchSpec,
     filesystem_type,
     filesystem_type_in,
-    is_candidate,
     is_polled_filesystem,
+    name_verdict,
     parse_mountinfo,
-    probe_is_media,
     scan,
 )
+from daemon.watch import folder as watch_folder
+from daemon.watch.walk import PollLister
+from tests.ffprobe_spy import FfprobeSpy
 from tests.media_factory import make_media
 
 WAIT = 15.0  # the most any test waits for a report that should come
@@ -144,7 +146,7 @@ def write_slowly(path: Path, chunks: int, pause: float, size: int = 32 * 1024) -
 ])
 def test_name_rules_take_media_and_skip_hidden_temporary_system_and_sidecar_files(
         tmp_path: Path, relative: str, expected: bool) -> None:
-    assert is_candidate(tmp_path / relative, WatchSpec(tmp_path)) is expected
+    assert name_verdict(tmp_path / relative, WatchSpec(tmp_path)) is expected
 
 
 @pytest.mark.parametrize(("relative", "expected"), [
@@ -161,40 +163,18 @@ def test_name_rules_take_media_and_skip_hidden_temporary_system_and_sidecar_file
 def test_include_and_exclude_globs_match_the_relative_path_case_insensitively(
         tmp_path: Path, relative: str, expected: bool) -> None:
     spec = WatchSpec(tmp_path, include=("*.mkv", "*.mp4"), exclude=("*sample*", "*/Extras/*", "*-trailer.*"))
-    assert is_candidate(tmp_path / relative, spec) is expected
+    assert name_verdict(tmp_path / relative, spec) is expected
 
 
 def test_a_path_outside_the_folder_is_no_candidate(tmp_path: Path) -> None:
-    assert is_candidate(tmp_path / "elsewhere" / "x.mkv", WatchSpec(tmp_path / "media")) is False
+    assert name_verdict(tmp_path / "elsewhere" / "x.mkv", WatchSpec(tmp_path / "media")) is False
 
 
-def test_unknown_extension_is_decided_by_ffprobe_and_cached_per_mtime(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    media = make_media(tmp_path / "clip.mkv", seconds=1.0).rename(tmp_path / "clip.weird")
-    silent = make_media(tmp_path / "silent.mkv", seconds=1.0, audio=False).rename(tmp_path / "silent.weird")
-    text = tmp_path / "notes.weird"
-    text.write_text("not a video at all\n" * 50)
-    spec = WatchSpec(tmp_path)
-
-    calls: list[list[str]] = []
-    real_run = subprocess.run
-
-    def counting_run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[bytes]:
-        calls.append(cmd)
-        return real_run(cmd, **kwargs)  # type: ignore[call-overload, no-any-return]
-
-    monkeypatch.setattr(watch.subprocess, "run", counting_run)
-    assert is_candidate(media, spec) is True
-    assert is_candidate(text, spec) is False
-    assert is_candidate(silent, spec) is False  # video without audio: nothing to transcribe
-    assert len(calls) == 3
-
-    assert probe_is_media(media) is True
-    assert len(calls) == 3  # cached
-    later = media.stat().st_mtime + 5
-    os.utime(media, (later, later))
-    assert probe_is_media(media) is True
-    assert len(calls) == 4  # a new mtime is asked again
+@pytest.mark.parametrize("name", ["clip.weird", "recording.dat", "no extension"])
+def test_an_unknown_extension_is_left_for_ffprobe_to_decide(tmp_path: Path, name: str) -> None:
+    # daemon.intake asks ffprobe (tests/test_intake.py); the names alone cannot tell.
+    assert name_verdict(tmp_path / name, WatchSpec(tmp_path)) is None
+    assert name_verdict(tmp_path / name, WatchSpec(tmp_path, include=("*.mkv",))) is False
 
 
 # ---------------------------------------------------------------- filesystems
@@ -412,7 +392,7 @@ def test_scan_logs_an_unreadable_subfolder_and_goes_on(
             raise PermissionError(13, "Permission denied", os.fspath(path))
         return real_scandir(path)
 
-    monkeypatch.setattr(watch.os, "scandir", scandir)
+    monkeypatch.setattr(os, "scandir", scandir)
     with caplog.at_level(logging.WARNING, logger="subwatch.watch"):
         found = list(scan(WatchSpec(tmp_path)))
     assert found == [tmp_path / "open" / "y.mkv"]
@@ -421,6 +401,28 @@ def test_scan_logs_an_unreadable_subfolder_and_goes_on(
 
 def test_scan_of_a_missing_folder_yields_nothing(tmp_path: Path) -> None:
     assert list(scan(WatchSpec(tmp_path / "not-mounted"))) == []
+
+
+def test_the_poller_lists_what_a_scan_finds(tmp_path: Path) -> None:
+    # One way to walk a folder: watchdog's polling snapshots list through the same lister as a scan.
+    root, other = tmp_path / "media", tmp_path / "other"
+    (root / "sub" / "deeper").mkdir(parents=True)
+    (root / "@eaDir").mkdir()
+    other.mkdir()
+    for relative in ["a.mkv", "b.srt", ".hidden.mkv", "@eaDir/thumb.mkv", "sub/c.mp4", "sub/deeper/d.weird",
+                     "e.mkv.part", "poster.jpg"]:
+        (root / relative).write_bytes(b"x")
+    (other / "f.mkv").write_bytes(b"x")
+    (root / "sub" / "loop").symlink_to(root)
+    (root / "linked").symlink_to(other)
+    (root / "again").symlink_to(other)  # a second link to a folder already listed
+
+    for _ in range(2):  # every snapshot is a walk of its own
+        snapshot = DirectorySnapshot(str(root), listdir=PollLister(str(root)))
+        files = sorted(Path(p) for p in snapshot.paths if not os.path.isdir(p))
+        assert files == sorted(scan(WatchSpec(root)))
+    assert files == sorted([root / "a.mkv", root / "again" / "f.mkv", root / "sub" / "c.mp4",
+                            root / "sub" / "deeper" / "d.weird"])
 
 
 # ---------------------------------------------------------------- watcher: arrivals
@@ -514,8 +516,11 @@ def test_ignored_and_excluded_files_are_never_reported(tmp_path: Path, start_wat
     assert recorder.ready_paths() == [tmp_path / "Movie" / "Movie.mkv"]
 
 
-def test_unknown_extension_is_reported_only_when_ffprobe_finds_audio(
-        tmp_path: Path, start_watcher: Start) -> None:
+def test_unknown_extensions_are_reported_without_running_ffprobe(
+        tmp_path: Path, start_watcher: Start, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Whether they are media is for daemon.intake to find out, off the watcher's thread
+    # (tests/test_intake.py); here, nothing blocks the dispatcher.
+    spy = FfprobeSpy(tmp_path / "spy").install(monkeypatch)
     staging, root = tmp_path / "staging", tmp_path / "media"
     root.mkdir()
     media = make_media(staging / "clip.mkv", seconds=1.0)
@@ -524,9 +529,10 @@ def test_unknown_extension_is_reported_only_when_ffprobe_finds_audio(
     _, recorder = start_watcher([WatchSpec(root, settle_seconds=0.3)])
     shutil.copy(media, root / "clip.weird")
     shutil.copy(text, root / "notes.weird")
-    assert recorder.wait_for(lambda r: len(r.ready) >= 1)
+    assert recorder.wait_for(lambda r: len(r.ready) >= 2)
     time.sleep(0.8)
-    assert recorder.ready_paths() == [root / "clip.weird"]
+    assert sorted(recorder.ready_paths()) == [root / "clip.weird", root / "notes.weird"]
+    assert spy.asked() == []
 
 
 def test_awkward_names_are_reported_exactly(tmp_path: Path, start_watcher: Start) -> None:
@@ -551,7 +557,7 @@ def test_poll_true_reports_without_the_native_observer(
     def no_inotify() -> None:
         raise AssertionError("the native observer must not be used with poll=True")
 
-    monkeypatch.setattr(watch, "Observer", no_inotify)
+    monkeypatch.setattr(watch_folder, "Observer", no_inotify)
     with caplog.at_level(logging.INFO, logger="subwatch.watch"):
         _, recorder = start_watcher([WatchSpec(tmp_path, poll=True, poll_interval=0.3, settle_seconds=0.3)])
         (tmp_path / "sub").mkdir()
