@@ -22,7 +22,7 @@ from daemon.config import BUILTIN_DEFAULTS, Config, ConfigError, FolderNotify, F
 from daemon.datatypes import Job
 from daemon.models import is_model_path
 from daemon.queue import JobQueue, QueueError
-from daemon.text import format_speed, printable
+from daemon.text import format_duration, format_speed, printable
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 78
 DEFAULT_CONFIG = Path(os.environ.get("SUBWATCH_CONFIG", "/etc/subwatch/config.yaml"))
@@ -236,7 +236,7 @@ def _transcribe_file(path: Path, rules: FolderRules, models_dir: Path, overwrite
     try:
         prepared = pipeline.prepare(path, rules, owned)
         model = ModelStore(models_dir).get(rules.model, resolve_device(rules.devices[0]))
-        length = media.format_duration(prepared.audio.duration)
+        length = format_duration(prepared.audio.duration)
         print(f"{path.name}: transcribing {length} with {rules.model}", file=sys.stderr)
         transcript = transcribe(prepared.audio, pipeline.options_for(rules), model, show_progress_bar=True)
         result = pipeline.complete(prepared, transcript, owned)
@@ -253,7 +253,7 @@ def _transcribe_file(path: Path, rules: FolderRules, models_dir: Path, overwrite
     speed = format_speed(result.media_duration, result.elapsed) or "?"
     uncovered = result.transcript.uncovered_seconds if result.transcript else 0.0
     missing = f"  {uncovered:.0f} s of speech without subtitles" if uncovered >= 0.5 else ""
-    print(f"{path.name}: done  {result.language}  {media.format_duration(result.media_duration)} in "
+    print(f"{path.name}: done  {result.language}  {format_duration(result.media_duration)} in "
           f"{result.elapsed:.0f} s ({speed} realtime){missing}", file=sys.stderr)
     return True
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from daemon.text import format_speed, printable
+from daemon.text import format_duration, format_speed, printable
 
 logger = logging.getLogger("subwatch.notify")
 
@@ -120,14 +120,6 @@ def _unsent(events: Sequence[Event]) -> list[Message]:
     """Given events that will not be sent, return a message to nobody that settles their keys."""
     keys = _keys(events)
     return [Message("", "", "info", (), keys)] if keys else []
-
-
-def format_duration(seconds: float) -> str:
-    """Given a length in seconds, return it as H:MM:SS, e.g. "1:52:10"."""
-    total = max(0, round(seconds))
-    hours, rest = divmod(total, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
 def format_elapsed(seconds: float) -> str:

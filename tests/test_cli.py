@@ -133,7 +133,7 @@ def test_transcribe_one_shot_writes_sidecars(tmp_path: Path, tiny_en_checkpoint:
     assert done.returncode == 0, done.stderr
     srt_path, vtt_path = tmp_path / "Clip (2020).en.srt", tmp_path / "Clip (2020).en.vtt"
     assert done.stdout.splitlines() == [str(srt_path), str(vtt_path)]
-    assert "Clip (2020).mp4: done  en  0:03 in" in done.stderr
+    assert "Clip (2020).mp4: done  en  0:00:03 in" in done.stderr
     parsed = list(srt.parse(srt_path.read_text()))
     cues = [Cue(c.start.total_seconds(), c.end.total_seconds(), tuple(c.content.split("\n"))) for c in parsed]
     # Every cue of the written file keeps the subtitle limits (lines, length, duration, speed, gaps).

@@ -23,7 +23,6 @@ from daemon.notify import (
     NotifyRules,
     format_digest,
     format_done,
-    format_duration,
     format_elapsed,
     format_failed,
     format_speed,
@@ -32,6 +31,7 @@ from daemon.notify import (
     printable,
     url_label,
 )
+from daemon.text import format_duration
 
 MOVIE = Path("/srv/media/movies/Movie (2009).mkv")
 
