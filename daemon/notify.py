@@ -58,17 +58,18 @@ LANGUAGE_NAMES: dict[str, str] = {
 
 @dataclass(frozen=True)
 class NotifyRules:
-    """Where notifications go and how many may be sent.
+    """Where notifications go and how many may be sent: the `notify:` section of the config.
 
     `on` holds the events to notify about: "done", "failed" and "digest" (the
-    summary sent instead of single messages during a burst).
+    summary sent instead of single messages during a burst). The defaults are
+    the config's (daemon.options builds these from the keys written).
     """
 
     urls: tuple[str, ...] = ()
-    on: frozenset[str] = frozenset({"done", "failed"})
-    burst: int = 5
+    on: frozenset[str] = EVENTS
+    burst: int = 5  # single messages per window before the rest wait for a digest
     window_seconds: float = 60.0
-    retries: int = 3
+    retries: int = 3  # further attempts of a failed delivery (not a config key)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.on) - EVENTS)

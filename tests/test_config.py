@@ -58,10 +58,12 @@ def test_folder_inherits_defaults_and_overrides(tmp_path: Path) -> None:
     assert config.state_dir == tmp_path / "state"
     assert config.models_dir == tmp_path / "state" / "models"
     assert config.db_path == tmp_path / "state" / "jobs.sqlite3"
-    assert (a.path, a.model, a.language, a.prompt, a.formats, a.task) == (
+    key = a.transcript_key
+    assert (a.path, key.model, key.language, key.prompt, a.subtitles.formats, key.task) == (
         tmp_path / "a", "small", "de", "Berlin", ("srt",), "transcribe")
-    assert a.settle_seconds == 10.0 and a.devices == ("auto",) and a.recursive is True
-    assert (anime.path, anime.model, anime.language, anime.task, anime.prompt) == (
+    assert a.watch.settle_seconds == 10.0 and a.devices == ("auto",) and a.watch.recursive is True
+    key = anime.transcript_key
+    assert (anime.path, key.model, key.language, key.task, key.prompt) == (
         Path("/srv/anime"), "large-v3", "ja", "translate", None)
     assert anime.notify.urls == ("json://127.0.0.1:8/",) and anime.notify.replace
     assert config.notify.on == frozenset({"failed"})
@@ -69,12 +71,12 @@ def test_folder_inherits_defaults_and_overrides(tmp_path: Path) -> None:
 
 def test_auto_language_and_poll_become_none(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, "folders: [{path: x, language: auto, poll: auto}]\n"))
-    assert config.folders[0].language is None and config.folders[0].poll is None
+    assert config.folders[0].transcript_key.language is None and config.folders[0].watch.poll is None
 
 
 def test_model_path_resolved_relative_to_config(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, "folders: [{path: x, model: models/mine.pt}]\n"))
-    assert config.folders[0].model == str(tmp_path / "models" / "mine.pt")
+    assert config.folders[0].transcript_key.model == str(tmp_path / "models" / "mine.pt")
 
 
 def test_model_folder_resolved_relative_to_config(tmp_path: Path) -> None:
@@ -89,7 +91,7 @@ def test_model_folder_resolved_relative_to_config(tmp_path: Path) -> None:
           - path: z
             model: base.en
     """))
-    assert [f.model for f in config.folders] == [
+    assert [f.transcript_key.model for f in config.folders] == [
         str(tmp_path / "faster-whisper-base"), str(tmp_path.parent / "hf" / "whisper-small"), "base.en"]
 
 
@@ -233,11 +235,45 @@ def test_example_config_is_valid_and_self_contained() -> None:
     (folder,) = config.folders
     assert folder.path == REPO / "inbox" and folder.create_if_missing
     assert config.state_dir == REPO / ".subwatch-state"
-    assert folder.model == "turbo" and folder.formats == ("srt", "vtt") and folder.language is None
+    key = folder.transcript_key
+    assert key.model == "turbo" and folder.subtitles.formats == ("srt", "vtt") and key.language is None
 
 
 def test_folder_for_picks_most_specific(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, "folders: [{path: /m}, {path: /m/anime, language: ja}]\n"))
-    assert config.folder_for(Path("/m/anime/a/b.mkv")).language == "ja"
+    assert config.folder_for(Path("/m/anime/a/b.mkv")).transcript_key.language == "ja"
     assert config.folder_for(Path("/m/film.mkv")).path == Path("/m")
     assert config.folder_for(Path("/elsewhere/x.mkv")) is None
+
+
+def test_rules_are_built_into_each_stages_options(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, """
+        folders:
+          - path: /media
+            beam_size: 1
+            language: de
+            poll: true
+            max_line_chars: 30
+            lang_code: iso639-2
+            formats: [srt, srt, txt]
+            min_duration_seconds: 30
+            notify: {urls: ["json://127.0.0.1:9/"]}
+    """))
+    (rules,) = config.folders
+    assert rules.watch.path == Path("/media") and rules.watch.poll is True
+    assert (rules.transcript_key.beam_size, rules.transcribe.beam_size) == (1, None)  # None: greedy
+    assert rules.transcribe.language == "de" and rules.transcribe.model == "turbo"
+    assert rules.subtitles.cues.max_line_chars == 30 and rules.subtitles.naming.lang_code == "iso639-2"
+    assert rules.subtitles.formats == ("srt", "txt")
+    assert rules.media.min_duration_seconds == 30
+    assert rules.notify.urls == ("json://127.0.0.1:9/",) and rules.notify.replace is False
+    assert rules.with_keys({}) == rules
+    assert rules.with_keys({"beam_size": 4}).transcribe.beam_size == 4
+
+
+def test_null_inside_a_folders_notify_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "notify: {burst: null}\nfolders: [{path: /a, notify: {urls: null}}]\n")
+    assert problems_of(path) == [
+        "at 'notify.burst': must not be empty (remove the line to use the default)",
+        "at 'folders[0].notify.urls': must not be empty (remove the line to use the default)",
+    ]

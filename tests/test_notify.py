@@ -341,7 +341,8 @@ def test_burst_without_digest_in_on_drops_the_rest(
     receiver: Receiver, notifiers: list[Notifier], caplog: pytest.LogCaptureFixture
 ) -> None:
     now = [0.0]
-    notifier = started(notifiers, NotifyRules(urls=(receiver.url,), burst=2), clock=lambda: now[0])
+    rules = NotifyRules(urls=(receiver.url,), on=frozenset({"done", "failed"}), burst=2)
+    notifier = started(notifiers, rules, clock=lambda: now[0])
     with caplog.at_level(logging.INFO, logger="subwatch.notify"):
         for index in range(5):
             notifier.send(done(Path(f"/m/{index}.mkv")))
