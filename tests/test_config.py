@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from daemon.config import WHISPER_LANGUAGES, WHISPER_MODELS, ConfigError, load_config
+from daemon.config import (
+    WHISPER_LANGUAGES,
+    WHISPER_MODELS,
+    Config,
+    ConfigError,
+    _ConfigModel,
+    _FolderModel,
+    _NotifyModel,
+    _RulesModel,
+    load_config,
+)
 from daemon.datatypes import MemoryLimit
+from daemon.options import FOLDER_KEYS, build_rules
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -244,6 +257,88 @@ def test_folder_for_picks_most_specific(tmp_path: Path) -> None:
     assert config.folder_for(Path("/m/anime/a/b.mkv")).transcript_key.language == "ja"
     assert config.folder_for(Path("/m/film.mkv")).path == Path("/m")
     assert config.folder_for(Path("/elsewhere/x.mkv")) is None
+
+
+# ---------------------------------------------------------------- defaults: written once, documented right
+
+# A line of config.example.yaml that documents a default: `key: value  # default` (the line
+# holds it) or `key: value  # default: other` (the default is `other`).
+DEFAULT_LINE = re.compile(r"^(?P<indent> *)(?P<key>\w+): (?P<value>.+?)  # default(?:: (?P<default>.+))?$")
+SECTION = re.compile(r"^(?P<key>\w+):")
+
+
+def documented_defaults() -> dict[tuple[str, str], str]:
+    """Return config.example.yaml's documented defaults: (section, key) -> the default as YAML text.
+    The section is "" for top-level keys, else the top-level key they are under."""
+    found, section = {}, ""
+    for line in (REPO / "config.example.yaml").read_text().splitlines():
+        top = SECTION.match(line)
+        if top:
+            section = top["key"]
+        match = DEFAULT_LINE.match(line)
+        if match:
+            where = "" if not match["indent"] else section
+            found[(where, match["key"])] = match["default"] or match["value"]
+    return found
+
+
+def schema_keys() -> dict[str, set[str]]:
+    """Return the keys of each section; a folder's are documented under `defaults` or a folder."""
+    return {
+        "": set(_ConfigModel.model_fields) - {"defaults", "notify", "folders"},
+        "folders": set(_FolderModel.model_fields) - {"path"},
+        "notify": set(_NotifyModel.model_fields),
+    }
+
+
+def with_key(section: str, key: str, value: str) -> str:
+    """Return a minimal config (one folder) that writes `key: value` in `section`."""
+    line = f"{key}: {value}"
+    if section == "":
+        return f"{line}\nfolders:\n  - path: /media\n"
+    if section == "folders":
+        return f"folders:\n  - path: /media\n    {line}\n"
+    return f"{section}:\n  {line}\nfolders:\n  - path: /media\n"
+
+
+def loaded(path: Path, text: str) -> Config:
+    path.write_text(text)
+    return replace(load_config(path), source=Path("config.yaml"))
+
+
+def test_every_key_documents_its_default_in_the_example() -> None:
+    documented: dict[str, set[str]] = {}
+    for section, key in documented_defaults():
+        documented.setdefault("folders" if section == "defaults" else section, set()).add(key)
+    assert documented == schema_keys()
+
+
+@pytest.mark.parametrize(("section", "key"), sorted(documented_defaults()))
+def test_example_default_is_the_codes(tmp_path: Path, section: str, key: str) -> None:
+    """Writing the default the example documents changes nothing: it is what the code does unwritten."""
+    value = documented_defaults()[(section, key)]
+    plain = loaded(tmp_path / "plain.yaml", "folders:\n  - path: /media\n")
+    assert loaded(tmp_path / "written.yaml", with_key(section, key, value)) == plain, (
+        f"config.example.yaml documents {key}: {value} as the default, but the code's default differs")
+
+
+def test_a_non_default_is_noticed(tmp_path: Path) -> None:
+    """The comparison above can tell a default from another value, in each section."""
+    plain = loaded(tmp_path / "plain.yaml", "folders:\n  - path: /media\n")
+    for section, key, value in [("", "max_attempts", "4"), ("defaults", "max_lines", "1"),
+                                ("notify", "on", "[done]"), ("folders", "create_if_missing", "true")]:
+        assert loaded(tmp_path / "written.yaml", with_key(section, key, value)) != plain
+
+
+def test_every_folder_key_reaches_a_stage() -> None:
+    """Each key a folder may set has one field it sets, and setting it changes that field only."""
+    assert set(FOLDER_KEYS) == set(_RulesModel.model_fields) | {"create_if_missing"}
+    plain = build_rules(Path("/media"), {})
+    assert set(plain.keys()) == set(FOLDER_KEYS)
+    for key, value in [("recursive", False), ("min_duration_seconds", 5.0), ("beam_size", 2),
+                       ("max_lines", 1), ("sdh", True), ("device", ["cpu"])]:
+        keys = build_rules(Path("/media"), {key: value}).keys()
+        assert {name for name, now in keys.items() if now != plain.keys()[name]} == {key}
 
 
 def test_rules_are_built_into_each_stages_options(tmp_path: Path) -> None:
