@@ -2,10 +2,11 @@
 
 pydantic checks the shape; this module turns its errors into lines that name
 the file and the key path (`folders[0].langauge`) and say what is allowed,
-all of them at once, so a user fixes a config in one go. The schema holds no
-defaults: the keys a user wrote go to daemon.options, which builds each stage's
-options from them, and each key not written takes its stage's default there.
-Everything else in the daemon receives `Config` / `FolderRules` as arguments.
+all of them at once, so a user fixes a config in one go. The folder and notify
+keys have no defaults here: the ones a user wrote go to daemon.options, which
+builds each stage's options from them, and a key not written takes its stage's
+default there. The daemon-wide keys (state_dir, log_level, …) have theirs in
+`_ConfigModel`. Everything else in the daemon receives `Config` / `FolderRules`.
 """
 
 from __future__ import annotations
