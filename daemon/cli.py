@@ -14,15 +14,16 @@ import os
 import re
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from daemon import __version__
-from daemon.config import BUILTIN_DEFAULTS, Config, ConfigError, FolderNotify, FolderRules, load_config
+from daemon.config import Config, ConfigError, RulesError, load_config, validate_rules
 from daemon.datatypes import Job
 from daemon.models import is_model_path
+from daemon.options import FolderNotify, FolderRules, build_rules
 from daemon.queue import JobQueue, QueueError
-from daemon.text import format_speed, printable
+from daemon.text import format_duration, format_speed, printable
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 78
 DEFAULT_CONFIG = Path(os.environ.get("SUBWATCH_CONFIG", "/etc/subwatch/config.yaml"))
@@ -180,52 +181,27 @@ def absolute(path: Path) -> Path:
 
 
 def _one_shot_rules(path: Path, config: Config | None, args: argparse.Namespace) -> FolderRules:
-    base = (config.folder_for(path) if config else None) or _default_rules(path.parent)
-    overrides = {
+    """Given a file, the config (if any) and the command line, return the file's rules: those of its
+    watched folder, or the defaults, with the flags given written over them."""
+    flags = {
         "model": args.model and _model_arg(args.model),
+        "language": args.language,
         "task": args.task,
         "prompt": args.prompt,
         "beam_size": args.beam_size,
-        "devices": (args.device,) if args.device else None,
-        "formats": tuple(args.formats.split(",")) if args.formats else None,
+        "device": args.device,
+        "formats": args.formats.split(",") if args.formats else None,
     }
-    rules = replace(base, **{k: v for k, v in overrides.items() if v is not None})
-    if args.language:
-        rules = replace(rules, language=None if args.language == "auto" else args.language)
-    return _validated(rules)
+    try:
+        written = validate_rules({key: value for key, value in flags.items() if value is not None})
+    except RulesError as exc:  # checked by the config's own validators, so errors read the same
+        raise SystemExit(f"subwatch: --{exc}") from None
+    folder = config.folder_for(path) if config else None
+    return folder.with_keys(written) if folder else build_rules(path.parent, written)
 
 
 def _model_arg(value: str) -> str:
     return str(absolute(Path(value))) if is_model_path(value) else value
-
-
-def _default_rules(folder: Path) -> FolderRules:
-    d = BUILTIN_DEFAULTS
-    return FolderRules(
-        path=folder, recursive=False, create_if_missing=False, model=d["model"], language=None,
-        task=d["task"], prompt=None, beam_size=d["beam_size"],
-        devices=(d["device"],), formats=tuple(d["formats"]), settle_seconds=0.0, poll=None,
-        poll_interval=d["poll_interval"], include=(), exclude=(), min_duration_seconds=0.0,
-        skip_if_embedded=False, audio_language=None, max_line_chars=d["max_line_chars"],
-        max_lines=d["max_lines"], lang_code=d["lang_code"], sdh=False, forced=False, name_template=None,
-        notify=FolderNotify(),
-    )
-
-
-def _validated(rules: FolderRules) -> FolderRules:
-    """Check command-line values with the config's own validators, so errors read the same."""
-    from pydantic import ValidationError
-
-    from daemon.config import _RulesModel
-
-    try:
-        _RulesModel(model=rules.model, language=rules.language, device=list(rules.devices),
-                    formats=list(rules.formats), beam_size=rules.beam_size)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        message = first["msg"].removeprefix("Value error, ")
-        raise SystemExit(f"subwatch: --{first['loc'][0]}: {message}") from None
-    return rules
 
 
 def _transcribe_file(path: Path, rules: FolderRules, models_dir: Path, overwrite: bool) -> bool:
@@ -235,10 +211,11 @@ def _transcribe_file(path: Path, rules: FolderRules, models_dir: Path, overwrite
     owned = (lambda _p: True) if overwrite else (lambda _p: False)
     try:
         prepared = pipeline.prepare(path, rules, owned)
-        model = ModelStore(models_dir).get(rules.model, resolve_device(rules.devices[0]))
-        length = media.format_duration(prepared.audio.duration)
-        print(f"{path.name}: transcribing {length} with {rules.model}", file=sys.stderr)
-        transcript = transcribe(prepared.audio, pipeline.options_for(rules), model, show_progress_bar=True)
+        options = rules.transcribe
+        model = ModelStore(models_dir).get(options.model, resolve_device(rules.devices[0]))
+        length = format_duration(prepared.audio.duration)
+        print(f"{path.name}: transcribing {length} with {options.model}", file=sys.stderr)
+        transcript = transcribe(prepared.audio, options, model, show_progress_bar=True)
         result = pipeline.complete(prepared, transcript, owned)
     except pipeline.Skip as exc:
         print(f"{path}: skipped: {exc}", file=sys.stderr)
@@ -253,7 +230,7 @@ def _transcribe_file(path: Path, rules: FolderRules, models_dir: Path, overwrite
     speed = format_speed(result.media_duration, result.elapsed) or "?"
     uncovered = result.transcript.uncovered_seconds if result.transcript else 0.0
     missing = f"  {uncovered:.0f} s of speech without subtitles" if uncovered >= 0.5 else ""
-    print(f"{path.name}: done  {result.language}  {media.format_duration(result.media_duration)} in "
+    print(f"{path.name}: done  {result.language}  {format_duration(result.media_duration)} in "
           f"{result.elapsed:.0f} s ({speed} realtime){missing}", file=sys.stderr)
     return True
 
@@ -343,9 +320,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     for rules in config.folders:
         exists = "" if rules.path.is_dir() else "  (does not exist yet: watched when it appears)"
         print(f"\n{rules.path}{exists}")
-        for key, value in vars(rules).items():
-            if key != "path":
-                print(f"  {key}: {_show(key, value)}")
+        for key, value in rules.keys().items():
+            print(f"  {key}: {_show(key, value)}")
     return EXIT_OK
 
 
@@ -354,6 +330,8 @@ def _show(key: str, value: object) -> str:
         return "auto" if key in ("language", "poll") else "none"
     if isinstance(value, tuple):
         return "[" + ", ".join(map(str, value)) + "]"
+    if isinstance(value, FolderNotify):  # a count, as for notify.urls above: URLs often hold tokens
+        return f"{len(value.urls)} url(s)" + (", instead of notify.urls" if value.replace else "")
     return str(value)
 
 

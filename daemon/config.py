@@ -2,8 +2,11 @@
 
 pydantic checks the shape; this module turns its errors into lines that name
 the file and the key path (`folders[0].langauge`) and say what is allowed,
-all of them at once, so a user fixes a config in one go. Everything else in
-the daemon receives `Config` / `FolderRules` as arguments.
+all of them at once, so a user fixes a config in one go. The folder and notify
+keys have no defaults here: the ones a user wrote go to daemon.options, which
+builds each stage's options from them, and a key not written takes its stage's
+default there. The daemon-wide keys (state_dir, log_level, …) have theirs in
+`_ConfigModel`. Everything else in the daemon receives `Config` / `FolderRules`.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from daemon.datatypes import MemoryLimit
 from daemon.models import is_model_path  # no torch: config stays instant
+from daemon.notify import NotifyRules
+from daemon.options import FolderRules, build_notify, build_rules
 
 # Whisper's own tables, copied so that loading a config does not import torch.
 # tests/test_config.py asserts they equal whisper.available_models() / tokenizer.LANGUAGES.
@@ -34,7 +40,6 @@ WHISPER_LANGUAGES = frozenset(
     "vi yi yo yue zh".split()
 )
 FORMATS = ("srt", "vtt", "txt", "json")
-EVENTS = ("done", "failed", "digest")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEVICE_FORMS = "auto, cpu, cuda or cuda:N"
 _DEVICE = re.compile(r"auto|cpu|cuda|cuda:[0-9]+")
@@ -63,51 +68,6 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True)
-class FolderNotify:
-    urls: tuple[str, ...] = ()
-    replace: bool = False  # True: only these targets; False: in addition to notify.urls
-
-
-@dataclass(frozen=True)
-class FolderRules:
-    """The effective rules of one watched folder: its own keys over `defaults`."""
-
-    path: Path
-    recursive: bool
-    create_if_missing: bool
-    model: str
-    language: str | None  # None = detect
-    task: str
-    prompt: str | None
-    beam_size: int  # 1 = greedy decoding
-    devices: tuple[str, ...]  # auto, cpu, cuda, cuda:N; several = served by the worker of any of them
-    formats: tuple[str, ...]
-    settle_seconds: float
-    poll: bool | None  # None = decide from the filesystem type
-    poll_interval: float
-    include: tuple[str, ...]
-    exclude: tuple[str, ...]
-    min_duration_seconds: float
-    skip_if_embedded: bool
-    audio_language: str | None
-    max_line_chars: int
-    max_lines: int
-    lang_code: str
-    sdh: bool
-    forced: bool
-    name_template: str | None
-    notify: FolderNotify
-
-
-@dataclass(frozen=True)
-class NotifyConfig:
-    urls: tuple[str, ...] = ()
-    on: frozenset[str] = frozenset({"done", "failed", "digest"})
-    burst: int = 5
-    window_seconds: float = 60.0
-
-
-@dataclass(frozen=True)
 class Config:
     source: Path  # the file this was read from
     state_dir: Path
@@ -116,7 +76,7 @@ class Config:
     max_attempts: int
     unload_after_seconds: float
     rescan_minutes: float
-    notify: NotifyConfig
+    notify: NotifyRules
     folders: tuple[FolderRules, ...]
     gpu_memory_limit: MemoryLimit | None = None  # None: the whole card
 
@@ -137,9 +97,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=False)
 
 
+# No defaults in the schema: a key not written is left out (`exclude_unset`), and daemon.options
+# gives it its stage's default. A None default here only means "not written".
+
+
 class _FolderNotifyModel(_Strict):
-    urls: list[str] = Field(default_factory=list)
-    replace: bool = False
+    urls: list[str] | None = None
+    replace: bool | None = None
 
 
 class _RulesModel(_Strict):
@@ -212,14 +176,14 @@ class _RulesModel(_Strict):
 
 class _FolderModel(_RulesModel):
     path: str
-    create_if_missing: bool = False
+    create_if_missing: bool | None = None
 
 
 class _NotifyModel(_Strict):
-    urls: list[str] = Field(default_factory=list)
-    on: list[Literal["done", "failed", "digest"]] = Field(default_factory=lambda: list(EVENTS))
-    burst: int = Field(default=5, ge=1)
-    window_seconds: float = Field(default=60.0, gt=0)
+    urls: list[str] | None = None
+    on: list[Literal["done", "failed", "digest"]] | None = None
+    burst: int | None = Field(default=None, ge=1)
+    window_seconds: float | None = Field(default=None, gt=0)
 
 
 class _ConfigModel(_Strict):
@@ -293,34 +257,6 @@ def parse_memory_limit(value: Any) -> MemoryLimit | None:
     return MemoryLimit(bytes=size)
 
 
-# What a folder gets when neither it nor `defaults` sets a key.
-BUILTIN_DEFAULTS: dict[str, Any] = {
-    "model": "turbo",
-    "language": "auto",
-    "task": "transcribe",
-    "prompt": None,
-    "beam_size": 5,
-    "device": "auto",
-    "formats": ["srt", "vtt"],
-    "settle_seconds": 10.0,
-    "recursive": True,
-    "poll": "auto",
-    "poll_interval": 30.0,
-    "include": [],
-    "exclude": [],
-    "min_duration_seconds": 0.0,
-    "skip_if_embedded": False,
-    "audio_language": None,
-    "max_line_chars": 42,
-    "max_lines": 2,
-    "lang_code": "iso639-1",
-    "sdh": False,
-    "forced": False,
-    "name_template": None,
-    "notify": None,
-}
-
-
 # ---------------------------------------------------------------- loading
 
 
@@ -379,10 +315,10 @@ _Yaml12BoolLoader.add_implicit_resolver(
 def _freeze(parsed: _ConfigModel, source: Path) -> Config:
     base = source.resolve().parent  # relative paths are relative to the config file
     state_dir = _absolute(parsed.state_dir, base)
-    defaults = {**BUILTIN_DEFAULTS, **_set_fields(parsed.defaults)}
-    problems = _null_problems("defaults", _set_fields(parsed.defaults))
+    defaults = _written(parsed.defaults)
+    problems = _null_problems("defaults", defaults) + _null_problems("notify", _written(parsed.notify))
     for index, folder in enumerate(parsed.folders):
-        problems += _null_problems(f"folders[{index}]", _set_fields(folder))
+        problems += _null_problems(f"folders[{index}]", _written(folder))
     if problems:
         raise ConfigError(source, problems)
     folders = tuple(_folder(f, defaults, base) for f in parsed.folders)
@@ -396,12 +332,7 @@ def _freeze(parsed: _ConfigModel, source: Path) -> Config:
         unload_after_seconds=parsed.unload_after_seconds,
         rescan_minutes=parsed.rescan_minutes,
         gpu_memory_limit=parsed.gpu_memory_limit,
-        notify=NotifyConfig(
-            urls=tuple(parsed.notify.urls),
-            on=frozenset(parsed.notify.on),
-            burst=parsed.notify.burst,
-            window_seconds=parsed.notify.window_seconds,
-        ),
+        notify=build_notify(_written(parsed.notify)),
         folders=folders,
     )
 
@@ -411,41 +342,44 @@ NULLABLE = frozenset({"prompt", "audio_language", "name_template", "notify"})
 
 
 def _null_problems(where: str, written: dict[str, Any]) -> list[str]:
-    return [
-        f"at '{where}.{key}': must not be empty (remove the line to use the default)"
-        for key, value in written.items()
-        if value is None and key not in NULLABLE
-    ]
+    problems = []
+    for key, value in written.items():
+        if isinstance(value, dict):
+            problems += _null_problems(f"{where}.{key}", value)
+        elif value is None and key not in NULLABLE:
+            problems.append(f"at '{where}.{key}': must not be empty (remove the line to use the default)")
+    return problems
 
 
-def _folder(model: _FolderModel, defaults: dict[str, Any], base: Path) -> FolderRules:
-    rules = {**defaults, **_set_fields(model)}
-    rules.pop("path")
-    rules["create_if_missing"] = model.create_if_missing
-    notify = rules.pop("notify")
-    poll = rules.pop("poll")
-    language = rules.pop("language")
-    model_spec = rules.pop("model")
-    device = rules.pop("device")
-    if is_model_path(model_spec):  # a .pt file or a model folder, relative to the config file
-        model_spec = str(_absolute(model_spec, base))
-    return FolderRules(
-        path=_absolute(model.path, base),
-        model=model_spec,
-        language=None if language == "auto" else language,
-        poll=None if poll == "auto" else poll,
-        devices=(device,) if isinstance(device, str) else tuple(device),
-        notify=FolderNotify(tuple(notify.urls), notify.replace) if notify else FolderNotify(),
-        formats=tuple(dict.fromkeys(rules.pop("formats"))),
-        include=tuple(rules.pop("include")),
-        exclude=tuple(rules.pop("exclude")),
-        **rules,
-    )
+def _folder(model: _FolderModel, defaults: Mapping[str, Any], base: Path) -> FolderRules:
+    written = {**defaults, **_written(model)}
+    del written["path"]
+    if is_model_path(written.get("model", "")):  # a .pt file or a model folder, relative to the config file
+        written["model"] = str(_absolute(written["model"], base))
+    return build_rules(_absolute(model.path, base), written)
 
 
-def _set_fields(model: BaseModel) -> dict[str, Any]:
-    """Return only the keys the user actually wrote (so a folder inherits the rest)."""
-    return {name: getattr(model, name) for name in model.model_fields_set}
+def _written(model: BaseModel) -> dict[str, Any]:
+    """Return only the keys the user actually wrote (so a folder inherits the rest), as plain values."""
+    return model.model_dump(exclude_unset=True)
+
+
+def validate_rules(keys: Mapping[str, Any]) -> dict[str, Any]:
+    """Given folder keys from elsewhere than a file (`subwatch transcribe`'s flags), return them
+    validated as a config's would be. Raise RulesError for the first problem."""
+    try:
+        return _written(_RulesModel(**keys))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise RulesError(str(first["loc"][0]), first["msg"].removeprefix("Value error, ")) from None
+
+
+class RulesError(ValueError):
+    """A folder key given outside a config file is not allowed: `key` and why."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        super().__init__(f"{key}: {message}")
 
 
 def _absolute(value: str, base: Path) -> Path:

@@ -159,14 +159,15 @@ class TranscriptKey:
 
     With the content fingerprint it is the key under which a finished
     transcript is stored, so a copy of the same content, or a new subtitle
-    layout, needs no decoding.
+    layout, needs no decoding. Its defaults are the config's (daemon.options
+    builds a folder's key from the keys written for it; the rest come from here).
     """
 
-    model: str
-    language: str | None  # None = detected
-    task: str
-    prompt: str | None
-    beam_size: int  # 1 = greedy
+    model: str = "turbo"  # fast, near large-v3 accuracy
+    language: str | None = None  # None = detected
+    task: str = "transcribe"
+    prompt: str | None = None
+    beam_size: int = 5  # 1 = greedy
 
 
 @dataclass(frozen=True)

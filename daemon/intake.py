@@ -47,14 +47,6 @@ _REMEMBERED_VERDICTS = 4_096
 _REMEMBERED_VANISHED = 256
 
 
-def watch_spec(rules: FolderRules) -> WatchSpec:
-    """Given a folder's rules, return what the watcher needs of them."""
-    return WatchSpec(
-        path=rules.path, recursive=rules.recursive, poll=rules.poll, poll_interval=rules.poll_interval,
-        settle_seconds=rules.settle_seconds, include=rules.include, exclude=rules.exclude,
-    )
-
-
 class ProbeVerdicts:
     """Whether files whose extension does not say are media, asked of ffprobe once per path, size and mtime.
 
@@ -247,7 +239,7 @@ class Intake:
             self._backfill_thread.join(timeout)
 
     def _specs(self) -> list[WatchSpec]:
-        return [watch_spec(rules) for rules in self._config.folders]
+        return [rules.watch for rules in self._config.folders]
 
     # ------------------------------------------------------------ watcher events (its dispatcher thread)
 
@@ -323,7 +315,7 @@ class Intake:
         for rules in self._config.folders:
             if under is not None and not _overlaps(under, rules.path):
                 continue
-            considered, spec = 0, watch_spec(rules)
+            considered, spec = 0, rules.watch
             for path in files_in(spec):
                 if self._stopping.is_set():
                     return

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-from daemon.text import format_speed
+from daemon.text import format_duration, format_speed
 from daemon.text import printable as _printable
 
 LEVELS: dict[str, int] = {
@@ -191,7 +191,7 @@ def done_details(
     if language:
         parts.append(language)
     if media_duration is not None:
-        timing = _hms(media_duration)
+        timing = format_duration(media_duration)
         if elapsed:
             timing += f" in {elapsed:.0f} s ({format_speed(media_duration, elapsed)} realtime)"
         parts.append(timing)
@@ -208,9 +208,4 @@ def _seconds(seconds: float) -> str:
     """Given a positive duration, return it as "0.4 s", "12 s" or "1:02:03"."""
     if seconds < 1:
         return f"{max(seconds, 0.1):.1f} s"
-    return f"{seconds:.0f} s" if seconds < 600 else _hms(seconds)
-
-
-def _hms(seconds: float) -> str:
-    total = max(0, round(seconds))
-    return f"{total // 3600}:{total % 3600 // 60:02d}:{total % 60:02d}"
+    return f"{seconds:.0f} s" if seconds < 600 else format_duration(seconds)

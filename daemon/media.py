@@ -25,6 +25,7 @@ import ffmpeg
 import numpy as np
 
 from daemon.datatypes import Audio, AudioStream, MediaInfo
+from daemon.text import format_duration
 
 log = logging.getLogger("subwatch.media")
 _DEMUXER_PREFIX = re.compile(r"\[[^\]]+ @ 0x[0-9a-f]+\]\s*")
@@ -336,11 +337,3 @@ def _check_not_ended_early(path: Path, errors: list[str], decoded: float) -> Non
             f"{format_duration(decoded)} of audio; replace the file with a complete copy",
             permanent=True,
         )
-
-
-def format_duration(seconds: float) -> str:
-    """Return H:MM:SS (or M:SS under an hour), the way people read media lengths."""
-    total = int(round(seconds))
-    hours, rest = divmod(total, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"

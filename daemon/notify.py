@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from daemon.text import format_speed, printable
+from daemon.text import format_duration, format_speed, printable
 
 logger = logging.getLogger("subwatch.notify")
 
@@ -58,17 +58,18 @@ LANGUAGE_NAMES: dict[str, str] = {
 
 @dataclass(frozen=True)
 class NotifyRules:
-    """Where notifications go and how many may be sent.
+    """Where notifications go and how many may be sent: the `notify:` section of the config.
 
     `on` holds the events to notify about: "done", "failed" and "digest" (the
-    summary sent instead of single messages during a burst).
+    summary sent instead of single messages during a burst). The defaults are
+    the config's (daemon.options builds these from the keys written).
     """
 
     urls: tuple[str, ...] = ()
-    on: frozenset[str] = frozenset({"done", "failed"})
-    burst: int = 5
+    on: frozenset[str] = EVENTS
+    burst: int = 5  # single messages per window before the rest wait for a digest
     window_seconds: float = 60.0
-    retries: int = 3
+    retries: int = 3  # further attempts of a failed delivery (not a config key)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.on) - EVENTS)
@@ -120,14 +121,6 @@ def _unsent(events: Sequence[Event]) -> list[Message]:
     """Given events that will not be sent, return a message to nobody that settles their keys."""
     keys = _keys(events)
     return [Message("", "", "info", (), keys)] if keys else []
-
-
-def format_duration(seconds: float) -> str:
-    """Given a length in seconds, return it as H:MM:SS, e.g. "1:52:10"."""
-    total = max(0, round(seconds))
-    hours, rest = divmod(total, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
 def format_elapsed(seconds: float) -> str:

@@ -21,9 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from daemon import media, subtitles
-from daemon.config import FolderRules
-from daemon.datatypes import Audio, AudioStream, JobResult, MediaInfo, Transcript, TranscriptKey
-from daemon.transcribe import TranscribeOptions
+from daemon.datatypes import Audio, AudioStream, JobResult, MediaInfo, Transcript
+from daemon.options import FolderRules
 
 log = logging.getLogger("subwatch.pipeline")
 
@@ -48,35 +47,10 @@ class Prepared:
     suspect: bool = False  # in the model when the daemon died: transcribed alone (JobQueue.recover_running)
 
 
-def options_for(rules: FolderRules) -> TranscribeOptions:
-    """Given a folder's rules, return the decoding options for its files."""
-    return TranscribeOptions(
-        model=rules.model, language=rules.language, task=rules.task, prompt=rules.prompt,
-        beam_size=None if rules.beam_size == 1 else rules.beam_size,
-    )
-
-
-def transcript_key(rules: FolderRules) -> TranscriptKey:
-    """Given a folder's rules, return the ones that shape its transcripts (the key they are stored under)."""
-    return TranscriptKey(
-        model=rules.model, language=rules.language, task=rules.task, prompt=rules.prompt,
-        beam_size=rules.beam_size,
-    )
-
-
 def output_language(rules: FolderRules) -> str | None:
     """Return the language the subtitles will be in, when it is known before transcribing."""
-    return "en" if rules.task == "translate" else rules.language
-
-
-def naming_for(rules: FolderRules) -> subtitles.NamingRules:
-    return subtitles.NamingRules(
-        lang_code=rules.lang_code, sdh=rules.sdh, forced=rules.forced, name_template=rules.name_template
-    )
-
-
-def cue_rules_for(rules: FolderRules) -> subtitles.CueRules:
-    return subtitles.CueRules(max_line_chars=rules.max_line_chars, max_lines=rules.max_lines)
+    key = rules.transcript_key
+    return "en" if key.task == "translate" else key.language
 
 
 def prepare(
@@ -90,11 +64,11 @@ def prepare(
     """
     started = time.monotonic()
     info = media.probe(path)
-    if info.duration and info.duration < rules.min_duration_seconds:
-        limit = rules.min_duration_seconds
+    limit = rules.media.min_duration_seconds
+    if info.duration and info.duration < limit:
         raise Skip(f"shorter than min_duration_seconds ({info.duration:.0f} s < {limit:.0f} s)")
     _skip_if_subtitled(path, rules, info, owned, stored.language if stored else output_language(rules))
-    stream = media.choose_audio_stream(info, rules.audio_language)
+    stream = media.choose_audio_stream(info, rules.media.audio_language)
     if stored is not None:
         return Prepared(path, rules, info, stream, None, started, transcript=stored)
     audio = media.load_audio(path, info, stream)
@@ -109,18 +83,19 @@ def reuse(path: Path, rules: FolderRules, transcript: Transcript) -> Prepared:
     """
     started = time.monotonic()
     info = media.probe(path)
-    stream = media.choose_audio_stream(info, rules.audio_language)
+    stream = media.choose_audio_stream(info, rules.media.audio_language)
     return Prepared(path, rules, info, stream, None, started, transcript=transcript)
 
 
 def _skip_if_subtitled(
     path: Path, rules: FolderRules, info: MediaInfo, owned: Callable[[Path], bool], language: str | None
 ) -> None:
-    if rules.skip_if_embedded and language and language in _embedded_codes(info):
+    if rules.media.skip_if_embedded and language and language in _embedded_codes(info):
         raise Skip(f"has an embedded {language} text subtitle stream (skip_if_embedded)")
     if language is None:
         return  # decided after detection, when the sidecars are written
-    targets = [subtitles.sidecar_path(path, language, fmt, naming_for(rules)) for fmt in rules.formats]
+    layout = rules.subtitles
+    targets = [subtitles.sidecar_path(path, language, fmt, layout.naming) for fmt in layout.formats]
     if all(t.exists() and not owned(t) for t in targets):
         raise Skip(f"already has {language} subtitles: {', '.join(t.name for t in targets)}")
 
@@ -159,16 +134,15 @@ def complete(
     first: killed between writing and finishing the job, it finds the file is
     its own on restart and replaces it instead of mistaking it for the user's.
     """
-    rules = prepared.rules
+    layout = prepared.rules.subtitles
     if not prepared.path.exists():
         raise media.MediaGone(prepared.path)  # deleted while it was transcribed: write nothing
     cues = subtitles.build_cues(
-        transcript.segments, cue_rules_for(rules), media_duration=media_end(prepared),
-        language=transcript.language,
+        transcript.segments, layout.cues, media_duration=media_end(prepared), language=transcript.language,
     )
     written, kept = [], []
-    for fmt in rules.formats:
-        target = subtitles.sidecar_path(prepared.path, transcript.language, fmt, naming_for(rules))
+    for fmt in layout.formats:
+        target = subtitles.sidecar_path(prepared.path, transcript.language, fmt, layout.naming)
         text = subtitles.RENDERERS[fmt](cues, transcript)
         mine = owned(target)  # asked before claiming: the record is about to describe the new text
         if claim is not None:
@@ -186,5 +160,5 @@ def complete(
         outputs=tuple(written),
         kept=tuple(kept),
         transcript=transcript,
-        transcript_key=transcript_key(rules),
+        transcript_key=prepared.rules.transcript_key,
     )

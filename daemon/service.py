@@ -39,7 +39,7 @@ from daemon.config import Config, ConfigError, FolderRules, load_config
 from daemon.datatypes import Job, JobResult, JobState, Transcript
 from daemon.intake import Intake
 from daemon.logs import done_details, job_log
-from daemon.notify import Event, Notifier, NotifyRules
+from daemon.notify import Event, Notifier
 from daemon.queue import JobQueue, Notice, QueueError, Recovered
 from daemon.sdnotify import SystemdNotifier, WatchdogLoop, percent, status_line
 from daemon.text import printable
@@ -85,20 +85,13 @@ class Worker:
 
 
 def waiting(item: pipeline.Prepared) -> Waiting:
-    return Waiting(item.rules.model, item.rules.devices, item.audio.duration, alone=item.suspect)
+    return Waiting(item.rules.transcribe.model, item.rules.devices, item.audio.duration, alone=item.suspect)
 
 
 def owns(jobs: JobQueue, path: Path) -> bool:
     """Given the queue and a subtitle path, return True if subwatch wrote it and nobody edited it since."""
     recorded = jobs.sidecar_hash(path)
     return recorded is not None and path.exists() and subtitles.file_sha256(path) == recorded
-
-
-def notify_rules(config: Config) -> NotifyRules:
-    return NotifyRules(
-        urls=config.notify.urls, on=config.notify.on, burst=config.notify.burst,
-        window_seconds=config.notify.window_seconds,
-    )
 
 
 class Service:
@@ -108,7 +101,7 @@ class Service:
         self.config = config
         self.jobs = JobQueue(config.db_path)
         self.models = ModelStore(config.models_dir, config.unload_after_seconds, config.gpu_memory_limit)
-        self.notifier = Notifier(notify_rules(config), settled=self.jobs.notices_settled)
+        self.notifier = Notifier(config.notify, settled=self.jobs.notices_settled)
         self._notices_lock = threading.Lock()
         self._notices_sent = 0  # the last outbox row handed to the notifier
         self.systemd = SystemdNotifier()
@@ -254,7 +247,7 @@ class Service:
         self.models.set_memory_limit(new.gpu_memory_limit)
         self._start_workers()  # for devices the new config adds
         self.intake.update(new)
-        self.notifier.update(notify_rules(new))
+        self.notifier.update(new.notify)
         log.info("reloaded %s: watching %d folder(s)", new.source, len(new.folders))
         self.systemd.ready()
         return True
@@ -320,7 +313,7 @@ class Service:
         """Return the transcript stored for the job's content and its folder's rules, or None if there
         is none or it cannot be read (then the file is transcribed again)."""
         try:
-            return self.jobs.transcript(job.fingerprint, pipeline.transcript_key(rules))
+            return self.jobs.transcript(job.fingerprint, rules.transcript_key)
         except QueueError as exc:
             log.warning("%s; transcribing %s again", exc, printable(os.fsdecode(job.path)))
             return None
@@ -374,7 +367,7 @@ class Service:
 
         Loading comes first: files decoded meanwhile (a backlog at start) join the batch.
         """
-        spec, error, permanent = first.rules.model, None, True
+        spec, error, permanent = first.rules.transcribe.model, None, True
         with ExitStack() as held:
             try:
                 with self._working_on(worker.activity, [first.path.name], ()):
@@ -431,7 +424,7 @@ class Service:
             _crash_if_asked(names)
             with self._working_on(worker.activity, names, job_ids):
                 transcripts = transcribe_many(
-                    [(item.audio, pipeline.options_for(item.rules)) for item, _ in live], model,
+                    [(item.audio, item.rules.transcribe) for item, _ in live], model,
                     lambda fraction: self._progress(worker.activity, fraction),
                 )
             survived = True
@@ -546,7 +539,7 @@ class Service:
         return Event(
             kind=notice.kind, path=notice.path, language=notice.language,
             media_duration=notice.media_duration, elapsed=notice.elapsed,
-            model=rules.model if rules else None, error=notice.error,
+            model=rules.transcribe.model if rules else None, error=notice.error,
             urls=self._targets(rules) if rules else (), key=notice.id,
         )
 

@@ -1,4 +1,4 @@
-"""Text shared by the log, the notifications and the CLI: file names made safe for one line, speeds."""
+"""Text shared by the log, the notifications and the CLI: names made safe for one line, lengths, speeds."""
 
 from __future__ import annotations
 
@@ -40,3 +40,15 @@ def format_speed(media_duration: float, elapsed: float) -> str | None:
         return None
     factor = media_duration / elapsed
     return f"{factor:.0f}x" if factor >= 9.95 else f"{factor:.1f}x"
+
+
+def format_duration(seconds: float) -> str:
+    """Given a length of media in seconds, return it as H:MM:SS, e.g. "0:00:06" or "1:52:10".
+
+    One form everywhere (journal, notifications, command line, error messages), so a
+    length reads the same wherever it is shown and greps alike.
+    """
+    total = max(0, round(seconds))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"

@@ -133,7 +133,7 @@ def test_transcribe_one_shot_writes_sidecars(tmp_path: Path, tiny_en_checkpoint:
     assert done.returncode == 0, done.stderr
     srt_path, vtt_path = tmp_path / "Clip (2020).en.srt", tmp_path / "Clip (2020).en.vtt"
     assert done.stdout.splitlines() == [str(srt_path), str(vtt_path)]
-    assert "Clip (2020).mp4: done  en  0:03 in" in done.stderr
+    assert "Clip (2020).mp4: done  en  0:00:03 in" in done.stderr
     parsed = list(srt.parse(srt_path.read_text()))
     cues = [Cue(c.start.total_seconds(), c.end.total_seconds(), tuple(c.content.split("\n"))) for c in parsed]
     # Every cue of the written file keeps the subtitle limits (lines, length, duration, speed, gaps).
@@ -178,6 +178,39 @@ def test_transcribe_rejects_bad_flag_values(tmp_path: Path) -> None:
     done = subwatch("transcribe", str(tmp_path / "x.mkv"), "--language", "jp")
     assert done.returncode == 1
     assert "--language: unknown language 'jp'; did you mean 'ja'?" in done.stderr
+
+
+def test_transcribe_flags_build_rules_as_the_config_would(config: Path, tmp_path: Path) -> None:
+    """`subwatch transcribe`'s flags are folder keys written over the file's folder (or the defaults)."""
+    from daemon.cli import _one_shot_rules, build_parser
+
+    flags = "--model base --language auto --beam-size 1 --device cpu --formats srt".split()
+    args = build_parser().parse_args(["transcribe", "x.mkv", *flags])
+    same = write_config(tmp_path / "same.yaml", f"""
+        state_dir: {tmp_path / "state"}
+        folders:
+          - path: {tmp_path / "anime"}
+            language: auto
+            task: translate
+            prompt: "Naruto, Sasuke"
+            model: base
+            beam_size: 1
+            device: cpu
+            formats: [srt]
+    """)
+    film = tmp_path / "anime" / "Film.mkv"
+    assert _one_shot_rules(film, load_config(config), args) == load_config(same).folder_for(film)
+    loose = tmp_path / "elsewhere" / "Clip.mkv"  # in no watched folder: the defaults, and the flags
+    plain = write_config(tmp_path / "plain.yaml", f"""
+        folders:
+          - path: {loose.parent}
+            language: auto
+            model: base
+            beam_size: 1
+            device: cpu
+            formats: [srt]
+    """)
+    assert _one_shot_rules(loose, None, args) == load_config(plain).folder_for(loose)
 
 
 # ---------------------------------------------------------------- rewrite

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from daemon.config import WHISPER_LANGUAGES, WHISPER_MODELS, ConfigError, load_config
+from daemon.config import (
+    WHISPER_LANGUAGES,
+    WHISPER_MODELS,
+    Config,
+    ConfigError,
+    _ConfigModel,
+    _FolderModel,
+    _NotifyModel,
+    _RulesModel,
+    load_config,
+)
 from daemon.datatypes import MemoryLimit
+from daemon.options import FOLDER_KEYS, build_rules
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,10 +71,12 @@ def test_folder_inherits_defaults_and_overrides(tmp_path: Path) -> None:
     assert config.state_dir == tmp_path / "state"
     assert config.models_dir == tmp_path / "state" / "models"
     assert config.db_path == tmp_path / "state" / "jobs.sqlite3"
-    assert (a.path, a.model, a.language, a.prompt, a.formats, a.task) == (
+    key = a.transcript_key
+    assert (a.path, key.model, key.language, key.prompt, a.subtitles.formats, key.task) == (
         tmp_path / "a", "small", "de", "Berlin", ("srt",), "transcribe")
-    assert a.settle_seconds == 10.0 and a.devices == ("auto",) and a.recursive is True
-    assert (anime.path, anime.model, anime.language, anime.task, anime.prompt) == (
+    assert a.watch.settle_seconds == 10.0 and a.devices == ("auto",) and a.watch.recursive is True
+    key = anime.transcript_key
+    assert (anime.path, key.model, key.language, key.task, key.prompt) == (
         Path("/srv/anime"), "large-v3", "ja", "translate", None)
     assert anime.notify.urls == ("json://127.0.0.1:8/",) and anime.notify.replace
     assert config.notify.on == frozenset({"failed"})
@@ -69,12 +84,12 @@ def test_folder_inherits_defaults_and_overrides(tmp_path: Path) -> None:
 
 def test_auto_language_and_poll_become_none(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, "folders: [{path: x, language: auto, poll: auto}]\n"))
-    assert config.folders[0].language is None and config.folders[0].poll is None
+    assert config.folders[0].transcript_key.language is None and config.folders[0].watch.poll is None
 
 
 def test_model_path_resolved_relative_to_config(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, "folders: [{path: x, model: models/mine.pt}]\n"))
-    assert config.folders[0].model == str(tmp_path / "models" / "mine.pt")
+    assert config.folders[0].transcript_key.model == str(tmp_path / "models" / "mine.pt")
 
 
 def test_model_folder_resolved_relative_to_config(tmp_path: Path) -> None:
@@ -89,7 +104,7 @@ def test_model_folder_resolved_relative_to_config(tmp_path: Path) -> None:
           - path: z
             model: base.en
     """))
-    assert [f.model for f in config.folders] == [
+    assert [f.transcript_key.model for f in config.folders] == [
         str(tmp_path / "faster-whisper-base"), str(tmp_path.parent / "hf" / "whisper-small"), "base.en"]
 
 
@@ -233,11 +248,127 @@ def test_example_config_is_valid_and_self_contained() -> None:
     (folder,) = config.folders
     assert folder.path == REPO / "inbox" and folder.create_if_missing
     assert config.state_dir == REPO / ".subwatch-state"
-    assert folder.model == "turbo" and folder.formats == ("srt", "vtt") and folder.language is None
+    key = folder.transcript_key
+    assert key.model == "turbo" and folder.subtitles.formats == ("srt", "vtt") and key.language is None
 
 
 def test_folder_for_picks_most_specific(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, "folders: [{path: /m}, {path: /m/anime, language: ja}]\n"))
-    assert config.folder_for(Path("/m/anime/a/b.mkv")).language == "ja"
+    assert config.folder_for(Path("/m/anime/a/b.mkv")).transcript_key.language == "ja"
     assert config.folder_for(Path("/m/film.mkv")).path == Path("/m")
     assert config.folder_for(Path("/elsewhere/x.mkv")) is None
+
+
+# ---------------------------------------------------------------- defaults: written once, documented right
+
+# A line of config.example.yaml that documents a default: `key: value  # default` (the line
+# holds it) or `key: value  # default: other` (the default is `other`).
+DEFAULT_LINE = re.compile(r"^(?P<indent> *)(?P<key>\w+): (?P<value>.+?)  # default(?:: (?P<default>.+))?$")
+SECTION = re.compile(r"^(?P<key>\w+):")
+
+
+def documented_defaults() -> dict[tuple[str, str], str]:
+    """Return config.example.yaml's documented defaults: (section, key) -> the default as YAML text.
+    The section is "" for top-level keys, else the top-level key they are under."""
+    found, section = {}, ""
+    for line in (REPO / "config.example.yaml").read_text().splitlines():
+        top = SECTION.match(line)
+        if top:
+            section = top["key"]
+        match = DEFAULT_LINE.match(line)
+        if match:
+            where = "" if not match["indent"] else section
+            found[(where, match["key"])] = match["default"] or match["value"]
+    return found
+
+
+def schema_keys() -> dict[str, set[str]]:
+    """Return the keys of each section; a folder's are documented under `defaults` or a folder."""
+    return {
+        "": set(_ConfigModel.model_fields) - {"defaults", "notify", "folders"},
+        "folders": set(_FolderModel.model_fields) - {"path"},
+        "notify": set(_NotifyModel.model_fields),
+    }
+
+
+def with_key(section: str, key: str, value: str) -> str:
+    """Return a minimal config (one folder) that writes `key: value` in `section`."""
+    line = f"{key}: {value}"
+    if section == "":
+        return f"{line}\nfolders:\n  - path: /media\n"
+    if section == "folders":
+        return f"folders:\n  - path: /media\n    {line}\n"
+    return f"{section}:\n  {line}\nfolders:\n  - path: /media\n"
+
+
+def loaded(path: Path, text: str) -> Config:
+    path.write_text(text)
+    return replace(load_config(path), source=Path("config.yaml"))
+
+
+def test_every_key_documents_its_default_in_the_example() -> None:
+    documented: dict[str, set[str]] = {}
+    for section, key in documented_defaults():
+        documented.setdefault("folders" if section == "defaults" else section, set()).add(key)
+    assert documented == schema_keys()
+
+
+@pytest.mark.parametrize(("section", "key"), sorted(documented_defaults()))
+def test_example_default_is_the_codes(tmp_path: Path, section: str, key: str) -> None:
+    """Writing the default the example documents changes nothing: it is what the code does unwritten."""
+    value = documented_defaults()[(section, key)]
+    plain = loaded(tmp_path / "plain.yaml", "folders:\n  - path: /media\n")
+    assert loaded(tmp_path / "written.yaml", with_key(section, key, value)) == plain, (
+        f"config.example.yaml documents {key}: {value} as the default, but the code's default differs")
+
+
+def test_a_non_default_is_noticed(tmp_path: Path) -> None:
+    """The comparison above can tell a default from another value, in each section."""
+    plain = loaded(tmp_path / "plain.yaml", "folders:\n  - path: /media\n")
+    for section, key, value in [("", "max_attempts", "4"), ("defaults", "max_lines", "1"),
+                                ("notify", "on", "[done]"), ("folders", "create_if_missing", "true")]:
+        assert loaded(tmp_path / "written.yaml", with_key(section, key, value)) != plain
+
+
+def test_every_folder_key_reaches_a_stage() -> None:
+    """Each key a folder may set has one field it sets, and setting it changes that field only."""
+    assert set(FOLDER_KEYS) == set(_RulesModel.model_fields) | {"create_if_missing"}
+    plain = build_rules(Path("/media"), {})
+    assert set(plain.keys()) == set(FOLDER_KEYS)
+    for key, value in [("recursive", False), ("min_duration_seconds", 5.0), ("beam_size", 2),
+                       ("max_lines", 1), ("sdh", True), ("device", ["cpu"])]:
+        keys = build_rules(Path("/media"), {key: value}).keys()
+        assert {name for name, now in keys.items() if now != plain.keys()[name]} == {key}
+
+
+def test_rules_are_built_into_each_stages_options(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, """
+        folders:
+          - path: /media
+            beam_size: 1
+            language: de
+            poll: true
+            max_line_chars: 30
+            lang_code: iso639-2
+            formats: [srt, srt, txt]
+            min_duration_seconds: 30
+            notify: {urls: ["json://127.0.0.1:9/"]}
+    """))
+    (rules,) = config.folders
+    assert rules.watch.path == Path("/media") and rules.watch.poll is True
+    assert (rules.transcript_key.beam_size, rules.transcribe.beam_size) == (1, None)  # None: greedy
+    assert rules.transcribe.language == "de" and rules.transcribe.model == "turbo"
+    assert rules.subtitles.cues.max_line_chars == 30 and rules.subtitles.naming.lang_code == "iso639-2"
+    assert rules.subtitles.formats == ("srt", "txt")
+    assert rules.media.min_duration_seconds == 30
+    assert rules.notify.urls == ("json://127.0.0.1:9/",) and rules.notify.replace is False
+    assert rules.with_keys({}) == rules
+    assert rules.with_keys({"beam_size": 4}).transcribe.beam_size == 4
+
+
+def test_null_inside_a_folders_notify_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "notify: {burst: null}\nfolders: [{path: /a, notify: {urls: null}}]\n")
+    assert problems_of(path) == [
+        "at 'notify.burst': must not be empty (remove the line to use the default)",
+        "at 'folders[0].notify.urls': must not be empty (remove the line to use the default)",
+    ]

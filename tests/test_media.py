@@ -17,7 +17,6 @@ from daemon.media import (
     MediaGone,
     _stream_length,
     choose_audio_stream,
-    format_duration,
     load_audio,
     probe,
 )
@@ -122,8 +121,8 @@ def _truncated_untagged(p: Path) -> Path:
 
 
 REPLACE = "; replace the file with a complete copy"
-CUT_AT_HALF = ("truncated or corrupt: the audio stream should end at 0:20 "
-               "but the decoded audio ends at 0:(09|10)" + REPLACE)
+CUT_AT_HALF = ("truncated or corrupt: the audio stream should end at 0:00:20 "
+               "but the decoded audio ends at 0:00:(09|10)" + REPLACE)
 TRUNCATED = [
     # The audio stream's own length survives the cut (Matroska DURATION tag, MP4 track duration).
     ("truncated.mkv", _truncated, 20.0, CUT_AT_HALF),
@@ -131,7 +130,7 @@ TRUNCATED = [
     # No per-stream length to compare with: ffmpeg's own report of the cut is the evidence.
     ("truncated-untagged.mkv", _truncated_untagged, 0.0,
      r"truncated or corrupt: the file ends inside its own data \(ffmpeg: File ended prematurely\) "
-     "after 0:(09|10) of audio" + REPLACE),
+     "after 0:00:(09|10) of audio" + REPLACE),
 ]
 
 
@@ -257,6 +256,3 @@ def test_real_multi_stream_file_tags(tmp_path: Path) -> None:
     assert choose_audio_stream(info).language == "jpn"
 
 
-@pytest.mark.parametrize(("seconds", "text"), [(0, "0:00"), (59.6, "1:00"), (6730, "1:52:10")])
-def test_format_duration(seconds: float, text: str) -> None:
-    assert format_duration(seconds) == text

@@ -23,7 +23,6 @@ from daemon.notify import (
     NotifyRules,
     format_digest,
     format_done,
-    format_duration,
     format_elapsed,
     format_failed,
     format_speed,
@@ -32,6 +31,7 @@ from daemon.notify import (
     printable,
     url_label,
 )
+from daemon.text import format_duration
 
 MOVIE = Path("/srv/media/movies/Movie (2009).mkv")
 
@@ -341,7 +341,8 @@ def test_burst_without_digest_in_on_drops_the_rest(
     receiver: Receiver, notifiers: list[Notifier], caplog: pytest.LogCaptureFixture
 ) -> None:
     now = [0.0]
-    notifier = started(notifiers, NotifyRules(urls=(receiver.url,), burst=2), clock=lambda: now[0])
+    rules = NotifyRules(urls=(receiver.url,), on=frozenset({"done", "failed"}), burst=2)
+    notifier = started(notifiers, rules, clock=lambda: now[0])
     with caplog.at_level(logging.INFO, logger="subwatch.notify"):
         for index in range(5):
             notifier.send(done(Path(f"/m/{index}.mkv")))
