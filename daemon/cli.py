@@ -212,7 +212,9 @@ def _transcribe_file(path: Path, rules: FolderRules, models_dir: Path, overwrite
     try:
         prepared = pipeline.prepare(path, rules, owned)
         options = rules.transcribe
-        model = ModelStore(models_dir).get(options.model, resolve_device(rules.devices[0]))
+        # A one-shot run holds its one model to the end: nothing to unload.
+        store = ModelStore(models_dir, unload_after_seconds=float("inf"))
+        model = store.get(options.model, resolve_device(rules.devices[0]))
         length = format_duration(prepared.audio.duration)
         print(f"{path.name}: transcribing {length} with {options.model}", file=sys.stderr)
         transcript = transcribe(prepared.audio, options, model, show_progress_bar=True)

@@ -123,7 +123,7 @@ class ModelStore:
     """
 
     def __init__(
-        self, models_dir: Path, unload_after_seconds: float = 300.0, memory_limit: MemoryLimit | None = None
+        self, models_dir: Path, unload_after_seconds: float, memory_limit: MemoryLimit | None = None
     ) -> None:
         self.models_dir = models_dir
         self.unload_after_seconds = unload_after_seconds
