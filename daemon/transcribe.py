@@ -32,6 +32,7 @@ from daemon.engine import (
     transcribe_chunks,
     vote_language,
 )
+from daemon.loops import MAX_REPEATS, collapse_repeats  # collapse_repeats: tests import it from here
 from daemon.models import ModelNotFound
 from daemon.vad import SpeechChunk, SpeechMap, VadOptions, map_speech_many
 
@@ -82,7 +83,7 @@ class TranscribeOptions:
     logprob_threshold: float | None = EngineOptions.logprob_threshold
     no_speech_threshold: float | None = EngineOptions.no_speech_threshold
     batch_size: int | None = EngineOptions.batch_size
-    max_repeated_lines: int = 2
+    max_repeated_lines: int = MAX_REPEATS
     language_windows: int = 5
     vad: VadOptions = field(default_factory=VadOptions)
     coverage: CoverageOptions = field(default_factory=CoverageOptions)
@@ -763,27 +764,3 @@ def _on_timeline(segment: Segment, chunk: SpeechChunk, duration: float) -> Segme
         words.append(Word(start, max(start, at(word.end)), word.text, word.probability))
     start = at(segment.start)
     return Segment(start, max(start, at(segment.end)), segment.text, tuple(words))
-
-
-def collapse_repeats(segments: list[Segment], max_repeats: int) -> list[Segment]:
-    """Given segments in order, return them with each run of more than `max_repeats` equal lines kept once.
-
-    Whisper stuck in a loop writes the same line again and again ("Thank
-    you." twenty times); two in a row ("No. No.") are left alone.
-    """
-    result: list[Segment] = []
-    run: list[Segment] = []
-    for segment in [*segments, None]:
-        if segment is not None and run and _same_line(segment.text, run[-1].text):
-            run.append(segment)
-            continue
-        result += run if len(run) <= max_repeats else run[:1]
-        run = [segment] if segment is not None else []
-    return result
-
-
-def _same_line(a: str, b: str) -> bool:
-    def norm(text: str) -> str:
-        return "".join(ch for ch in text.casefold() if ch.isalnum())
-
-    return norm(a) == norm(b) and bool(norm(a))
