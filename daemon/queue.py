@@ -129,6 +129,11 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             created_at REAL NOT NULL
         )""",
     ),
+    (
+        # Folders subwatch made for sidecars (a name_template's "Subs/"): removed once empty. Not
+        # tied to a job: one folder holds the sidecars of many.
+        "CREATE TABLE IF NOT EXISTS sidecar_folders (path BLOB PRIMARY KEY)",
+    ),
 )
 
 EnqueueAction = Literal[
@@ -984,6 +989,21 @@ class JobQueue:
         """Given a sidecar path, delete subwatch's record of it; return False if there was none."""
         with self._write() as conn:
             return conn.execute("DELETE FROM sidecars WHERE path = ?", (_key(path),)).rowcount > 0
+
+    def record_sidecar_folder(self, path: Path) -> None:
+        """Record that subwatch made the folder `path` for sidecars."""
+        with self._write() as conn:
+            conn.execute("INSERT OR IGNORE INTO sidecar_folders (path) VALUES (?)", (_key(path),))
+
+    def is_sidecar_folder(self, path: Path) -> bool:
+        """Given a folder, return True if subwatch recorded making it for sidecars."""
+        row = self._conn().execute("SELECT 1 FROM sidecar_folders WHERE path = ?", (_key(path),)).fetchone()
+        return row is not None
+
+    def forget_sidecar_folder(self, path: Path) -> bool:
+        """Given a folder, delete subwatch's record of making it; return False if there was none."""
+        with self._write() as conn:
+            return conn.execute("DELETE FROM sidecar_folders WHERE path = ?", (_key(path),)).rowcount > 0
 
     def set_outputs(self, job_id: int, outputs: Iterable[Path]) -> Job:
         """Given a job id and the sidecars now written for it, return the job with them as its

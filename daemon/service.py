@@ -94,12 +94,6 @@ def watch_spec(rules: FolderRules) -> WatchSpec:
     )
 
 
-def owns(jobs: JobQueue, path: Path) -> bool:
-    """Given the queue and a subtitle path, return True if subwatch wrote it and nobody edited it since."""
-    recorded = jobs.sidecar_hash(path)
-    return recorded is not None and path.exists() and subtitles.file_sha256(path) == recorded
-
-
 def notify_rules(config: Config) -> NotifyRules:
     return NotifyRules(
         urls=config.notify.urls, on=config.notify.on, burst=config.notify.burst,
@@ -113,6 +107,7 @@ class Service:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.jobs = JobQueue(config.db_path)
+        self.ledger = subtitles.SidecarLedger(self.jobs)
         self.models = ModelStore(config.models_dir, config.unload_after_seconds, config.gpu_memory_limit)
         self.notifier = Notifier(notify_rules(config), settled=self.jobs.notices_settled)
         self._notices_lock = threading.Lock()
@@ -186,7 +181,8 @@ class Service:
         journal line; one failed for crashing the daemon is notified like any other failure. A job
         killed while its sidecars were written may have left a temp file beside them: it goes."""
         recovered = self.jobs.recover_running(self.config.max_attempts)
-        for folder in sorted({back.job.path.parent for back in recovered}):
+        folders = {f for back in recovered for f in self.ledger.folders_of(back.job.id, back.job.path)}
+        for folder in sorted(folders):
             for temp in subtitles.remove_stale_temps(folder):
                 log.info("removed %s, left by a daemon killed while it wrote subtitles", printable(str(temp)))
         for back in recovered:
@@ -351,13 +347,8 @@ class Service:
         job = self.jobs.find(new)
         if job is None:
             return
-        for sidecar in self.jobs.sidecars_of(job.id):
-            target = new.parent / (new.stem + sidecar.name[len(old.stem):]) if sidecar.name.startswith(
-                old.stem) else None
-            if target is None or target.exists() or not sidecar.exists():
-                continue
-            sidecar.rename(target)
-            self.jobs.move_sidecar(sidecar, target)
+        rules = self.config.folder_for(old) or self.config.folder_for(new)  # the layout they were written in
+        self.ledger.follow(job.id, old, new, pipeline.naming_for(rules) if rules else None)
         job_log(log, "moved", new, f"renamed from {old.name}; subtitles moved with it", job.id)
 
     def _start_backfill(self) -> None:
@@ -443,7 +434,7 @@ class Service:
         job_log(log, "started", job.path, f"attempt {job.attempts}", job.id)
         try:
             stored = self._stored_transcript(job, rules)
-            prepared = pipeline.prepare(job.path, rules, self._owned, stored)
+            prepared = pipeline.prepare(job.path, rules, self.ledger.owns, stored)
             return replace(prepared, job_id=job.id, suspect=job.suspect)
         except pipeline.Skip as exc:
             self.jobs.skip(job.id, str(exc))
@@ -605,9 +596,12 @@ class Service:
             return
         item, job = live[0]
         try:
-            result = pipeline.complete(item, transcript, self._owned, claim=partial(self._claim, job.id))
+            result = pipeline.complete(item, transcript, self.ledger.for_job(job.id))
         except media.MediaGone:
             self._gone(job, "deleted while it was transcribed; dropped")
+            return
+        except subtitles.SidecarFolderError as exc:  # its folder cannot be made: retrying cannot help
+            self._failed(job, _one_line(exc), permanent=True)
             return
         except Exception as exc:  # disk full, permissions: retried with backoff
             log.debug("writing the subtitles of %s failed", item.path, exc_info=True)
@@ -640,10 +634,6 @@ class Service:
         activity.heartbeat = time.monotonic()
         if self._abandon.is_set():
             raise Cancelled()
-
-    def _claim(self, job_id: int, path: Path, sha256: str) -> None:
-        """Record a sidecar as ours before it is written (see pipeline.complete)."""
-        self.jobs.record_sidecar(path, sha256, job_id)
 
     def _done(self, job: Job, item: pipeline.Prepared, result: JobResult) -> None:
         done = self.jobs.finish(job.id, result)
@@ -695,10 +685,6 @@ class Service:
         if rules.notify.replace:
             return rules.notify.urls
         return self.config.notify.urls + rules.notify.urls
-
-    def _owned(self, path: Path) -> bool:
-        """True if `path` is a sidecar subwatch wrote and nobody has edited since."""
-        return owns(self.jobs, path)
 
     # ------------------------------------------------------------ systemd
 

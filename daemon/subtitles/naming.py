@@ -101,3 +101,53 @@ def sidecar_path(source: Path, language: str, fmt: str, naming: NamingRules) -> 
         raise ValueError(f"name_template {naming.name_template!r} names the video itself: {source}")
     return path
 
+
+# The layout without a template, as a template: what `sidecar_path` writes then.
+_DEFAULT_TEMPLATE = "{stem}.{lang}{flags}.{ext}"
+# Stand-ins for the placeholders while a template is read as a path ("\0" is in no file name).
+_MARKS = {name: f"\0{name}\0" for name in ("stem", "lang", "flags", "ext")}
+
+
+def moved_sidecar(sidecar: Path, old: Path, new: Path, naming: NamingRules | None = None) -> Path | None:
+    """Given a sidecar of the video `old` and the video's new path `new`, return the sidecar's new path,
+    keeping its place in the layout: "Subs/Movie.en.srt" of "Movie.mkv" becomes "Subs/Film.en.srt"
+    of "Film.mkv", in the new video's folder.
+
+    `naming` is the layout the sidecar was written in: where its template puts the stem in a folder
+    name too ("{stem}/{lang}.{ext}"), that folder is renamed as well. A sidecar that does not fit
+    the layout keeps its folder, its name's leading stem replaced. Return None if the sidecar is not
+    under old's folder or its name does not start with old's stem.
+    """
+    try:
+        relative = PurePosixPath(sidecar.relative_to(old.parent).as_posix())
+    except ValueError:
+        return None
+    template = (naming.name_template if naming else None) or _DEFAULT_TEMPLATE
+    moved = _restem(relative, template, old.stem, new.stem)
+    if moved is None and relative.name.startswith(old.stem):
+        moved = relative.with_name(new.stem + relative.name[len(old.stem):])
+    return None if moved is None else new.parent / moved
+
+
+def _restem(relative: PurePosixPath, template: str, old_stem: str, new_stem: str) -> PurePosixPath | None:
+    """Given a sidecar's path relative to its video's folder and the template it was named by, return
+    the path the template gives with `new_stem` instead of `old_stem`; None if it does not fit."""
+    try:
+        marked = PurePosixPath(template.format(**_MARKS)).as_posix()  # "./x" and "a//b" as a path has them
+    except (KeyError, IndexError, ValueError, AttributeError):
+        return None
+    pattern: list[str] = []
+    seen: set[str] = set()
+    for i, piece in enumerate(marked.split("\0")):
+        if i % 2 == 0:
+            pattern.append(re.escape(piece))
+        elif piece == "stem":
+            pattern.append(re.escape(old_stem))
+        else:
+            pattern.append(f"(?P={piece})" if piece in seen else f"(?P<{piece}>[^/]*?)")
+            seen.add(piece)
+    found = re.fullmatch("".join(pattern), relative.as_posix())
+    if found is None:
+        return None
+    values = {name: found.groupdict().get(name, "") for name in _MARKS} | {"stem": new_stem}
+    return PurePosixPath(template.format(**values))

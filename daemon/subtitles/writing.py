@@ -1,4 +1,4 @@
-"""Writing sidecars: atomically, never over a subtitle the user put there."""
+"""Writing sidecars: atomically, never over a subtitle the user put there, folders made as needed."""
 
 from __future__ import annotations
 
@@ -10,6 +10,15 @@ import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+
+class SidecarFolderError(OSError):
+    """A sidecar's folder is missing and cannot be made for a lasting reason (a file has its name,
+    no permission, a read-only mount); the message names it and says what to do. Retrying does not help."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()  # the message alone, without "[Errno 17]"
+
 
 # errnos with which os.link says "this filesystem has no hard links" (FAT,
 # exFAT, some SMB and FUSE mounts), as opposed to a real failure.
@@ -144,3 +153,36 @@ def write_sidecar(path: Path, text: str, may_replace: Callable[[Path], bool]) ->
             os.unlink(tmp)
 
 
+
+# errnos with which making a folder may work later (a full or failing disk); any other failure lasts.
+_PASSING = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EAGAIN, errno.ENOMEM, errno.EINTR})
+
+
+def make_folders(folder: Path) -> list[Path]:
+    """Given the folder a sidecar goes in, create it and each missing folder above it; return the ones
+    this call created, outermost first. Raise SidecarFolderError if one cannot be made for a lasting
+    reason, OSError naming it if the disk may let it later."""
+    missing: list[Path] = []
+    for each in (folder, *folder.parents):
+        if each.is_dir():
+            break
+        missing.append(each)
+    created: list[Path] = []
+    for each in reversed(missing):
+        try:
+            each.mkdir()
+        except FileExistsError as exc:
+            if each.is_dir():
+                continue  # another job made it meanwhile
+            raise SidecarFolderError(exc.errno, _cannot_make(each, "a file has that name")) from exc
+        except OSError as exc:
+            if exc.errno in _PASSING:
+                raise OSError(exc.errno, f"cannot create the folder {each}: {exc.strerror}") from exc
+            raise SidecarFolderError(exc.errno, _cannot_make(each, exc.strerror or str(exc))) from exc
+        created.append(each)
+    return created
+
+
+def _cannot_make(folder: Path, why: str) -> str:
+    return (f"cannot create the folder {folder} for subtitles ({why}): make it a folder subwatch can "
+            "write to, or change name_template; then `subwatch retry` the file")
