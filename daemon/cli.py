@@ -205,12 +205,12 @@ def _model_arg(value: str) -> str:
 
 
 def _transcribe_file(path: Path, rules: FolderRules, models_dir: Path, overwrite: bool) -> bool:
-    from daemon import media, pipeline
+    from daemon import media, pipeline, subtitles
     from daemon.transcribe import DeviceUnavailable, ModelNotFound, ModelStore, resolve_device, transcribe
 
-    owned = (lambda _p: True) if overwrite else (lambda _p: False)
+    sidecars = subtitles.Unrecorded(overwrite)
     try:
-        prepared = pipeline.prepare(path, rules, owned)
+        prepared = pipeline.prepare(path, rules, sidecars.owns)
         options = rules.transcribe
         # A one-shot run holds its one model to the end: nothing to unload.
         store = ModelStore(models_dir, unload_after_seconds=float("inf"))
@@ -218,11 +218,11 @@ def _transcribe_file(path: Path, rules: FolderRules, models_dir: Path, overwrite
         length = format_duration(prepared.audio.duration)
         print(f"{path.name}: transcribing {length} with {options.model}", file=sys.stderr)
         transcript = transcribe(prepared.audio, options, model, show_progress_bar=True)
-        result = pipeline.complete(prepared, transcript, owned)
+        result = pipeline.complete(prepared, transcript, sidecars)
     except pipeline.Skip as exc:
         print(f"{path}: skipped: {exc}", file=sys.stderr)
         return True
-    except (media.MediaError, ModelNotFound, DeviceUnavailable) as exc:
+    except (media.MediaError, ModelNotFound, DeviceUnavailable, subtitles.SidecarFolderError) as exc:
         print(f"{path}: {exc}", file=sys.stderr)
         return False
     for kept in result.kept:
@@ -361,8 +361,10 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_forget(args: argparse.Namespace) -> int:
+    from daemon.subtitles import SidecarLedger
+
     config = load_config(args.config)
-    if _open_queue(config).forget(absolute(args.path)):
+    if SidecarLedger(_open_queue(config)).forget(absolute(args.path)):
         print(f"forgot {args.path}")
         return EXIT_OK
     print(f"subwatch: no job for {args.path}", file=sys.stderr)
@@ -403,7 +405,7 @@ def _rewrite_job(queue: JobQueue, config: Config, job: Job) -> _Outcome:
     """Given the queue, the config and a done job, write its sidecars again from its stored
     transcript with its folder's current layout rules; return what happened, for one line."""
     from daemon import media, pipeline
-    from daemon.service import owns
+    from daemon.subtitles import SidecarLedger
 
     rules = config.folder_for(job.path)
     if rules is None:
@@ -415,10 +417,10 @@ def _rewrite_job(queue: JobQueue, config: Config, job: Job) -> _Outcome:
                         "`subwatch scan` it")
     try:
         prepared = pipeline.reuse(job.path, rules, transcript)
-        result = pipeline.complete(prepared, transcript, lambda p: owns(queue, p),
-                                   claim=lambda p, sha: queue.record_sidecar(p, sha, job.id))
+        ledger = SidecarLedger(queue)
+        result = pipeline.complete(prepared, transcript, ledger.for_job(job.id))
         queue.set_outputs(job.id, result.outputs)
-        removed, left = _remove_stale(queue, job.id, result.outputs + result.kept)
+        removed, left = ledger.remove_stale(job.id, result.outputs + result.kept)
     except media.MediaGone:
         return _Outcome(False, "the file is gone; `subwatch forget` it if it is not coming back")
     except (media.MediaError, OSError, ValueError) as exc:
@@ -431,25 +433,6 @@ def _rewrite_job(queue: JobQueue, config: Config, job: Job) -> _Outcome:
     if left:
         parts.append(f"left {_names(left)} (no longer in the layout, but edited since subwatch wrote it)")
     return _Outcome(True, "; ".join(parts))
-
-
-def _remove_stale(queue: JobQueue, job_id: int, current: tuple[Path, ...]) -> tuple[list[Path], list[Path]]:
-    """Given the queue, a job and the sidecar paths its layout names now, delete the job's other
-    sidecars that are still as subwatch wrote them and drop the record of all of them (an edited
-    one is the user's now); return (removed, left because edited)."""
-    from daemon.service import owns
-
-    removed, left = [], []
-    for path in queue.sidecars_of(job_id):
-        if path in current:
-            continue
-        if owns(queue, path):
-            path.unlink(missing_ok=True)
-            removed.append(path)
-        elif path.exists():
-            left.append(path)
-        queue.forget_sidecar(path)
-    return removed, left
 
 
 def _names(paths: Sequence[Path]) -> str:

@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from daemon.datatypes import MemoryLimit
+from daemon.languages import WHISPER_CODES, from_any
 from daemon.models import is_model_path  # no torch: config stays instant
 from daemon.notify import NotifyRules
 from daemon.options import FolderRules, build_notify, build_rules
@@ -33,12 +34,7 @@ WHISPER_MODELS = (
     "tiny.en", "tiny", "base.en", "base", "small.en", "small", "medium.en", "medium",
     "large-v1", "large-v2", "large-v3", "large", "large-v3-turbo", "turbo",
 )
-WHISPER_LANGUAGES = frozenset(
-    "af am ar as az ba be bg bn bo br bs ca cs cy da de el en es et eu fa fi fo fr gl gu ha haw he "
-    "hi hr ht hu hy id is it ja jw ka kk km kn ko la lb ln lo lt lv mg mi mk ml mn mr ms mt my ne nl "
-    "nn no oc pa pl ps pt ro ru sa sd si sk sl sn so sq sr su sv sw ta te tg th tk tl tr tt uk ur uz "
-    "vi yi yo yue zh".split()
-)
+WHISPER_LANGUAGES = WHISPER_CODES  # the one language table: daemon/languages.py
 FORMATS = ("srt", "vtt", "txt", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEVICE_FORMS = "auto, cpu, cuda or cuda:N"
@@ -451,15 +447,15 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-# Country codes people write for languages (jp for Japanese, …).
+# Country codes people write for languages (jp for Japanese, …); other spellings of a language
+# ("eng", "German") are read by languages.from_any.
 COUNTRY_NOT_LANGUAGE = {"jp": "ja", "cn": "zh", "kr": "ko", "ua": "uk", "gr": "el", "dk": "da", "se": "sv",
                         "cz": "cs", "il": "he", "ir": "fa", "vn": "vi", "br": "pt", "us": "en", "gb": "en",
-                        "uk-en": "en", "eng": "en", "ger": "de", "deu": "de", "fre": "fr", "fra": "fr",
-                        "spa": "es", "jpn": "ja", "chi": "zh", "zho": "zh"}
+                        "uk-en": "en"}
 
 
 def _language_hint(value: str) -> str:
-    code = COUNTRY_NOT_LANGUAGE.get(value.lower())
+    code = COUNTRY_NOT_LANGUAGE.get(value.lower()) or from_any(value)
     return f"; did you mean '{code}'?" if code else _did_you_mean(value, WHISPER_LANGUAGES)
 
 

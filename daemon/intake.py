@@ -194,6 +194,7 @@ class Intake:
     def __init__(self, config: Config, jobs: JobQueue, wake: Callable[[], None] = lambda: None) -> None:
         self._config = config
         self._jobs = jobs
+        self._ledger = subtitles.SidecarLedger(jobs)  # which sidecars are subwatch's, to move them
         self._wake = wake
         self._verdicts = ProbeVerdicts()
         self._prober = Prober(self._verdicts, self._enqueue, finish=jobs.close_thread)
@@ -279,13 +280,8 @@ class Intake:
         job = self._jobs.find(new)
         if job is None:
             return
-        for sidecar in self._jobs.sidecars_of(job.id):
-            target = new.parent / (new.stem + sidecar.name[len(old.stem):]) if sidecar.name.startswith(
-                old.stem) else None
-            if target is None or target.exists() or not sidecar.exists():
-                continue
-            sidecar.rename(target)
-            self._jobs.move_sidecar(sidecar, target)
+        rules = self._config.folder_for(old) or self._config.folder_for(new)  # the layout written in
+        self._ledger.follow(job.id, old, new, rules.subtitles.naming if rules else None)
         job_log(log, "moved", new, f"renamed from {old.name}; subtitles moved with it", job.id)
 
     # ------------------------------------------------------------ scans

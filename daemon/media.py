@@ -24,6 +24,7 @@ from pathlib import Path
 import ffmpeg
 import numpy as np
 
+from daemon import languages
 from daemon.datatypes import Audio, AudioStream, MediaInfo
 from daemon.text import format_duration
 
@@ -236,21 +237,13 @@ def _is_secondary(stream: AudioStream) -> bool:
     return stream.secondary or any(word in title for word in NOT_MAIN_AUDIO)
 
 
-# ISO 639-2 tags that containers carry, for the languages people most often pick.
-_ISO639_2 = {"eng": "en", "jpn": "ja", "ger": "de", "deu": "de", "fre": "fr", "fra": "fr", "spa": "es",
-             "ita": "it", "por": "pt", "rus": "ru", "chi": "zh", "zho": "zh", "kor": "ko", "dut": "nl",
-             "nld": "nl", "swe": "sv", "nor": "no", "dan": "da", "fin": "fi", "pol": "pl", "tur": "tr",
-             "ara": "ar", "heb": "he", "hin": "hi", "tha": "th", "vie": "vi", "ukr": "uk", "ces": "cs",
-             "cze": "cs", "hun": "hu", "gre": "el", "ell": "el", "ind": "id", "may": "ms", "msa": "ms"}
-
-
 def to_iso639_1(tag: str) -> str:
-    """Given a container language tag (ISO 639-1 or -2), return the 639-1 code where known."""
-    return _ISO639_2.get(tag.lower(), tag.lower())
+    """Given a container language tag (ISO 639-1 or -2, or a name), return Whisper's code where known."""
+    return languages.from_any(tag) or tag.lower()
 
 
 def _same_language(tag: str, code: str) -> bool:
-    return to_iso639_1(tag) == code
+    return to_iso639_1(tag) == to_iso639_1(code)
 
 
 _INPUT = "{input}"

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from daemon import languages
 from daemon.text import format_duration, format_speed, printable
 
 logger = logging.getLogger("subwatch.notify")
@@ -40,17 +41,6 @@ DIGEST_LISTED = 10  # names per section of a digest before "… and N more"
 REASON_CHARS = 300  # a failure reason longer than this is cut
 QUEUE_LIMIT = 10_000  # events waiting for delivery before new ones are dropped
 RETRY_DELAY_MAX = 60.0
-
-# Names for the languages people most often get from Whisper; other codes are shown as they are.
-LANGUAGE_NAMES: dict[str, str] = {
-    "ar": "Arabic", "ca": "Catalan", "cs": "Czech", "da": "Danish", "de": "German",
-    "el": "Greek", "en": "English", "es": "Spanish", "fa": "Persian", "fi": "Finnish",
-    "fr": "French", "he": "Hebrew", "hi": "Hindi", "hr": "Croatian", "hu": "Hungarian",
-    "id": "Indonesian", "it": "Italian", "ja": "Japanese", "ko": "Korean", "ms": "Malay",
-    "nl": "Dutch", "no": "Norwegian", "pl": "Polish", "pt": "Portuguese", "ro": "Romanian",
-    "ru": "Russian", "sk": "Slovak", "sr": "Serbian", "sv": "Swedish", "th": "Thai",
-    "tl": "Tagalog", "tr": "Turkish", "uk": "Ukrainian", "vi": "Vietnamese", "zh": "Chinese",
-}  # fmt: skip
 
 # Characters that must not reach a title or body as they are: they would break a
 # line, reorder the text shown (bidi overrides) or fail to encode as UTF-8.
@@ -135,8 +125,8 @@ def format_elapsed(seconds: float) -> str:
 
 def language_label(code: str) -> str:
     """Given an ISO 639-1 code, return "English (en)", or the code alone if its name is not known."""
-    name = LANGUAGE_NAMES.get(code.lower())
-    return f"{name} ({code})" if name else printable(code)
+    name = languages.name_of(code)
+    return f"{name} ({printable(code)})" if name else printable(code)
 
 
 def one_line(text: str | None, limit: int = REASON_CHARS) -> str:

@@ -13,7 +13,6 @@ does `reuse`, for `subwatch rewrite`.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -120,19 +119,13 @@ def _audio_seconds(prepared: Prepared) -> float:
     return prepared.transcript.duration
 
 
-def complete(
-    prepared: Prepared,
-    transcript: Transcript,
-    owned: Callable[[Path], bool],
-    claim: Callable[[Path, str], None] | None = None,
-) -> JobResult:
-    """Given a prepared file and its transcript, write the sidecars and return the job's result.
+def complete(prepared: Prepared, transcript: Transcript, sidecars: subtitles.Sidecars) -> JobResult:
+    """Given a prepared file, its transcript and what writes its sidecars (the daemon's
+    `SidecarLedger.for_job`, or `subtitles.Unrecorded`), write them and return the job's result.
 
     A sidecar path that holds a subtitle subwatch did not write (or one the user
-    edited) is left untouched and reported in `kept`. `claim(path, sha256)` is
-    called before each sidecar is written, so the daemon records it as its own
-    first: killed between writing and finishing the job, it finds the file is
-    its own on restart and replaces it instead of mistaking it for the user's.
+    edited) is left untouched and reported in `kept`. Raise
+    subtitles.SidecarFolderError if a sidecar's folder cannot be made.
     """
     layout = prepared.rules.subtitles
     if not prepared.path.exists():
@@ -143,11 +136,7 @@ def complete(
     written, kept = [], []
     for fmt in layout.formats:
         target = subtitles.sidecar_path(prepared.path, transcript.language, fmt, layout.naming)
-        text = subtitles.RENDERERS[fmt](cues, transcript)
-        mine = owned(target)  # asked before claiming: the record is about to describe the new text
-        if claim is not None:
-            claim(target, hashlib.sha256(text.encode("utf-8")).hexdigest())
-        if subtitles.write_sidecar(target, text, may_replace=lambda _, mine=mine: mine):
+        if sidecars.write(target, subtitles.RENDERERS[fmt](cues, transcript)):
             written.append(target)
         else:
             log.warning("kept %s: it is not a subtitle subwatch wrote", target)

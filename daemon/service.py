@@ -31,7 +31,6 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 from daemon import media, pipeline, subtitles
@@ -88,10 +87,6 @@ def waiting(item: pipeline.Prepared) -> Waiting:
     return Waiting(item.rules.transcribe.model, item.rules.devices, item.audio.duration, alone=item.suspect)
 
 
-def owns(jobs: JobQueue, path: Path) -> bool:
-    """Given the queue and a subtitle path, return True if subwatch wrote it and nobody edited it since."""
-    recorded = jobs.sidecar_hash(path)
-    return recorded is not None and path.exists() and subtitles.file_sha256(path) == recorded
 
 
 class Service:
@@ -100,6 +95,7 @@ class Service:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.jobs = JobQueue(config.db_path)
+        self.ledger = subtitles.SidecarLedger(self.jobs)
         self.models = ModelStore(config.models_dir, config.unload_after_seconds, config.gpu_memory_limit)
         self.notifier = Notifier(config.notify, settled=self.jobs.notices_settled)
         self._notices_lock = threading.Lock()
@@ -159,7 +155,8 @@ class Service:
         journal line; one failed for crashing the daemon is notified like any other failure. A job
         killed while its sidecars were written may have left a temp file beside them: it goes."""
         recovered = self.jobs.recover_running(self.config.max_attempts)
-        for folder in sorted({back.job.path.parent for back in recovered}):
+        folders = {f for back in recovered for f in self.ledger.folders_of(back.job.id, back.job.path)}
+        for folder in sorted(folders):
             for temp in subtitles.remove_stale_temps(folder):
                 log.info("removed %s, left by a daemon killed while it wrote subtitles", printable(str(temp)))
         for back in recovered:
@@ -295,7 +292,7 @@ class Service:
         job_log(log, "started", job.path, f"attempt {job.attempts}", job.id)
         try:
             stored = self._stored_transcript(job, rules)
-            prepared = pipeline.prepare(job.path, rules, self._owned, stored)
+            prepared = pipeline.prepare(job.path, rules, self.ledger.owns, stored)
             return replace(prepared, job_id=job.id, suspect=job.suspect)
         except pipeline.Skip as exc:
             self.jobs.skip(job.id, str(exc))
@@ -457,9 +454,12 @@ class Service:
             return
         item, job = live[0]
         try:
-            result = pipeline.complete(item, transcript, self._owned, claim=partial(self._claim, job.id))
+            result = pipeline.complete(item, transcript, self.ledger.for_job(job.id))
         except media.MediaGone:
             self._gone(job, "deleted while it was transcribed; dropped")
+            return
+        except subtitles.SidecarFolderError as exc:  # its folder cannot be made: retrying cannot help
+            self._failed(job, _one_line(exc), permanent=True)
             return
         except Exception as exc:  # disk full, permissions: retried with backoff
             log.debug("writing the subtitles of %s failed", item.path, exc_info=True)
@@ -492,10 +492,6 @@ class Service:
         activity.heartbeat = time.monotonic()
         if self._abandon.is_set():
             raise Cancelled()
-
-    def _claim(self, job_id: int, path: Path, sha256: str) -> None:
-        """Record a sidecar as ours before it is written (see pipeline.complete)."""
-        self.jobs.record_sidecar(path, sha256, job_id)
 
     def _done(self, job: Job, item: pipeline.Prepared, result: JobResult) -> None:
         done = self.jobs.finish(job.id, result)
@@ -547,10 +543,6 @@ class Service:
         if rules.notify.replace:
             return rules.notify.urls
         return self.config.notify.urls + rules.notify.urls
-
-    def _owned(self, path: Path) -> bool:
-        """True if `path` is a sidecar subwatch wrote and nobody has edited since."""
-        return owns(self.jobs, path)
 
     # ------------------------------------------------------------ systemd
 

@@ -243,11 +243,9 @@ def finished_by_the_daemon(config: Path, film: Path) -> int:
     job = queue.enqueue(film, rules.path).job
     queue.claim()
 
-    def owned(path: Path) -> bool:
-        return queue.sidecar_hash(path) == subtitles.file_sha256(path) if path.exists() else False
-
-    result = pipeline.complete(pipeline.prepare(film, rules, owned), said_transcript(), owned,
-                               claim=lambda path, sha: queue.record_sidecar(path, sha, job.id))
+    ledger = subtitles.SidecarLedger(queue)
+    result = pipeline.complete(pipeline.prepare(film, rules, ledger.owns), said_transcript(),
+                               ledger.for_job(job.id))
     queue.finish(job.id, result)
     queue.close()
     return job.id

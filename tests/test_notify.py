@@ -512,7 +512,9 @@ def test_printable_escapes_controls_but_keeps_text() -> None:
 
 def test_language_label() -> None:
     assert language_label("en") == "English (en)"
-    assert language_label("yue") == "yue"
+    assert language_label("yue") == "Cantonese (yue)"  # every Whisper language: daemon/languages.py
+    assert language_label("xx") == "xx"
+    assert language_label("en\n") == "English (en\\n)"
 
 
 def test_url_label_hides_credentials_paths_and_queries() -> None:

@@ -32,14 +32,8 @@ def world(tmp_path: Path):  # noqa: ANN201
     job = jobs.enqueue(film, folder).job
     jobs.claim()
 
-    def owned(path: Path) -> bool:
-        recorded = jobs.sidecar_hash(path)
-        return recorded is not None and path.exists() and subtitles.file_sha256(path) == recorded
-
-    def claim(path: Path, sha256: str) -> None:
-        jobs.record_sidecar(path, sha256, job.id)
-
-    yield film, rules, owned, claim
+    ledger = subtitles.SidecarLedger(jobs)
+    yield film, rules, ledger.owns, ledger.for_job(job.id)
     jobs.close()
 
 
@@ -48,37 +42,37 @@ def cue_text(path: Path) -> list[str]:
 
 
 def test_sidecar_written_just_before_a_crash_is_still_ours(world) -> None:  # noqa: ANN001
-    film, rules, owned, claim = world
+    film, rules, owned, sidecars = world
     prepared = pipeline.prepare(film, rules, owned)
     # Killed after the sidecars were written but before the job was marked done:
-    first = pipeline.complete(prepared, transcript("first words here"), owned, claim=claim)
+    first = pipeline.complete(prepared, transcript("first words here"), sidecars)
     srt_path = film.with_name("Film.en.srt")
     assert first.outputs == (srt_path, srt_path.with_suffix(".vtt")) and first.kept == ()
     assert owned(srt_path) and owned(srt_path.with_suffix(".vtt"))
     # ... so the redo after the restart replaces them instead of keeping them as the user's.
     again = pipeline.prepare(film, rules, owned)  # not skipped as "already has en subtitles"
-    redo = pipeline.complete(again, transcript("second words now"), owned, claim=claim)
+    redo = pipeline.complete(again, transcript("second words now"), sidecars)
     assert redo.outputs == first.outputs and redo.kept == ()
     assert cue_text(srt_path) == ["second words now"]
 
 
 def test_users_edit_of_our_sidecar_is_kept(world) -> None:  # noqa: ANN001
-    film, rules, owned, claim = world
-    pipeline.complete(pipeline.prepare(film, rules, owned), transcript("ours at first"), owned, claim=claim)
+    film, rules, owned, sidecars = world
+    pipeline.complete(pipeline.prepare(film, rules, owned), transcript("ours at first"), sidecars)
     srt_path = film.with_name("Film.en.srt")
     srt_path.write_text("1\n00:00:01,000 --> 00:00:02,000\nfixed by hand\n", encoding="utf-8")
     again = pipeline.prepare(film, rules, owned)
-    result = pipeline.complete(again, transcript("new take"), owned, claim=claim)
+    result = pipeline.complete(again, transcript("new take"), sidecars)
     assert result.kept == (srt_path,) and result.outputs == (srt_path.with_suffix(".vtt"),)
     assert cue_text(srt_path) == ["fixed by hand"]
     assert "new take" in srt_path.with_suffix(".vtt").read_text(encoding="utf-8")  # ours: replaced
 
 
 def test_a_stored_transcript_is_written_without_decoding(world) -> None:  # noqa: ANN001
-    film, rules, owned, claim = world
+    film, rules, owned, sidecars = world
     said = transcript("the same words in both libraries")
     decoded = pipeline.prepare(film, rules, owned)
-    first = pipeline.complete(decoded, said, owned, claim=claim)
+    first = pipeline.complete(decoded, said, sidecars)
     assert first.transcript == said and first.transcript_key == rules.transcript_key
     written = {p.name: p.read_bytes() for p in first.outputs}
 
@@ -87,7 +81,7 @@ def test_a_stored_transcript_is_written_without_decoding(world) -> None:  # noqa
     stored = pipeline.prepare(copy, rules, owned, stored=said)
     assert stored.audio is None and stored.transcript == said  # probed only
     assert stored.info.duration == decoded.info.duration
-    again = pipeline.complete(stored, said, owned, claim=claim)
+    again = pipeline.complete(stored, said, sidecars)
     assert [p.name for p in again.outputs] == ["Film copy.en.srt", "Film copy.en.vtt"]
     assert {p.name.replace(" copy", ""): p.read_bytes() for p in again.outputs} == written  # same cues
     assert again.media_duration == first.media_duration

@@ -383,6 +383,15 @@ def test_a_line_said_twice_is_kept() -> None:
     assert joined_cues(cues) == "No. No. Stop it."
 
 
+def test_a_loop_of_a_line_without_words_collapses_too() -> None:
+    # The rule is daemon.loops', shared with the transcribe stage: letters and digits compared, a
+    # line with none ("♪") as written.
+    music = [spoken("♪", 2.0 * i) for i in range(4)]
+
+    assert joined_cues(build_cues([*music, spoken("Hello.", 9.0)], RULES)) == "♪ Hello."
+    assert joined_cues(build_cues([*music[:2], spoken("Hello.", 9.0)], RULES)) == "♪ ♪ Hello."
+
+
 def test_segments_past_media_end_never_leave_the_media() -> None:
     # Random-weight models emit segments past the audio's end.
     inside = spoken("This part is real.", 0.5)

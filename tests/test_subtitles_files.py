@@ -321,7 +321,7 @@ def no_hard_links(source: object, target: object) -> None:
 
 
 def test_filesystem_without_hard_links(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(subtitles.os, "link", no_hard_links)
+    monkeypatch.setattr(subtitles.writing.os, "link", no_hard_links)
     new, kept = tmp_path / "a.en.srt", tmp_path / "b.en.srt"
     kept.write_text("user")
 
@@ -336,7 +336,7 @@ def test_hard_link_failure_that_is_not_about_support_is_raised(tmp_path: Path,
     def disk_full(source: object, target: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(subtitles.os, "link", disk_full)
+    monkeypatch.setattr(subtitles.writing.os, "link", disk_full)
     with pytest.raises(OSError, match="No space"):
         write_sidecar(tmp_path / "a.en.srt", "ours", refuse)
     assert entries(tmp_path) == []

@@ -308,7 +308,7 @@ def test_a_file_that_breaks_its_batch_fails_alone(make_service, tmp_path: Path, 
     rules = service.config.folders[0]
     assert {service.jobs.claim().path, service.jobs.claim().path} == {good, bad}
     prepared = {  # with their job ids, as the service's loader hands them over
-        p: replace(pipeline.prepare(p, rules, service._owned), job_id=service.jobs.find(p).id)
+        p: replace(pipeline.prepare(p, rules, service.ledger.owns), job_id=service.jobs.find(p).id)
         for p in (good, bad)
     }
     # its samples labelled 44.1 kHz: a file the model cannot take, as a decoder bug would hand over

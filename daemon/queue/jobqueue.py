@@ -190,3 +190,15 @@ class JobQueue:
     def sidecars_of(self, job_id: int) -> list[Path]:
         """Given a job id, return the sidecar paths recorded for it, sorted."""
         return self._sidecars.of_job(job_id)
+
+    def record_sidecar_folder(self, path: Path) -> None:
+        """Record that subwatch made the folder `path` for sidecars."""
+        self._sidecars.record_folder(path)
+
+    def is_sidecar_folder(self, path: Path) -> bool:
+        """Given a folder, return True if subwatch recorded making it for sidecars."""
+        return self._sidecars.is_folder(path)
+
+    def forget_sidecar_folder(self, path: Path) -> bool:
+        """Given a folder, delete subwatch's record of making it; return False if there was none."""
+        return self._sidecars.forget_folder(path)

@@ -95,6 +95,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             created_at REAL NOT NULL
         )""",
     ),
+    (
+        # Folders subwatch made for sidecars (a name_template's "Subs/"): removed once empty. Not
+        # tied to a job: one folder holds the sidecars of many.
+        "CREATE TABLE IF NOT EXISTS sidecar_folders (path BLOB PRIMARY KEY)",
+    ),
 )
 
 

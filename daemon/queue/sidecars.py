@@ -64,3 +64,18 @@ class SidecarStore:
             "SELECT path FROM sidecars WHERE job_id = ? ORDER BY path", (job_id,)
         )
         return [path_of(row["path"]) for row in rows]
+
+    def record_folder(self, path: Path) -> None:
+        """Record that subwatch made the folder `path` for sidecars."""
+        with self._db.write() as conn:
+            conn.execute("INSERT OR IGNORE INTO sidecar_folders (path) VALUES (?)", (key(path),))
+
+    def is_folder(self, path: Path) -> bool:
+        """Given a folder, return True if subwatch recorded making it for sidecars."""
+        row = self._db.conn().execute("SELECT 1 FROM sidecar_folders WHERE path = ?", (key(path),)).fetchone()
+        return row is not None
+
+    def forget_folder(self, path: Path) -> bool:
+        """Given a folder, delete subwatch's record of making it; return False if there was none."""
+        with self._db.write() as conn:
+            return conn.execute("DELETE FROM sidecar_folders WHERE path = ?", (key(path),)).rowcount > 0

@@ -40,11 +40,11 @@ from daemon.engine import (
     transcribe_chunks,
     vote_language,
 )
+from daemon.loops import collapse_repeats
 from daemon.models import ModelNotFound
 from daemon.transcribe.options import TranscribeOptions
 from daemon.transcribe.placement import transcript_of
 from daemon.transcribe.progress import Progress
-from daemon.transcribe.repeats import collapse_repeats
 from daemon.transcribe.rounds import chunk_request, coverage_round, engine_options_for
 from daemon.transcribe.speech import speech_maps, speech_seconds, voter_chunks
 from daemon.transcribe.state import Decoded, File, Work

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from daemon.coverage import CoverageOptions
 from daemon.engine import EngineOptions
+from daemon.loops import MAX_REPEATS
 from daemon.vad import VadOptions
 
 
@@ -44,7 +45,7 @@ class TranscribeOptions:
     logprob_threshold: float | None = EngineOptions.logprob_threshold
     no_speech_threshold: float | None = EngineOptions.no_speech_threshold
     batch_size: int | None = EngineOptions.batch_size
-    max_repeated_lines: int = 2
+    max_repeated_lines: int = MAX_REPEATS
     language_windows: int = 5
     vad: VadOptions = field(default_factory=VadOptions)
     coverage: CoverageOptions = field(default_factory=CoverageOptions)

@@ -11,7 +11,7 @@ from dataclasses import replace
 
 from daemon import coverage
 from daemon.datatypes import Segment, Transcript, Word
-from daemon.transcribe.repeats import collapse_repeats
+from daemon.loops import collapse_repeats
 from daemon.transcribe.state import Decoded, File
 from daemon.vad import SpeechChunk
 
