@@ -27,6 +27,7 @@ from daemon.languages import WHISPER_CODES, from_any
 from daemon.models import is_model_path  # no torch: config stays instant
 from daemon.notify import NotifyRules
 from daemon.options import FolderRules, build_notify, build_rules
+from daemon.queue.schema import MAX_ATTEMPTS
 
 # Whisper's own tables, copied so that loading a config does not import torch.
 # tests/test_config.py asserts they equal whisper.available_models() / tokenizer.LANGUAGES.
@@ -186,7 +187,7 @@ class _ConfigModel(_Strict):
     state_dir: str = "/var/lib/subwatch"
     models_dir: str | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    max_attempts: int = Field(default=3, ge=1)
+    max_attempts: int = Field(default=MAX_ATTEMPTS, ge=1)
     unload_after_seconds: float = Field(default=300.0, ge=0)
     rescan_minutes: float = Field(default=60.0, ge=0)
     gpu_memory_limit: Any = None

@@ -17,6 +17,7 @@ from daemon.queue.jobs import JobStore
 from daemon.queue.lifecycle import JobRuns
 from daemon.queue.outbox import Notice, Outbox
 from daemon.queue.recovery import Recovered, recover_running
+from daemon.queue.schema import BACKOFF_BASE_S, MAX_ATTEMPTS
 from daemon.queue.sidecars import SidecarStore
 from daemon.queue.transcripts import TranscriptStore
 
@@ -74,8 +75,8 @@ class JobQueue:
         error: str,
         *,
         permanent: bool,
-        max_attempts: int = 3,
-        backoff_base: float = 30.0,
+        max_attempts: int = MAX_ATTEMPTS,
+        backoff_base: float = BACKOFF_BASE_S,
         now: float | None = None,
     ) -> Job:
         """Given a job id and why it failed, return the job failed or pending again after a backoff."""
@@ -99,7 +100,7 @@ class JobQueue:
         """Given jobs the model has finished with, clear their in-model mark (and suspicion if `survived`)."""
         self._runs.leave_model(job_ids, survived=survived)
 
-    def recover_running(self, max_attempts: int = 3) -> list[Recovered]:
+    def recover_running(self, max_attempts: int = MAX_ATTEMPTS) -> list[Recovered]:
         """Return the jobs the last daemon left running, each pending again or failed, and why."""
         return recover_running(self._db, max_attempts)
 

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from daemon.datatypes import Job, JobResult, JobState
 from daemon.queue import outbox, transcripts
 from daemon.queue.database import Database
-from daemon.queue.schema import outputs_json
+from daemon.queue.schema import BACKOFF_BASE_S, MAX_ATTEMPTS, outputs_json
 
 
 class JobRuns:
@@ -84,8 +84,8 @@ class JobRuns:
         error: str,
         *,
         permanent: bool,
-        max_attempts: int = 3,
-        backoff_base: float = 30.0,
+        max_attempts: int = MAX_ATTEMPTS,
+        backoff_base: float = BACKOFF_BASE_S,
         now: float | None = None,
     ) -> Job:
         """Given a job id and why it failed, return the job failed or pending again after a backoff.

@@ -17,7 +17,7 @@ from typing import Literal
 from daemon.datatypes import Job, JobState
 from daemon.queue import outbox
 from daemon.queue.database import Database
-from daemon.queue.schema import JOB_COLUMNS, job_of
+from daemon.queue.schema import JOB_COLUMNS, MAX_ATTEMPTS, job_of
 from daemon.text import printable
 
 RecoveryCause = Literal["waiting", "in_model", "crashed_alone"]
@@ -43,7 +43,7 @@ class Recovered:
     together: int = 0  # how many jobs were in the model when the daemon died
 
 
-def recover_running(db: Database, max_attempts: int = 3) -> list[Recovered]:
+def recover_running(db: Database, max_attempts: int = MAX_ATTEMPTS) -> list[Recovered]:
     """Return the jobs the last daemon left running, each pending again or failed, and why (call
     once at start, before any claim).
 

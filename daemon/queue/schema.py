@@ -14,6 +14,9 @@ from pathlib import Path
 
 from daemon.datatypes import Job, JobState
 
+MAX_ATTEMPTS = 3  # tries of a failing job before it stays failed (the config's max_attempts)
+BACKOFF_BASE_S = 30.0  # the first retry's wait; each further one waits longer
+
 JOB_COLUMNS = (
     "id, path, folder, state, size, mtime, fingerprint, attempts, error, language, "
     "language_probability, outputs, media_duration, elapsed, speech_seconds, uncovered_seconds, "
