@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.service import CRASH_ON_ENV
+from daemon.transcribers import CRASH_ON_ENV
 from tests.harness import Daemon, NotificationSink, status, write_config
 from tests.media_factory import duration_of
 from tests.speech import SPEECH

@@ -1,0 +1,149 @@
+"""How a job ends: done, failed (or retrying), released, dropped, and the notifications owed.
+
+Both the loader (a stored transcript, a file that cannot be read) and the transcriber
+workers end jobs; each ending writes the queue, its one journal line and, for done and
+failed, hands the notifier the notification the queue now owes (see JobQueue.notices).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from typing import Any
+
+from daemon import media, pipeline, subtitles
+from daemon.config import Config, FolderRules
+from daemon.datatypes import Job, JobResult, JobState
+from daemon.logs import done_details, job_log
+from daemon.notify import Event, Notifier
+from daemon.queue import JobQueue, Notice, QueueError
+
+log = logging.getLogger("subwatch")
+
+
+class Outcomes:
+    """Ends jobs. `config` returns the config in force (a reload replaces it); `wake` tells the
+    loader there is work (a job renamed while in hand goes back to the queue)."""
+
+    def __init__(self, jobs: JobQueue, ledger: subtitles.SidecarLedger, notifier: Notifier,
+                 config: Callable[[], Config], wake: Callable[[], None]) -> None:
+        self.jobs = jobs
+        self.ledger = ledger
+        self.notifier = notifier
+        self._config = config
+        self._wake = wake
+        self._notices_lock = threading.Lock()
+        self._notices_sent = 0  # the last outbox row handed to the notifier
+
+    def release(self, job_id: int, why: str) -> None:
+        """Give a running job back to the queue (a clean stop: no attempt counted), with its line."""
+        try:
+            job = self.jobs.release(job_id)
+        except KeyError:
+            return  # forgotten meanwhile
+        if job.state == JobState.PENDING:
+            job_log(log, "released", job.path, why, job.id)
+
+    def gone(self, job: Job, why: str) -> None:
+        """A claimed job's file is not at the path the worker has: drop the job, or requeue it
+        if the watcher saw it renamed meanwhile (Sonarr and Radarr rename right after import)."""
+        current = self.jobs.get(job.id)
+        if current is None:
+            return  # forgotten or dropped meanwhile
+        if current.path != job.path and current.path.exists():
+            self.jobs.release(job.id)
+            job_log(log, "requeued", current.path, f"renamed from {job.path.name} while in hand", job.id)
+            self._wake()
+            return
+        if self.jobs.drop(current.path, claimed=True) is not None:
+            job_log(log, "dropped", job.path, why, job.id)
+
+    def still_running(self, items: Iterable[pipeline.Prepared]) -> list[tuple[pipeline.Prepared, Job]]:
+        """Return the items whose job is still running, each with its job; one forgotten or dropped
+        while its file waited is left out. An item whose file the watcher saw renamed meanwhile
+        comes back with the new path (same content: a rename keeps the job)."""
+        live = []
+        for item in items:
+            job = self.jobs.get(item.job_id) if item.job_id is not None else None
+            if job is not None and job.state == JobState.RUNNING:
+                live.append((item if job.path == item.path else replace(item, path=job.path), job))
+        return live
+
+    def complete(self, job: Job, item: pipeline.Prepared, transcript: Any) -> None:
+        live = self.still_running([item])  # renamed while it was transcribed: write beside the new name
+        if not live:
+            return
+        item, job = live[0]
+        try:
+            result = pipeline.complete(item, transcript, self.ledger.for_job(job.id))
+        except media.MediaGone:
+            self.gone(job, "deleted while it was transcribed; dropped")
+            return
+        except subtitles.SidecarFolderError as exc:  # its folder cannot be made: retrying cannot help
+            self.failed(job, one_line_error(exc), permanent=True)
+            return
+        except Exception as exc:  # disk full, permissions: retried with backoff
+            log.debug("writing the subtitles of %s failed", item.path, exc_info=True)
+            self.failed(job, one_line_error(exc), permanent=False)
+            return
+        self.done(job, item, result)
+
+    def done(self, job: Job, item: pipeline.Prepared, result: JobResult) -> None:
+        done = self.jobs.finish(job.id, result)
+        details = done_details(result.language, result.media_duration, result.elapsed,
+                               done.uncovered_seconds, reused=item.transcript is not None)
+        job_log(log, "done", job.path, details, done.id)
+        self.notify_owed()
+
+    def failed(self, job: Job, error: str, *, permanent: bool) -> None:
+        updated = self.jobs.fail(job.id, error, permanent=permanent, max_attempts=self._config().max_attempts)
+        if updated.state == JobState.PENDING:
+            wait = max(updated.next_attempt_at - time.time(), 0)
+            job_log(log, "retrying", job.path, f"in {wait:.0f} s: {error}", job.id,
+                    level=logging.WARNING)
+            return
+        self.report_failure(job, error)
+
+    def report_failure(self, job: Job, error: str) -> None:
+        """Log a job that is now failed and send the notification the queue owes for it."""
+        job_log(log, "failed", job.path, error, job.id, level=logging.ERROR)
+        self.notify_owed()
+
+    def notify_owed(self) -> None:
+        """Hand the notifier each notification the queue owes that it has not been handed yet.
+
+        The queue writes them in the transaction that ends a job and deletes them once delivered
+        (Notifier's `settled`), so one a kill kept from its target goes out at the next start.
+        """
+        with self._notices_lock:
+            try:
+                owed = self.jobs.notices(after=self._notices_sent)
+            except QueueError:
+                return  # closed: shutting down
+            if owed:
+                self._notices_sent = owed[-1].id
+        for notice in owed:
+            self.notifier.send(self._event(notice))
+
+    def _event(self, notice: Notice) -> Event:
+        rules = self._config().folder_for(notice.path)  # None: its folder has left the config
+        return Event(
+            kind=notice.kind, path=notice.path, language=notice.language,
+            media_duration=notice.media_duration, elapsed=notice.elapsed,
+            model=rules.transcribe.model if rules else None, error=notice.error,
+            urls=self._targets(rules) if rules else (), key=notice.id,
+        )
+
+    def _targets(self, rules: FolderRules) -> tuple[str, ...]:
+        if rules.notify.replace:
+            return rules.notify.urls
+        return self._config().notify.urls + rules.notify.urls
+
+
+def one_line_error(exc: BaseException) -> str:
+    """Given an exception, return its message on one line of at most 300 characters."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) < 300 else text[:297] + "…"
