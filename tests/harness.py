@@ -146,3 +146,12 @@ def wait_for_state(config: Path, name: str, states: set[str], timeout: float = 3
         time.sleep(0.3)
     raise AssertionError(f"{name} not in {states} within {timeout} s: {jobs}")
 
+
+def wait_until(condition: Callable[[], bool], timeout: float = 15.0) -> bool:
+    """Poll `condition` every 50 ms for up to `timeout` seconds; return its last answer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()

@@ -21,19 +21,8 @@ from daemon.config import load_config
 from daemon.intake import Intake, ProbeVerdicts
 from daemon.queue import JobQueue
 from tests.ffprobe_spy import FfprobeSpy
-from tests.harness import REPO, write_config
+from tests.harness import REPO, wait_until, write_config
 from tests.media_factory import make_media
-
-WAIT = 15.0
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = WAIT) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 @pytest.fixture

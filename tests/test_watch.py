@@ -34,6 +34,7 @@ from daemon.watch import (
 from daemon.watch import folder as watch_folder
 from daemon.watch.walk import PollLister
 from tests.ffprobe_spy import FfprobeSpy
+from tests.harness import wait_until
 from tests.media_factory import make_media
 
 WAIT = 15.0  # the most any test waits for a report that should come
@@ -92,15 +93,6 @@ def start_watcher() -> Iterator[Start]:
     yield start
     for watcher in started:
         watcher.stop()
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = WAIT) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 def write_slowly(path: Path, chunks: int, pause: float, size: int = 32 * 1024) -> float:
