@@ -24,6 +24,7 @@ from daemon.models import is_model_path
 from daemon.options import FolderNotify, FolderRules, build_rules
 from daemon.queue import JobQueue, QueueError
 from daemon.text import format_duration, format_speed, printable
+from daemon.transcribe.engines import DEFAULT_ENGINE, ENGINES
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 78
 DEFAULT_CONFIG = Path(os.environ.get("SUBWATCH_CONFIG", "/etc/subwatch/config.yaml"))
@@ -75,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     one.add_argument("--prompt", help="initial prompt: names, jargon, spelling")
     one.add_argument("--beam-size", type=int, help="beams searched per window; 1 = greedy (default: 5)")
     one.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    one.add_argument("--engine", choices=ENGINES, help="what decodes: auto (default: ctranslate2 on the CPU, "
+                     "torch on a GPU), torch or ctranslate2")
     one.add_argument("--formats", help="comma-separated: srt,vtt,txt,json")
     one.add_argument("--models-dir", type=Path, help="where Whisper checkpoints are kept "
                      "(default: ~/.cache/whisper, or models_dir from --config)")
@@ -163,10 +166,11 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     config = load_config(args.config) if args.config else None
     setup_logging(config.log_level if config else "warning")
     models_dir = args.models_dir or (config.models_dir if config else _whisper_cache())
+    engine = args.engine or (config.engine if config else DEFAULT_ENGINE)
     failures = 0
     for path in args.files:
         rules = _one_shot_rules(absolute(path), config, args)
-        failures += not _transcribe_file(absolute(path), rules, models_dir, args.overwrite)
+        failures += not _transcribe_file(absolute(path), rules, models_dir, engine, args.overwrite)
     return EXIT_FAILED if failures else EXIT_OK
 
 
@@ -204,7 +208,7 @@ def _model_arg(value: str) -> str:
     return str(absolute(Path(value))) if is_model_path(value) else value
 
 
-def _transcribe_file(path: Path, rules: FolderRules, models_dir: Path, overwrite: bool) -> bool:
+def _transcribe_file(path: Path, rules: FolderRules, models_dir: Path, engine: str, overwrite: bool) -> bool:
     from daemon import media, pipeline, subtitles
     from daemon.transcribe import DeviceUnavailable, ModelNotFound, ModelStore, resolve_device, transcribe
 
@@ -213,7 +217,7 @@ def _transcribe_file(path: Path, rules: FolderRules, models_dir: Path, overwrite
         prepared = pipeline.prepare(path, rules, sidecars.owns)
         options = rules.transcribe
         # A one-shot run holds its one model to the end: nothing to unload.
-        store = ModelStore(models_dir, unload_after_seconds=float("inf"))
+        store = ModelStore(models_dir, unload_after_seconds=float("inf"), engine=engine)
         model = store.get(options.model, resolve_device(rules.devices[0]))
         length = format_duration(prepared.audio.duration)
         print(f"{path.name}: transcribing {length} with {options.model}", file=sys.stderr)

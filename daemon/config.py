@@ -28,6 +28,7 @@ from daemon.models import is_model_path  # no torch: config stays instant
 from daemon.notify import NotifyRules
 from daemon.options import FolderRules, build_notify, build_rules
 from daemon.queue.schema import MAX_ATTEMPTS
+from daemon.transcribe.engines import DEFAULT_ENGINE
 
 # Whisper's own tables, copied so that loading a config does not import torch.
 # tests/test_config.py asserts they equal whisper.available_models() / tokenizer.LANGUAGES.
@@ -76,6 +77,7 @@ class Config:
     notify: NotifyRules
     folders: tuple[FolderRules, ...]
     gpu_memory_limit: MemoryLimit | None = None  # None: the whole card
+    engine: str = DEFAULT_ENGINE  # auto, torch or ctranslate2 (daemon.transcribe.engines)
 
     @property
     def db_path(self) -> Path:
@@ -191,6 +193,7 @@ class _ConfigModel(_Strict):
     unload_after_seconds: float = Field(default=300.0, ge=0)
     rescan_minutes: float = Field(default=60.0, ge=0)
     gpu_memory_limit: Any = None
+    engine: Literal["auto", "torch", "ctranslate2"] = DEFAULT_ENGINE
     defaults: _RulesModel = Field(default_factory=_RulesModel)
     notify: _NotifyModel = Field(default_factory=_NotifyModel)
     folders: list[_FolderModel] = Field(min_length=1)
@@ -329,6 +332,7 @@ def _freeze(parsed: _ConfigModel, source: Path) -> Config:
         unload_after_seconds=parsed.unload_after_seconds,
         rescan_minutes=parsed.rescan_minutes,
         gpu_memory_limit=parsed.gpu_memory_limit,
+        engine=parsed.engine,
         notify=build_notify(_written(parsed.notify)),
         folders=folders,
     )

@@ -49,7 +49,9 @@ class Service:
         self.config = config
         self.jobs = JobQueue(config.db_path)
         self.ledger = subtitles.SidecarLedger(self.jobs)
-        self.models = ModelStore(config.models_dir, config.unload_after_seconds, config.gpu_memory_limit)
+        self.models = ModelStore(
+            config.models_dir, config.unload_after_seconds, config.gpu_memory_limit, config.engine
+        )
         self.notifier = Notifier(config.notify, settled=self.jobs.notices_settled)
         self.systemd = SystemdNotifier()
         self._wake = threading.Event()  # new work for the loader

@@ -82,7 +82,7 @@ def ct2_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def ct2_base(base_model_dir: Path, ct2_models_dir: Path) -> Any:
     """base, loaded from its faster-whisper folder the way the daemon loads it."""
-    return load_model(str(base_model_dir), ct2_models_dir, "cpu")
+    return load_model(str(base_model_dir), ct2_models_dir, "cpu", "torch")
 
 
 def test_faster_whisper_folder_transcribes_word_for_word(ct2_base: Any) -> None:
@@ -106,7 +106,7 @@ def test_faster_whisper_folder_converts_once_per_content(
     assert cached.name.startswith(base_model_dir.name + "-")
     written = cached.stat().st_mtime_ns
 
-    again = load_model(str(base_model_dir), ct2_models_dir, "cpu")
+    again = load_model(str(base_model_dir), ct2_models_dir, "cpu", "torch")
     assert converted_files(ct2_models_dir) == [cached] and cached.stat().st_mtime_ns == written
     assert torch.equal(again.decoder.token_embedding.weight, ct2_base.decoder.token_embedding.weight)
 
@@ -121,7 +121,7 @@ def test_faster_whisper_folder_converts_once_per_content(
     config = json.loads((changed / "config.json").read_text())
     config["alignment_heads"] = [[0, 0], [5, 7]]
     (changed / "config.json").write_text(json.dumps(config))
-    model = load_model(str(changed), ct2_models_dir, "cpu")
+    model = load_model(str(changed), ct2_models_dir, "cpu", "torch")
     assert heads_of(model) == [[0, 0], [5, 7]]
     files = converted_files(ct2_models_dir)
     assert len(files) == 2 and cached in files and cached.stat().st_mtime_ns == written
@@ -136,7 +136,7 @@ def test_faster_whisper_folder_converts_once_per_content(
 
 
 def test_tiny_en_folder_is_english_only(tiny_en_dir: Path, tmp_path: Path) -> None:
-    model = load_model(str(tiny_en_dir), tmp_path, "cpu")
+    model = load_model(str(tiny_en_dir), tmp_path, "cpu", "torch")
     assert not model.is_multilingual
     assert (model.dims.n_vocab, model.dims.n_text_layer, model.dims.n_text_state) == (51864, 4, 384)
     config = json.loads((tiny_en_dir / "config.json").read_text())
@@ -230,7 +230,7 @@ def hf_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def transformers_base(transformers_base_dir: Path, hf_models_dir: Path) -> Any:
-    return load_model(str(transformers_base_dir), hf_models_dir, "cpu")
+    return load_model(str(transformers_base_dir), hf_models_dir, "cpu", "torch")
 
 
 def test_transformers_folder_made_here_is_a_working_whisper(transformers_base_dir: Path) -> None:
@@ -281,7 +281,7 @@ def test_transformers_folder_without_generation_config_keeps_whisper_default_hea
     folder = save_transformers_folder(
         asdict(small.dims), small.state_dict(), tmp_path / "whisper-test", alignment_heads=None)
     (folder / "generation_config.json").unlink(missing_ok=True)
-    model = load_model(str(folder), tmp_path / "models", "cpu")
+    model = load_model(str(folder), tmp_path / "models", "cpu", "torch")
     for name, tensor in small.state_dict().items():
         assert torch.equal(model.state_dict()[name], tensor), name
     # whisper's default: every head of the last half of the decoder's layers
@@ -305,7 +305,7 @@ def test_transformers_folder_reads_model_safetensors_not_other_copies_beside_it(
     decoy = {name: torch.zeros_like(t) for name, t in load_file(folder / "model.safetensors").items()}
     save_file(decoy, folder / other)
     assert content_hash(source) == alone
-    model = load_model(str(folder), tmp_path / "models", "cpu")
+    model = load_model(str(folder), tmp_path / "models", "cpu", "torch")
     for name, tensor in small.state_dict().items():
         assert torch.equal(model.state_dict()[name], tensor), name
 
@@ -321,7 +321,7 @@ def test_sharded_transformers_folder(tmp_path: Path) -> None:
     index = json.loads((folder / "model.safetensors.index.json").read_text())
     shards = sorted(set(index["weight_map"].values()))
     assert len(shards) > 1 and not (folder / "model.safetensors").exists()
-    model = load_model(str(folder), tmp_path / "models", "cpu")
+    model = load_model(str(folder), tmp_path / "models", "cpu", "torch")
     for name, tensor in small.state_dict().items():
         assert torch.equal(model.state_dict()[name], tensor), name
 
@@ -336,7 +336,7 @@ def test_sharded_transformers_folder(tmp_path: Path) -> None:
 def assert_fails(spec: Path, models_dir: Path, *parts: str) -> str:
     """Loading `spec` as the daemon does fails with a message holding every part; nothing is cached."""
     with pytest.raises(ModelNotFound) as failure:
-        load_model(str(spec), models_dir, "cpu")
+        load_model(str(spec), models_dir, "cpu", "torch")
     message = str(failure.value)
     for part in parts:
         assert part in message, message

@@ -77,7 +77,7 @@ def word_timings(
     """
     import numpy as np
     import torch
-    from whisper.timing import WordTiming, dtw, median_filter
+    from whisper.timing import dtw, median_filter
 
     probs = logits[: len(text_tokens), : tokenizer.eot].float().softmax(dim=-1).cpu()
     token_probs = probs[np.arange(len(text_tokens)), text_tokens].tolist()
@@ -86,12 +86,31 @@ def word_timings(
     weights = median_filter((weights - mean) / std, medfilt_width)
     matrix = weights.mean(dim=0)[prefix:-1]
     text_indices, time_indices = dtw(-matrix)
+    return words_from_path(tokenizer, text_tokens, text_indices, time_indices, token_probs)
+
+
+def words_from_path(
+    tokenizer: Tokenizer,
+    text_tokens: list[int],
+    text_indices: Any,
+    time_indices: Any,
+    token_probs: list[float],
+) -> list[Any]:
+    """The end of whisper's find_alignment: given the DTW path between text tokens and encoder positions
+    (and each token's probability), return the WordTimings, a word starting where its first token's path
+    jumps in.
+
+    Both engines end here: the torch engine's path comes from whisper's dtw, CTranslate2's from its align.
+    """
+    import numpy as np
+    from whisper.timing import WordTiming
+
     words, word_tokens = tokenizer.split_to_word_tokens(text_tokens + [tokenizer.eot])
     if len(word_tokens) <= 1:
         return []
     boundaries = np.pad(np.cumsum([len(t) for t in word_tokens[:-1]]), (1, 0))
     jumps = np.pad(np.diff(text_indices), (1, 0), constant_values=1).astype(bool)
-    jump_times = time_indices[jumps] * SECONDS_PER_TOKEN
+    jump_times = np.asarray(time_indices)[jumps] * SECONDS_PER_TOKEN
     starts, ends = jump_times[boundaries[:-1]], jump_times[boundaries[1:]]
     probabilities = [np.mean(token_probs[i:j]) for i, j in zip(boundaries[:-1], boundaries[1:], strict=True)]
     return [

@@ -31,7 +31,9 @@ def prepare_model(model: Whisper) -> Whisper:
     import torch
     from torch import nn
 
-    if model.device.type != "cuda" or getattr(model, "_subwatch_fp16", False):
+    from daemon.engine.ct2 import is_ct2
+
+    if is_ct2(model) or model.device.type != "cuda" or getattr(model, "_subwatch_fp16", False):
         return model
     for module in model.modules():
         if isinstance(module, nn.Linear | nn.Conv1d | nn.Embedding):
@@ -70,6 +72,10 @@ def encode(model: Whisper, mel: torch.Tensor, batch_size: int = 16) -> torch.Ten
     """Given (n, n_mels, 3000) log-mels, return the encoder's (n, 1500, n_state) output, in batches."""
     import torch
 
+    from daemon.engine.ct2 import is_ct2
+
+    if is_ct2(model):
+        return model.encode(mel)  # type: ignore[attr-defined]
     dtype = compute_dtype(model)
     with torch.inference_mode():
         parts = [
@@ -118,6 +124,10 @@ def language_probabilities(model: Whisper, features: torch.Tensor) -> list[dict[
     from whisper.decoding import detect_language
     from whisper.tokenizer import get_tokenizer
 
+    from daemon.engine.ct2 import is_ct2
+
+    if is_ct2(model):
+        return model.language_probabilities(features)  # type: ignore[attr-defined]
     tokenizer = get_tokenizer(model.is_multilingual, num_languages=model.num_languages)
     with torch.inference_mode():
         _, probs = detect_language(model, features, tokenizer)

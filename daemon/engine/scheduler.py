@@ -41,8 +41,14 @@ def transcribe_chunks(
     """
     import torch
 
+    from daemon.engine.ct2 import is_ct2
+
     if not requests:
         return []
+    if is_ct2(model):  # the CPU engine: same contract, decoded by CTranslate2
+        from daemon.engine.ct2 import transcribe_chunks as ct2_transcribe_chunks
+
+        return ct2_transcribe_chunks(model, requests, options, on_done)  # type: ignore[arg-type]
     model = prepare_model(model)
     configs: dict[str, Config] = {}
     jobs = []

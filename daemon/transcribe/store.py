@@ -23,6 +23,7 @@ from daemon import models
 from daemon.datatypes import MemoryLimit
 from daemon.engine import cuda_index, prepare_model
 from daemon.models import ModelNotFound
+from daemon.transcribe.engines import DEFAULT_ENGINE, engine_for, load_ct2
 
 if TYPE_CHECKING:
     from whisper.model import Whisper
@@ -30,14 +31,17 @@ if TYPE_CHECKING:
 log = logging.getLogger("subwatch.transcribe")  # one logger for the stage: its name is in journal lines
 
 
-def load_model(spec: str, models_dir: Path, device: str) -> Whisper:
-    """Given `model:` as configured (name, .pt file or model folder), return the loaded model on `device`.
+def load_model(spec: str, models_dir: Path, device: str, engine: str = DEFAULT_ENGINE) -> Whisper:
+    """Given `model:` as configured (name, .pt file or model folder), return the loaded model on `device`,
+    for the engine that decodes there (`engine_for`): openai-whisper's, or its CTranslate2 conversion.
 
     Raise ModelNotFound, saying where we looked and how to provide the model,
     if it is neither readable nor downloadable.
     """
     source = models.resolve(spec, models_dir)
     try:
+        if engine_for(engine, device) == "ctranslate2":
+            return load_ct2(source, models_dir, device)  # type: ignore[return-value]
         return models.load(source, models_dir, device)
     except ModelNotFound:
         raise
@@ -79,6 +83,8 @@ K = TypeVar("K", bound=Hashable)
 
 def model_bytes(model: Any) -> int:
     """Given a loaded model, return the bytes its weights and buffers take."""
+    if hasattr(model, "weight_bytes"):  # a CTranslate2 model: no torch tensors to count
+        return int(model.weight_bytes)
     tensors = [*model.parameters(), *model.buffers()]
     return sum(t.numel() * t.element_size() for t in tensors)
 
@@ -123,9 +129,14 @@ class ModelStore:
     """
 
     def __init__(
-        self, models_dir: Path, unload_after_seconds: float, memory_limit: MemoryLimit | None = None
+        self,
+        models_dir: Path,
+        unload_after_seconds: float,
+        memory_limit: MemoryLimit | None = None,
+        engine: str = DEFAULT_ENGINE,
     ) -> None:
         self.models_dir = models_dir
+        self.engine = engine  # auto, torch or ctranslate2 (transcribe.engines)
         self.unload_after_seconds = unload_after_seconds
         self.memory_limit = memory_limit
         self._models: dict[tuple[str, str], _Loaded] = {}
@@ -185,7 +196,7 @@ class ModelStore:
             self._make_room(device, load_estimate(spec, self.models_dir), limit)
         started = time.monotonic()
         try:
-            model = prepare_model(load_model(spec, self.models_dir, device))
+            model = prepare_model(load_model(spec, self.models_dir, device, self.engine))
         except torch.cuda.OutOfMemoryError:
             idle = [key for key, _ in self._idle_on(device)]
             if limit is None or not self._unload(idle, f"to load {spec}"):
@@ -193,10 +204,10 @@ class ModelStore:
             model = None  # retried below, once the failed attempt's tensors are freed
         if model is None:
             _free_gpu_cache()
-            model = prepare_model(load_model(spec, self.models_dir, device))
+            model = prepare_model(load_model(spec, self.models_dir, device, self.engine))
         size = model_bytes(model)
-        log.info("loaded model %s on %s in %.1f s (%.0f MiB)", spec, device, time.monotonic() - started,
-                 size / 2**20)
+        log.info("loaded model %s on %s (%s) in %.1f s (%.0f MiB)", spec, device,
+                 engine_for(self.engine, device), time.monotonic() - started, size / 2**20)
         model.subwatch_memory_limit = partial(self.memory_limit_on, device)  # read by memory_limit_of
         return _Loaded(model, size, time.monotonic())
 

@@ -1,0 +1,74 @@
+"""`Ct2Whisper`: a CTranslate2 Whisper carrying what the transcription stage reads from an openai-whisper
+model (dims, multilingual, device), with the encoder and language detection on it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+from daemon.engine.ct2.convert import DIMS_FILE
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+
+class Ct2Whisper:
+    """A Whisper model loaded by CTranslate2 (int8 weights on the CPU), standing where a whisper.model.Whisper
+    stands in the transcription stage.
+
+    `dims`, `is_multilingual` and `num_languages` are openai-whisper's, so whisper's
+    own DecodingTask reads the decoding options (tokenizer, prompt, suppressed tokens)
+    exactly as for the torch engine; `device` is a torch device for the log-mels.
+    """
+
+    # whisper's DecodingTask sets up a PyTorchInference that lists the decoder's blocks; it is never run
+    decoder = SimpleNamespace(blocks=())
+
+    def __init__(
+        self, folder: Path, device: str = "cpu", threads: int = 0, compute_type: str = "int8"
+    ) -> None:
+        import ctranslate2
+        import torch
+        from whisper.model import ModelDimensions
+
+        self.folder = folder
+        self.dims = ModelDimensions(**json.loads((folder / DIMS_FILE).read_text(encoding="utf-8")))
+        self.is_multilingual = self.dims.n_vocab >= 51865
+        self.num_languages = self.dims.n_vocab - 51765 - int(self.is_multilingual)
+        self.device = torch.device(device)
+        kind, _, index = device.partition(":")
+        self.ct2 = ctranslate2.models.Whisper(
+            str(folder),
+            device=kind,
+            device_index=int(index or 0),
+            compute_type=compute_type,
+            intra_threads=threads,
+        )
+        self.weight_bytes = (folder / "model.bin").stat().st_size // (2 if compute_type == "int8" else 1)
+
+    def encode(self, mel: torch.Tensor) -> torch.Tensor:
+        """Given (n, n_mels, 3000) log-mels, return the encoder's (n, 1500, n_state) output on the CPU."""
+        import numpy as np
+        import torch
+
+        view = _storage(mel.detach().cpu().float().numpy())
+        return torch.from_numpy(np.array(self.ct2.encode(view, to_cpu=True)))
+
+    def language_probabilities(self, features: torch.Tensor) -> list[dict[str, float]]:
+        """Given encoder outputs, return each window's probability for every language the model knows."""
+        ranked = self.ct2.detect_language(_storage(features.numpy()))
+        return [{token[2:-2]: float(p) for token, p in window} for window in ranked]
+
+
+def _storage(array: np.ndarray) -> Any:
+    import ctranslate2
+    import numpy as np
+
+    return ctranslate2.StorageView.from_array(np.ascontiguousarray(array, dtype=np.float32))
+
+
+def is_ct2(model: Any) -> bool:
+    return isinstance(model, Ct2Whisper)
