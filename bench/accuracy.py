@@ -16,7 +16,9 @@ which utterances of the long file got a subtitle, and prints the table last.
 Rows (each at beam 1 = greedy and beam 5):
   subwatch            daemon.transcribe: transcribe_many over groups of up to 16 clips (as the
                       daemon batches a backlog), transcribe on the long file, cues from
-                      subtitles.build_cues as the .srt would hold them
+                      subtitles.build_cues as the .srt would hold them; the daemon's default
+                      engine on a CPU (engine: auto = CTranslate2, int8)
+  subwatch torch      the same with engine: torch (openai-whisper's model, fp32)
   openai-whisper      whisper.transcribe() per file (beam 5 with best_of 5)
   faster-whisper      WhisperModel(folder, device="cpu", compute_type="int8"), unbatched
   faster-whisper batched  BatchedInferencePipeline, batch_size 8 (its own silero VAD)
@@ -51,6 +53,8 @@ from tests.speech import normalise, word_error_rate  # noqa: E402
 ROWS: dict[str, tuple[str, int]] = {
     "subwatch-greedy": ("subwatch", 1),
     "subwatch-beam5": ("subwatch", 5),
+    "subwatch-torch-greedy": ("subwatch torch", 1),
+    "subwatch-torch-beam5": ("subwatch torch", 5),
     "whisper-greedy": ("openai-whisper", 1),
     "whisper-beam5": ("openai-whisper", 5),
     "faster-greedy": ("faster-whisper", 1),
@@ -118,6 +122,8 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
     Every row reads the same decoded samples, so audio decoding is in no row's
     timing and no implementation hears a different resampling.
     """
+    from daemon.models import resolve
+    from daemon.transcribe.engines import ct2_folder
     from tests import speech
     from tests.real_weights import assemble_base, converted
 
@@ -125,6 +131,8 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
     if not (folder / "model.bin").is_file():
         assemble_base(folder)
     pt = converted(folder, args.workdir / "models")
+    # the CTranslate2 conversion too, here: no row's peak memory holds the one-time conversion
+    ct2_folder(resolve(str(pt), args.workdir / "models"), args.workdir / "models")
     audio_dir = args.workdir / "audio"
     languages = {
         lang: [clip_entry(c, audio_dir) for c in speech.clips(lang)[: args.clips]] for lang in LANGUAGES
@@ -318,17 +326,18 @@ ShortFiles = Callable[[dict[str, list[Any]]], dict[str, list[str]]]  # language 
 LongFile = Callable[[Any], list[tuple[float, float, str]]]  # samples -> (start, end, text)
 
 
-def subwatch_row(work: dict[str, Any], beam: int, threads: int) -> tuple[ShortFiles, LongFile]:
+def subwatch_row(
+    work: dict[str, Any], beam: int, threads: int, engine: str = "auto"
+) -> tuple[ShortFiles, LongFile]:
     import torch
 
     from daemon import subtitles
     from daemon.datatypes import Audio
-    from daemon.engine import prepare_model
-    from daemon.models import load_checkpoint
-    from daemon.transcribe import TranscribeOptions, transcribe, transcribe_many
+    from daemon.transcribe import TranscribeOptions, load_model, transcribe, transcribe_many
 
     torch.set_num_threads(threads)
-    model = prepare_model(load_checkpoint(Path(work["pt"]), "cpu"))
+    # as the daemon loads it: the CTranslate2 conversion is made once, in the workdir's models/
+    model = load_model(work["pt"], Path(work["pt"]).parents[1], "cpu", engine)
 
     def options(lang: str) -> TranscribeOptions:
         return TranscribeOptions(model=work["pt"], language=lang, beam_size=None if beam == 1 else beam)
@@ -402,8 +411,13 @@ def faster_batched_row(work: dict[str, Any], beam: int, threads: int) -> tuple[S
     return faster_row(work, beam, threads, batched=True)
 
 
+def subwatch_torch_row(work: dict[str, Any], beam: int, threads: int) -> tuple[ShortFiles, LongFile]:
+    return subwatch_row(work, beam, threads, engine="torch")
+
+
 IMPLEMENTATIONS: dict[str, Callable[[dict[str, Any], int, int], tuple[ShortFiles, LongFile]]] = {
     "subwatch": subwatch_row,
+    "subwatch torch": subwatch_torch_row,
     "openai-whisper": whisper_row,
     "faster-whisper": faster_row,
     "faster-whisper batched": faster_batched_row,
@@ -414,7 +428,7 @@ def versions(implementation: str) -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     faster = implementation.startswith("faster")
-    names = ("faster-whisper", "ctranslate2") if faster else ("torch", "openai-whisper")
+    names = ("faster-whisper", "ctranslate2") if faster else ("torch", "openai-whisper", "ctranslate2")
     found = {}
     for name in names:
         try:

@@ -230,14 +230,15 @@ def test_memory_limit_is_a_no_op_on_the_cpu(tiny_checkpoint: Path, tmp_path: Pat
 
 
 @pytest.fixture
-def make_service(tmp_path: Path, tiny_checkpoint: Path) -> Iterator:  # noqa: ANN001
+def make_service(tmp_path: Path, tiny_en_checkpoint: Path) -> Iterator:  # noqa: ANN001
     services: list[Service] = []
+    # real tiny.en weights: the tests below read the cues the workers write
 
     def make(folders: str, max_attempts: int = 3) -> Service:
         config = tmp_path / "config.yaml"
         config.write_text(
             f"state_dir: {tmp_path / 'state'}\nmax_attempts: {max_attempts}\n"
-            f"defaults: {{model: {tiny_checkpoint}, device: cpu, language: en}}\nfolders:\n{folders}"
+            f"defaults: {{model: {tiny_en_checkpoint}, device: cpu, language: en}}\nfolders:\n{folders}"
         )
         service = Service(load_config(config))
         services.append(service)
@@ -288,7 +289,7 @@ def test_files_decoded_together_are_transcribed_in_one_batch(make_service, tmp_p
         service._start_workers()
         wait_until(lambda: settled(service, paths))
 
-    batches = [r.getMessage() for r in caplog.records if "together" in r.getMessage()]
+    batches = [r.getMessage() for r in caplog.records if r.getMessage().startswith("transcribing")]
     assert batches == ["transcribing 2 files together on cpu: A.mkv, B.mp4"]
     for path in paths:
         job = service.jobs.find(path)

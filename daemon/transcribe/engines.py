@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from daemon import models
 
@@ -71,7 +71,7 @@ def _checkpoint_file(source: models.ModelSource, models_dir: Path) -> Path:
     """The OpenAI-format checkpoint of a source on disk: downloaded, or converted from a folder, if needed."""
     if source.kind in ("ctranslate2", "transformers"):
         return models.converted_checkpoint(source, models_dir)
+    if source.path is None or not source.path.is_file():
+        models.load(source, models_dir, "cpu")  # downloads a named model, or says why it cannot
     assert source.path is not None
-    if not source.path.is_file():
-        _: Any = models.load(source, models_dir, "cpu")  # downloads a named model into models_dir
     return source.path
