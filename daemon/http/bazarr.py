@@ -124,11 +124,13 @@ async def _detect(request: Request, asr: AsrService) -> Response:
 
 async def _upload(request: Request) -> tuple[str, bytes]:
     """Return the name and bytes of the multipart field `audio_file`. Raise BadRequest if there is none."""
+    needed = f"the body must be multipart/form-data with the audio in field {FIELD!r}"
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise BadRequest(needed, 400)
     try:
         form = await request.form()
-    except Exception as exc:  # not multipart, or a broken body
-        raise BadRequest(f"the body must be multipart/form-data with the audio in field {FIELD!r} ({exc})",
-                         400) from None
+    except Exception as exc:  # a broken body
+        raise BadRequest(f"{needed} ({exc})", 400) from None
     try:
         upload = form.get(FIELD)
         if not isinstance(upload, UploadFile):
