@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import ffmpeg
+import numpy as np
 import pytest
 import requests
 import srt
@@ -26,11 +27,21 @@ import uvicorn
 from starlette.applications import Starlette
 
 from daemon import subtitles
-from daemon.asr import AsrService, map_path, rules_in
+from daemon.asr import (
+    AsrLane,
+    AsrRequest,
+    AsrResult,
+    AsrService,
+    Pending,
+    map_path,
+    rules_in,
+    webservice_output,
+)
 from daemon.config import Config, load_config
-from daemon.datatypes import JobState
+from daemon.datatypes import JobState, Segment, Transcript, Word
 from daemon.http.bazarr import bazarr_routes
 from daemon.notify import Notifier
+from daemon.options import build_rules
 from daemon.outcomes import Outcomes
 from daemon.queue import JobQueue
 from daemon.transcribe import ModelStore
@@ -273,3 +284,67 @@ def test_path_map_replaces_the_longest_matching_prefix() -> None:
     assert map_path("/movies/Film.mkv", path_map) == Path("/srv/films/Film.mkv")
     assert map_path("/tvshows/Other.mkv", path_map) == Path("/tvshows/Other.mkv")  # whole components only
     assert map_path("/elsewhere/x.mkv", {}) == Path("/elsewhere/x.mkv")
+
+
+def _result() -> AsrResult:
+    words = (Word(0.5, 1.0, " Hello", 0.9), Word(1.1, 2.0, " there.", 0.8),
+             Word(2.5, 3.2, " General", 0.95), Word(3.3, 4.0, " Kenobi!", 0.7))
+    segments = (Segment(0.5, 2.0, " Hello there.", words[:2]),
+                Segment(2.5, 4.0, " General Kenobi!", words[2:]))
+    return AsrResult(Transcript(segments, "en", 0.99, 5.0), build_rules(Path("/"), {}))
+
+
+def test_outputs_are_laid_out_as_whisper_asr_webservice_writes_them() -> None:
+    result = _result()
+    assert webservice_output(result, "txt") == "Hello there.\nGeneral Kenobi!\n"
+    assert webservice_output(result, "tsv") == (
+        "start\tend\ttext\n500\t2000\tHello there.\n2500\t4000\tGeneral Kenobi!\n"
+    )
+    assert json.loads(webservice_output(result, "json")) == {
+        "text": " Hello there. General Kenobi!",
+        "segments": [{"id": 0, "start": 0.5, "end": 2.0, "text": " Hello there."},
+                     {"id": 1, "start": 2.5, "end": 4.0, "text": " General Kenobi!"}],
+        "language": "en",
+    }
+    with_words = json.loads(webservice_output(result, "json", word_timestamps=True))
+    assert with_words["segments"][1]["words"] == [
+        {"word": " General", "start": 2.5, "end": 3.2, "probability": 0.95},
+        {"word": " Kenobi!", "start": 3.3, "end": 4.0, "probability": 0.7},
+    ]
+    # srt and vtt: subwatch's cues, in whisper's layout (srt: hours and a comma; vtt: no hours under one).
+    cues = subtitles.build_cues(result.transcript.segments, result.rules.subtitles.cues, media_duration=5.0,
+                                language="en")
+    assert len(cues) >= 1
+
+    def stamp(seconds: float, hours: bool, mark: str) -> str:
+        ms = round(seconds * 1000)
+        h, m, s, f = ms // 3_600_000, ms // 60_000 % 60, ms // 1000 % 60, ms % 1000
+        return (f"{h:02d}:" if hours or h else "") + f"{m:02d}:{s:02d}{mark}{f:03d}"
+
+    assert webservice_output(result, "srt") == "".join(
+        f"{n}\n{stamp(c.start, True, ',')} --> {stamp(c.end, True, ',')}\n" + "\n".join(c.lines) + "\n\n"
+        for n, c in enumerate(cues, start=1)
+    )
+    assert webservice_output(result, "vtt") == "WEBVTT\n\n" + "".join(
+        f"{stamp(c.start, False, '.')} --> {stamp(c.end, False, '.')}\n" + "\n".join(c.lines) + "\n\n"
+        for c in cues
+    )
+    empty = AsrResult(Transcript((), "en", None, 1.0), result.rules)
+    assert (webservice_output(empty, "srt"), webservice_output(empty, "vtt")) == ("", "WEBVTT\n\n")
+
+
+def test_a_worker_takes_the_requests_it_serves_that_share_a_model_in_arrival_order() -> None:
+    def pending(model: str, devices: tuple[str, ...], seconds: float = 10.0) -> Pending:
+        rules = build_rules(Path("/"), {"model": model, "device": list(devices)})
+        return Pending("transcribe", AsrRequest(np.zeros(int(seconds * 16000), np.float32)), rules)
+
+    lane = AsrLane()
+    first, other_model, gpu_only, second = (pending("base", ("cpu",)), pending("small", ("cpu",)),
+                                            pending("base", ("cuda:0",)), pending("base", ("cpu", "cuda:0")))
+    for item in (first, other_model, gpu_only, second):
+        lane.put(item)
+    assert lane.take("cpu") == [first, second]
+    assert lane.take("cpu") == [other_model]
+    assert lane.take("cpu") == []
+    assert lane.take("cuda:0") == [gpu_only]
+    assert len(lane) == 0
