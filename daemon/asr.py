@@ -182,6 +182,8 @@ def run_batch(
                     run_batch([p], model, progress)
         else:
             for p, transcript in zip(asked, transcripts, strict=True):
+                log.info("answered an HTTP request: %.1f s of audio, %s, %d segment(s)", p.request.seconds,
+                         transcript.language, len(transcript.segments))
                 p.future.set_result(AsrResult(transcript, p.rules))
     detect = [p for p in batch if p.kind == "detect" and not p.future.done()]
     if detect:
