@@ -9,7 +9,9 @@
   batch (workers.pick_batch), loads the model, runs them through it together
   and hands each result to `Outcomes`; the jobs in the model are marked so in
   the queue, so that after a crash only they are suspected, and each suspect
-  then goes through alone (SoloGate).
+  then goes through alone (SoloGate);
+- before each batch a worker answers the HTTP requests waiting in `asr`
+  (daemon.asr: Bazarr's audio), ahead of the queued files.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
-from daemon import media, pipeline, subtitles
+from daemon import asr, media, pipeline, subtitles
 from daemon.config import Config, FolderRules
 from daemon.datatypes import Job, Transcript
 from daemon.logs import job_log
@@ -101,10 +103,12 @@ class Transcribers:
         self.prefetch: Prefetch[pipeline.Prepared] = Prefetch(waiting)
         self._gate = SoloGate()  # a suspect is alone in the models
         self.abandon = threading.Event()
+        self.asr = asr.AsrLane()  # HTTP requests with their audio: served before the prefetch
 
     def busy(self) -> bool:
-        """Return True while files wait decoded or a worker has a batch."""
-        return len(self.prefetch) > 0 or any(w.activity.current for w in list(self.workers.values()))
+        """Return True while files or requests wait, or a worker has a batch."""
+        return (len(self.prefetch) > 0 or len(self.asr) > 0
+                or any(w.activity.current for w in list(self.workers.values())))
 
     def loader_loop(self) -> None:
         # Room first, then a job: decoding stops at the prefetch bound, not one file past it.
@@ -182,6 +186,8 @@ class Transcribers:
         # Checked before each batch: at shutdown only the batch in hand is finished.
         while not self._stopping.is_set():
             worker.activity.heartbeat = time.monotonic()
+            if self._serve_requests(worker):
+                continue
             first = self.prefetch.peek(worker.device, 0.5, self._leave_to(worker))
             if first is None:
                 continue
@@ -189,6 +195,32 @@ class Transcribers:
                 self._next_batch(worker, first)
             except Exception:  # a bug must cost its batch, never the worker
                 log.exception("unexpected error in the transcriber for %s", worker.device)
+
+    def _serve_requests(self, worker: Worker) -> bool:
+        """Answer the worker's next batch of waiting HTTP requests; return False if there was none."""
+        batch = self.asr.take(worker.device, self._leave_to(worker))
+        if not batch:
+            return False
+        spec = batch[0].rules.transcribe.model
+        entered = False
+        try:
+            with self._working_on(worker.activity, [asr.describe(batch)], ()):
+                with self.models.use(spec, resolve_device(worker.device)) as model:
+                    entered = self._gate.enter(False, self._stopping)
+                    if entered:
+                        asr.run_batch(batch, model, partial(self._progress, worker.activity))
+        except Cancelled:
+            pass
+        except Exception as exc:  # no device, no model, out of memory: the requests say so
+            log.debug("HTTP requests on %s failed", worker.device, exc_info=True)
+            for pending in batch:
+                pending.fail(one_line_error(exc))
+        finally:
+            if entered:
+                self._gate.leave()
+            for pending in batch:
+                pending.fail("subwatch is stopping")  # only those not answered
+        return True
 
     def _leave_to(self, worker: Worker) -> tuple[str, ...]:
         """Return the devices whose workers get the files they share with this one: all working
@@ -306,6 +338,8 @@ class Transcribers:
     def release_prefetched(self) -> None:
         for _, job in self.outcomes.still_running(self.prefetch.drain()):
             self.outcomes.release(job.id, "stopping: returned to the queue before its turn")
+        for pending in self.asr.drain():
+            pending.fail("subwatch is stopping")
 
 
 def _crash_if_asked(names: list[str]) -> None:

@@ -1,0 +1,1 @@
+"""The daemon's HTTP side: what Bazarr, Sonarr, Radarr and the media servers talk to."""
