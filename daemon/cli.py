@@ -319,12 +319,31 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"  log_level: {config.log_level}")
     print(f"  gpu_memory_limit: {config.gpu_memory_limit or 'none (the whole card)'}")
     print(f"  notify: {len(config.notify.urls)} url(s), on {', '.join(sorted(config.notify.on))}")
+    _show_http(config)
     for rules in config.folders:
         exists = "" if rules.path.is_dir() else "  (does not exist yet: watched when it appears)"
         print(f"\n{rules.path}{exists}")
         for key, value in rules.keys().items():
             print(f"  {key}: {_show(key, value)}")
     return EXIT_OK
+
+
+def _show_http(config: Config) -> None:
+    """Print the http section and the media servers; a key or token only as whether it is set."""
+    http = config.http
+    if http is None:
+        print("  http: off (no `http:` section)")
+    else:
+        key = "set (not shown)" if http.api_key is not None else "none (loopback only)"
+        print(f"  http: listening on {http.listen}; api_key {key}; path_map {_show_map(http.path_map)}")
+        print(f"    accept_unwatched: {str(http.accept_unwatched).lower()}; "
+              f"asr_requires_key: {str(http.asr_requires_key).lower()}")
+    for server in config.media_servers:
+        print(f"  media server: {server.label}; token set (not shown); path_map {_show_map(server.path_map)}")
+
+
+def _show_map(path_map: tuple[tuple[str, str], ...]) -> str:
+    return "{" + ", ".join(f"{a} -> {b}" for a, b in path_map) + "}"
 
 
 def _show(key: str, value: object) -> str:
