@@ -1,0 +1,12 @@
+"""The daemon's HTTP side, inside `subwatch run` when the config has an `http:` section.
+
+- `app`: the Starlette application: the API key gate, /healthz, the hooks, and the routes
+  others add (Bazarr's /asr and /detect-language);
+- `hooks`: Sonarr, Radarr, Jellyfin, Plex and Emby telling subwatch about new files;
+- `server`: uvicorn on a thread of its own, started and stopped by the service.
+"""
+
+from daemon.http.app import HttpContext, build_app
+from daemon.http.server import HttpServer
+
+__all__ = ["HttpContext", "HttpServer", "build_app"]
