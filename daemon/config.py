@@ -319,12 +319,11 @@ class _MediaServerModel(_Strict):
     @classmethod
     def _url_form(cls, value: str) -> str:
         parts = urlsplit(value)
+        if parts.query or parts.fragment or "@" in parts.netloc:  # not echoed: it may hold a token
+            raise ValueError("the address takes no query, fragment or user: put the token under `token`")
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"got {value!r}; write the server's address as http://HOST:PORT "
                              "(https:// for TLS), e.g. http://127.0.0.1:8096")
-        if parts.query or parts.fragment or parts.username or parts.password:
-            raise ValueError(f"got {value!r}; the address takes no query, fragment or user: "
-                             "put the token under `token`")
         try:
             parts.port  # noqa: B018 - raises on a port that is not a number in range
         except ValueError:
