@@ -48,7 +48,7 @@ class StandIn:
     """A media server on 127.0.0.1 that records every request and answers from `answers`
     (request path without query -> JSON), else 204."""
 
-    def __init__(self, answers: dict[str, Any] | None = None) -> None:
+    def __init__(self, answers: dict[str, Any] | None = None, port: int = 0) -> None:
         self.requests: list[Recorded] = []
         self.answers = answers or {}
         stand_in = self
@@ -75,7 +75,7 @@ class StandIn:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
