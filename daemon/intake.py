@@ -315,7 +315,11 @@ class Intake:
         if rules is None:
             return Hooked("refused", "outside every watched folder (add its folder to `folders`, fix "
                           "http.path_map, or set http.accept_unwatched: true)")
-        if self._jobs.find(old) is None:
+        try:
+            known = self._jobs.find(old) is not None
+        finally:
+            self._jobs.close_thread()  # a thread of the HTTP server's pool: keep no connection open
+        if not known:
             return self.hooked(new)
         self.watcher.take_move(old, new, rules.watch)
         return Hooked("accepted", "")

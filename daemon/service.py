@@ -8,7 +8,10 @@ Threads, and why each exists:
   audio ahead of the model, and one worker per configured device, which
   transcribes batches; each job's ending (done, failed, released, dropped,
   and the notification owed) goes through daemon.outcomes;
-- the notifier's delivery thread (daemon.notify);
+- the notifier's delivery thread (daemon.notify), which also tells the media
+  servers of new sidecars (daemon.mediaservers);
+- with an `http:` section, the HTTP server's (daemon.http: uvicorn and its
+  pool), whose hooks hand files to the intake as the watcher does;
 - the main thread owns signals (handlers only set flags), reloads, the
   systemd status line, idle-model unloading, and the intake's tick (copies
   that waited for their twin's job to finish, periodic rescans).
