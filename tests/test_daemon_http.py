@@ -423,7 +423,20 @@ def test_jellyfin_plex_and_emby_hooks_queue_their_item(world: World) -> None:
                  "IsFolder": False}})
     assert answer.status_code == 200 and answer.json()["accepted"] == [str(world.movies / "Embied.mkv")]
 
-    for name in ("Jelly.mkv", "Plexed.mkv", "Embied.mkv"):
+    # Sonarr's import-complete form: the same eventType, the files as a list.
+    for name in ("Pack - S01E02.mkv", "Pack - S01E03.mkv"):
+        shutil.copyfile(episode, world.movies / name)
+    pack = {key: value for key, value in sonarr_download("/data/movies", "x").items()
+            if key not in ("episodeFile", "isUpgrade", "customFormatInfo")}
+    pack.update(episodeFiles=[sonarr_episode_file("/data/movies", name)
+                              for name in ("Pack - S01E02.mkv", "Pack - S01E03.mkv")],
+                sourcePath="/downloads/Show.S01.720p", destinationPath="/data/movies")
+    answer = post(world, "/hooks/sonarr", pack)
+    assert answer.status_code == 200
+    assert answer.json()["accepted"] == [str(world.movies / "Pack - S01E02.mkv"),
+                                         str(world.movies / "Pack - S01E03.mkv")]
+
+    for name in ("Jelly.mkv", "Plexed.mkv", "Embied.mkv", "Pack - S01E02.mkv", "Pack - S01E03.mkv"):
         job = wait_for_state(world.config, name, {"done", "failed"}, timeout=60)
         assert job["state"] == "done", job
         assert_says(world.movies / name.replace(".mkv", ".en.srt"), "pilot", "desert")
