@@ -300,6 +300,8 @@ class Intake:
         if rules is None:
             return Hooked("refused", "outside every watched folder (add its folder to `folders`, fix "
                           "http.path_map, or set http.accept_unwatched: true)")
+        if path.is_dir():
+            return Hooked("ignored", "a folder (a series or season added): its files are hooked one by one")
         if not path.is_file():
             return Hooked("refused", "no such file here" + _map_hint(self._config))
         if name_verdict(path, rules.watch) is False:
