@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import sqlite3
 import threading
@@ -440,3 +441,25 @@ def test_jellyfin_plex_and_emby_hooks_queue_their_item(world: World) -> None:
         job = wait_for_state(world.config, name, {"done", "failed"}, timeout=60)
         assert job["state"] == "done", job
         assert_says(world.movies / name.replace(".mkv", ".en.srt"), "pilot", "desert")
+
+
+def test_accept_unwatched_takes_a_file_outside_every_folder_after_a_reload(world: World) -> None:
+    episode = world.tv / "Show" / "Season 01" / "Show - S01E01.mkv"
+    wait_for_state(world.config, "Show - S01E01.mkv", {"done"}, timeout=180)
+    outside = world.root / "outside"
+    outside.mkdir()
+    shutil.copyfile(episode, outside / "Loose.mkv")
+    loose = {"Event": "library.new", "Item": {"Path": str(outside / "Loose.mkv")}}
+    assert post(world, "/hooks/emby", loose).status_code == 422
+    text = world.config.read_text()
+    assert '\n  path_map: {"/data/tv"' in text
+    world.config.write_text(text.replace('\n  path_map: {"/data/tv"',
+                                         '\n  accept_unwatched: true\n  path_map: {"/data/tv"', 1))
+    world.daemon.process.send_signal(signal.SIGHUP)
+    world.daemon.wait_log("reloaded")
+    answer = post(world, "/hooks/emby", loose)
+    assert answer.status_code == 200 and answer.json()["accepted"] == [str(outside / "Loose.mkv")]
+    job = wait_for_state(world.config, "Loose.mkv", {"done", "failed"}, timeout=60)
+    assert job["state"] == "done", job
+    assert_says(outside / "Loose.en.srt", "pilot", "desert")  # the defaults' formats: srt only
+    assert not (outside / "Loose.en.vtt").exists()
