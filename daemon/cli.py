@@ -250,12 +250,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     from daemon.datatypes import JobState
 
     config = load_config(args.config)
-    if not config.db_path.exists():
-        jobs = []
-    else:
-        jobs = _open_queue(config).jobs([JobState(args.state)] if args.state else None)
+    queue = _open_queue(config) if config.db_path.exists() else None
+    jobs = queue.jobs([JobState(args.state)] if args.state else None) if queue else []
     if args.json:
-        print(_json_text([_job_json(job) for job in jobs]))
+        print(_json_text([{**_job_json(job), "media_servers": _servers_json(queue, job)} for job in jobs]))
         return EXIT_OK
     if not jobs:
         print("no jobs")
@@ -265,6 +263,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         line = f"{job.state.value:<8} {job.attempts:>2}  {printable(os.fsdecode(job.path))}"
         print(line + (f"  — {printable(detail)}" if detail else "") + _speech(job))
     return EXIT_OK
+
+
+def _servers_json(queue: JobQueue | None, job: Job) -> list[dict[str, object]]:
+    """Return whether each media server was told of the job's sidecars (its latest news of them)."""
+    latest = {update.server: update for update in (queue.server_updates_of(job.id) if queue else [])}
+    return [{"server": u.server, "state": u.state, "error": u.error} for u in latest.values()]
 
 
 def _speech(job: Job) -> str:

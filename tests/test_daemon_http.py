@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.harness import Daemon, status, wait_for_state, wait_until, write_config
+from tests.harness import Daemon, status, status_cli, wait_for_state, wait_until, write_config
 from tests.media_factory import make_media
 from tests.said import assert_says
 
@@ -332,6 +332,8 @@ def test_sonarr_download_is_transcribed_and_every_server_told(world: World) -> N
     down = next(label for label in told if label not in (f"jellyfin {world.jellyfin.url}",
                                                          f"emby {world.emby.url}", f"plex {world.plex.url}"))
     assert told[down] == ("owed", None)
+    (listed,) = [j for j in status_cli(world.config) if j["path"].endswith("Show - S01E01.mkv")]
+    assert {s["server"]: (s["state"], s["error"]) for s in listed["media_servers"]} == told
     assert time.time() - done_at < 15
     world.daemon.wait_log(f"telling {down} failed (attempt 1 of 6")
     for secret in (JELLYFIN_TOKEN, EMBY_TOKEN, PLEX_TOKEN, API_KEY):
