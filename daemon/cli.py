@@ -254,12 +254,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     from daemon.datatypes import JobState
 
     config = load_config(args.config)
-    if not config.db_path.exists():
-        jobs = []
-    else:
-        jobs = _open_queue(config).jobs([JobState(args.state)] if args.state else None)
+    queue = _open_queue(config) if config.db_path.exists() else None
+    jobs = queue.jobs([JobState(args.state)] if args.state else None) if queue else []
     if args.json:
-        print(_json_text([_job_json(job) for job in jobs]))
+        print(_json_text([{**_job_json(job), "media_servers": _servers_json(queue, job)} for job in jobs]))
         return EXIT_OK
     if not jobs:
         print("no jobs")
@@ -269,6 +267,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         line = f"{job.state.value:<8} {job.attempts:>2}  {printable(os.fsdecode(job.path))}"
         print(line + (f"  — {printable(detail)}" if detail else "") + _speech(job))
     return EXIT_OK
+
+
+def _servers_json(queue: JobQueue | None, job: Job) -> list[dict[str, object]]:
+    """Return whether each media server was told of the job's sidecars (its latest news of them)."""
+    latest = {update.server: update for update in (queue.server_updates_of(job.id) if queue else [])}
+    return [{"server": u.server, "state": u.state, "error": u.error} for u in latest.values()]
 
 
 def _speech(job: Job) -> str:
@@ -323,12 +327,31 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"  log_level: {config.log_level}")
     print(f"  gpu_memory_limit: {config.gpu_memory_limit or 'none (the whole card)'}")
     print(f"  notify: {len(config.notify.urls)} url(s), on {', '.join(sorted(config.notify.on))}")
+    _show_http(config)
     for rules in config.folders:
         exists = "" if rules.path.is_dir() else "  (does not exist yet: watched when it appears)"
         print(f"\n{rules.path}{exists}")
         for key, value in rules.keys().items():
             print(f"  {key}: {_show(key, value)}")
     return EXIT_OK
+
+
+def _show_http(config: Config) -> None:
+    """Print the http section and the media servers; a key or token only as whether it is set."""
+    http = config.http
+    if http is None:
+        print("  http: off (no `http:` section)")
+    else:
+        key = "set (not shown)" if http.api_key is not None else "none (loopback only)"
+        print(f"  http: listening on {http.listen}; api_key {key}; path_map {_show_map(http.path_map)}")
+        print(f"    accept_unwatched: {str(http.accept_unwatched).lower()}; "
+              f"asr_requires_key: {str(http.asr_requires_key).lower()}")
+    for server in config.media_servers:
+        print(f"  media server: {server.label}; token set (not shown); path_map {_show_map(server.path_map)}")
+
+
+def _show_map(path_map: tuple[tuple[str, str], ...]) -> str:
+    return "{" + ", ".join(f"{a} -> {b}" for a, b in path_map) + "}"
 
 
 def _show(key: str, value: object) -> str:

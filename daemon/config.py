@@ -12,12 +12,14 @@ default there. The daemon-wide keys (state_dir, log_level, …) have theirs in
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -78,15 +80,104 @@ class Config:
     folders: tuple[FolderRules, ...]
     gpu_memory_limit: MemoryLimit | None = None  # None: the whole card
     engine: str = DEFAULT_ENGINE  # auto, torch or ctranslate2 (daemon.transcribe.engines)
+    http: HttpRules | None = None  # None: no listener
+    media_servers: tuple[MediaServer, ...] = ()
+    # The `defaults` as the rules of a file outside every folder, when http.accept_unwatched lets
+    # hooks queue such files; None otherwise.
+    unwatched: FolderRules | None = None
 
     @property
     def db_path(self) -> Path:
         return self.state_dir / "jobs.sqlite3"
 
     def folder_for(self, path: Path) -> FolderRules | None:
-        """Given a media path, return the rules of the most specific watched folder holding it."""
+        """Given a media path, return the rules of the most specific watched folder holding it (or,
+        outside every folder, the `defaults` when http.accept_unwatched is set; else None)."""
         matches = [f for f in self.folders if path == f.path or f.path in path.parents]
-        return max(matches, key=lambda f: len(f.path.parts), default=None)
+        return max(matches, key=lambda f: len(f.path.parts), default=self.unwatched)
+
+    def watched_folder_for(self, path: Path) -> FolderRules | None:
+        """Given a media path, return the rules of the most specific watched folder holding it, or None."""
+        found = self.folder_for(path)
+        return None if found is self.unwatched else found
+
+
+class Secret:
+    """A key or token from the config: its text is `reveal()`ed where it is sent, never printed.
+
+    str() and repr() give "***", so a Config in a log line or a traceback does not show it.
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class HttpRules:
+    """The `http:` section: where the daemon listens and what its hooks accept."""
+
+    host: str = "127.0.0.1"
+    port: int = 9000
+    api_key: Secret | None = None  # None: no key asked (only allowed on a loopback address)
+    path_map: tuple[tuple[str, str], ...] = ()  # (as other programs see it, as it is here)
+    accept_unwatched: bool = False  # hooks may queue files outside every folder (with `defaults`)
+    asr_requires_key: bool = False  # Bazarr's /asr and /detect-language ask for the key too
+
+    @property
+    def listen(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class MediaServer:
+    """One entry of `media_servers:`: a Jellyfin, Emby or Plex server told of new sidecars."""
+
+    kind: Literal["jellyfin", "emby", "plex"]
+    url: str  # without a trailing slash
+    token: Secret = field(default_factory=lambda: Secret(""))
+    path_map: tuple[tuple[str, str], ...] = ()  # (as it is here, as that server sees it)
+
+    @property
+    def label(self) -> str:
+        """How logs and the job records name it (never with its token)."""
+        return f"{self.kind} {self.url}"
+
+
+def map_path(path: str, path_map: tuple[tuple[str, str], ...]) -> str:
+    """Given a path and (from, to) prefixes, return it with the longest matching prefix replaced.
+
+    A prefix matches whole path components only: {"/tv": "/srv/tv"} maps /tv/a.mkv, not /tvshows.
+    """
+    best = None
+    for source, target in path_map:
+        stem = source.rstrip("/") or "/"
+        if path == stem or path.startswith(stem.rstrip("/") + "/"):
+            if best is None or len(stem) > len(best[0]):
+                best = (stem, target)
+    if best is None:
+        return path
+    stem, target = best
+    rest = path[len(stem):].lstrip("/") if stem != "/" else path.lstrip("/")
+    target = target.rstrip("/") or "/"
+    if not rest:
+        return target
+    return f"{target}/{rest}" if target != "/" else f"/{rest}"
 
 
 # ---------------------------------------------------------------- the schema
@@ -185,6 +276,76 @@ class _NotifyModel(_Strict):
     window_seconds: float | None = Field(default=None, gt=0)
 
 
+def _check_path_map(value: dict[str, str] | None) -> dict[str, str] | None:
+    for source, target in (value or {}).items():
+        if not source.startswith("/") or not target.startswith("/"):
+            raise ValueError(f"map absolute paths to absolute paths; got {source!r}: {target!r}")
+    return value
+
+
+class _HttpModel(_Strict):
+    listen: str | None = None
+    api_key: str | None = None
+    path_map: dict[str, str] | None = None
+    accept_unwatched: bool | None = None
+    asr_requires_key: bool | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _listen_form(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_listen(value)
+        return value
+
+    @field_validator("api_key")
+    @classmethod
+    def _key_form(cls, value: str | None) -> str | None:
+        if value is not None and len(value) < 16:  # never echo the key: it is a secret
+            raise ValueError("the key is too short; use 32 or more random characters "
+                             "(e.g. the output of `openssl rand -hex 24`)")
+        return value
+
+    @field_validator("path_map")
+    @classmethod
+    def _path_map_form(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        return _check_path_map(value)
+
+
+class _MediaServerModel(_Strict):
+    kind: Literal["jellyfin", "emby", "plex"]
+    url: str
+    token: str
+    path_map: dict[str, str] | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url_form(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.query or parts.fragment or "@" in parts.netloc:  # not echoed: it may hold a token
+            raise ValueError("the address takes no query, fragment or user: put the token under `token`")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"got {value!r}; write the server's address as http://HOST:PORT "
+                             "(https:// for TLS), e.g. http://127.0.0.1:8096")
+        try:
+            parts.port  # noqa: B018 - raises on a port that is not a number in range
+        except ValueError:
+            raise ValueError(f"got {value!r}; the port must be a number from 1 to 65535") from None
+        return value.rstrip("/")
+
+    @field_validator("token")
+    @classmethod
+    def _token_given(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the token is empty; copy the server's API key (Jellyfin/Emby: "
+                             "Dashboard > API Keys; Plex: X-Plex-Token)")
+        return value
+
+    @field_validator("path_map")
+    @classmethod
+    def _path_map_form(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        return _check_path_map(value)
+
+
 class _ConfigModel(_Strict):
     state_dir: str = "/var/lib/subwatch"
     models_dir: str | None = None
@@ -197,6 +358,8 @@ class _ConfigModel(_Strict):
     defaults: _RulesModel = Field(default_factory=_RulesModel)
     notify: _NotifyModel = Field(default_factory=_NotifyModel)
     folders: list[_FolderModel] = Field(min_length=1)
+    http: _HttpModel | None = None
+    media_servers: list[_MediaServerModel] = Field(default_factory=list)
 
     @field_validator("gpu_memory_limit", mode="before")
     @classmethod
@@ -225,6 +388,34 @@ def parse_devices(value: Any) -> tuple[str, ...]:
     if twice:
         raise ValueError(f"device {twice[0]!r} is listed twice")
     return tuple(value)
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """Given `http.listen` as written (127.0.0.1:9000, 0.0.0.0:9000, [::1]:9000, localhost:9000),
+    return (host, port). Raise ValueError saying how to write it."""
+    how = "write host:port, e.g. 127.0.0.1:9000, 0.0.0.0:9000 for every address, or [::1]:9000"
+    match = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:([0-9]+)|([^:\s\[\]/]+):([0-9]+)", value.strip())
+    if match is None:
+        raise ValueError(f"got {value!r}; {how}")
+    host, port = (match[1], match[2]) if match[1] else (match[3], match[4])
+    if match[1]:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"got {value!r}: {host} is not an IPv6 address; {how}") from None
+    if not 1 <= int(port) <= 65535:
+        raise ValueError(f"got {value!r}: the port must be from 1 to 65535")
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """Given a listen host, return whether only this machine can reach it."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def parse_memory_limit(value: Any) -> MemoryLimit | None:
@@ -323,6 +514,10 @@ def _freeze(parsed: _ConfigModel, source: Path) -> Config:
         raise ConfigError(source, problems)
     folders = tuple(_folder(f, defaults, base) for f in parsed.folders)
     _check_duplicate_folders(folders, source)
+    http = _http(parsed.http, source)
+    unwatched = None
+    if http is not None and http.accept_unwatched:
+        unwatched = _folder(_FolderModel(path="/"), defaults, base)
     return Config(
         source=source,
         state_dir=state_dir,
@@ -335,7 +530,37 @@ def _freeze(parsed: _ConfigModel, source: Path) -> Config:
         engine=parsed.engine,
         notify=build_notify(_written(parsed.notify)),
         folders=folders,
+        http=http,
+        media_servers=tuple(_media_server(m) for m in parsed.media_servers),
+        unwatched=unwatched,
     )
+
+
+def _http(model: _HttpModel | None, source: Path) -> HttpRules | None:
+    if model is None:
+        return None
+    written = _written(model)
+    problems = _null_problems("http", {k: v for k, v in written.items() if k != "api_key"})
+    if problems:
+        raise ConfigError(source, problems)
+    if "listen" in written:
+        written["host"], written["port"] = parse_listen(written.pop("listen"))
+    if written.get("api_key") is not None:
+        written["api_key"] = Secret(written["api_key"])
+    if "path_map" in written:
+        written["path_map"] = tuple(written["path_map"].items())
+    rules = HttpRules(**written)
+    if rules.api_key is None and not is_loopback(rules.host):
+        raise ConfigError(source, [
+            f"at 'http.api_key': required when http.listen is not a loopback address ({rules.listen}): "
+            "anyone who reaches it could queue files; set 32+ random characters "
+            "(e.g. the output of `openssl rand -hex 24`)"])
+    return rules
+
+
+def _media_server(model: _MediaServerModel) -> MediaServer:
+    return MediaServer(kind=model.kind, url=model.url, token=Secret(model.token),
+                       path_map=tuple((model.path_map or {}).items()))
 
 
 # Keys where an explicit `null` means something (no prompt, no template, …).

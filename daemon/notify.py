@@ -89,6 +89,22 @@ class Event:
 
 
 @dataclass(frozen=True)
+class Call:
+    """A delivery that is no Apprise message (a media server told of new sidecars), made on the
+    notifier's thread with the same retries and backoff, never gated into digests.
+
+    `attempt()` raises on failure; `settled(told, error)` is called once it succeeded, or was given
+    up on after `attempts` tries (with the last error). One still retrying at shutdown is not
+    settled: its owner tells it again at the next start.
+    """
+
+    label: str  # for the log: never a token
+    attempt: Callable[[], None]
+    settled: Callable[[bool, str | None], None]
+    attempts: int = 6
+
+
+@dataclass(frozen=True)
 class Message:
     """A formatted notification and the Apprise URLs it goes to.
 
@@ -373,6 +389,17 @@ class Notifier:
                 "notification queue is full; dropping the notification for %s", printable(str(event.path))
             )
 
+    def call(self, call: Call) -> None:
+        """Given a delivery that is no message (see `Call`), make it on the delivery thread, retried
+        with backoff; return at once. Never raises."""
+        if self._stopping.is_set():
+            logger.debug("notifier stopped; not telling %s", call.label)
+            return
+        try:
+            self._queue.put_nowait(call)
+        except queue.Full:
+            logger.warning("notification queue is full; not telling %s", call.label)
+
     def wait_idle(self, timeout: float) -> bool:
         """Wait up to `timeout` seconds until every event sent so far is delivered (or given up on,
         held for a digest, or not to be sent); return True if it is. Before a risky step (a file
@@ -410,6 +437,9 @@ class Notifier:
             elif isinstance(item, _Update):
                 self._rules = item.rules
                 self._gate.update(item.rules)
+                messages = []
+            elif isinstance(item, Call):
+                self._make_call(item, attempt=1)
                 messages = []
             elif item is not None:
                 # Judge each event by when it was sent, not when this thread got to it,
@@ -494,9 +524,35 @@ class Notifier:
             logger.debug("notified %s: %s", label, message.title)
         return bool(sent)
 
+    def _make_call(self, call: Call, attempt: int) -> None:
+        try:
+            call.attempt()
+        except Exception as exc:  # whatever it raises: a failed attempt, never the delivery thread's end
+            error = one_line(str(exc) or type(exc).__name__)
+            if attempt < call.attempts:
+                delay = min(self._retry_delay * 2 ** (attempt - 1), RETRY_DELAY_MAX)
+                logger.warning("telling %s failed (attempt %d of %d, next in %.0f s): %s",
+                               call.label, attempt, call.attempts, delay, error)
+                heapq.heappush(self._retries, _Retry(time.monotonic() + delay, next(self._order), call, "",
+                                                     attempt + 1))
+                return
+            logger.error("gave up telling %s after %d attempts: %s", call.label, call.attempts, error)
+            self._settle_call(call, False, error)
+            return
+        self._settle_call(call, True, None)
+
+    def _settle_call(self, call: Call, told: bool, error: str | None) -> None:
+        try:
+            call.settled(told, error)
+        except Exception:  # never the delivery thread
+            logger.warning("could not record the outcome of telling %s", call.label, exc_info=True)
+
     def _retry_due(self, apprise: Any) -> None:
         while self._retries and self._retries[0].due <= time.monotonic() and not self._past_deadline():
             retry = heapq.heappop(self._retries)
+            if isinstance(retry.delivery, Call):
+                self._make_call(retry.delivery, retry.attempt)
+                continue
             self._attempt(apprise, retry.delivery, retry.url, retry.attempt)
             if not retry.delivery.waiting:
                 self._settle(retry.delivery.message.keys)
@@ -511,6 +567,9 @@ class Notifier:
             time.sleep(max(wait, 0.0))
             self._retry_due(apprise)
         for retry in self._retries:
+            if isinstance(retry.delivery, Call):
+                logger.warning("%s not told before shutdown; told at the next start", retry.delivery.label)
+                continue
             logger.warning("notification %r to %s not delivered before shutdown; it is sent again at "
                            "the next start", retry.delivery.message.title, self._targets[retry.url][1])
         self._retries.clear()
@@ -542,8 +601,8 @@ class _Delivery:
 class _Retry:
     due: float  # time.monotonic()
     order: int  # ties: first failed, first retried
-    delivery: _Delivery = field(compare=False)
-    url: str = field(compare=False)
+    delivery: _Delivery | Call = field(compare=False)
+    url: str = field(compare=False)  # "" for a Call
     attempt: int = field(compare=False)
 
 

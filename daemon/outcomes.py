@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from daemon import media, pipeline, subtitles
@@ -29,8 +30,10 @@ class Outcomes:
     loader there is work (a job renamed while in hand goes back to the queue)."""
 
     def __init__(self, jobs: JobQueue, ledger: subtitles.SidecarLedger, notifier: Notifier,
-                 config: Callable[[], Config], wake: Callable[[], None]) -> None:
+                 config: Callable[[], Config], wake: Callable[[], None],
+                 sidecars_written: Callable[[int, list[Path]], None] = lambda job_id, paths: None) -> None:
         self.jobs = jobs
+        self._sidecars_written = sidecars_written  # the media servers are told (daemon.mediaservers)
         self.ledger = ledger
         self.notifier = notifier
         self._config = config
@@ -97,6 +100,8 @@ class Outcomes:
                                done.uncovered_seconds, reused=item.transcript is not None)
         job_log(log, "done", job.path, details, done.id)
         self.notify_owed()
+        if result.outputs:
+            self._sidecars_written(done.id, list(result.outputs))
 
     def failed(self, job: Job, error: str, *, permanent: bool) -> None:
         updated = self.jobs.fail(job.id, error, permanent=permanent, max_attempts=self._config().max_attempts)

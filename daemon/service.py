@@ -8,7 +8,10 @@ Threads, and why each exists:
   audio ahead of the model, and one worker per configured device, which
   transcribes batches; each job's ending (done, failed, released, dropped,
   and the notification owed) goes through daemon.outcomes;
-- the notifier's delivery thread (daemon.notify);
+- the notifier's delivery thread (daemon.notify), which also tells the media
+  servers of new sidecars (daemon.mediaservers);
+- with an `http:` section, the HTTP server's (daemon.http: uvicorn and its
+  pool), whose hooks hand files to the intake as the watcher does;
 - the main thread owns signals (handlers only set flags), reloads, the
   systemd status line, idle-model unloading, and the intake's tick (copies
   that waited for their twin's job to finish, periodic rescans).
@@ -22,12 +25,14 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from daemon import subtitles
 from daemon.config import Config, ConfigError, load_config
 from daemon.datatypes import JobState
 from daemon.intake import Intake
 from daemon.logs import job_log
+from daemon.mediaservers import MediaServers
 from daemon.notify import Notifier
 from daemon.outcomes import Outcomes
 from daemon.queue import JobQueue, Recovered
@@ -35,6 +40,11 @@ from daemon.sdnotify import SystemdNotifier, WatchdogLoop, percent, status_line
 from daemon.text import printable
 from daemon.transcribe import ModelStore
 from daemon.transcribers import Transcribers
+
+if TYPE_CHECKING:
+    from starlette.routing import BaseRoute
+
+    from daemon.http import HttpServer
 
 log = logging.getLogger("subwatch")
 
@@ -55,11 +65,15 @@ class Service:
         self.notifier = Notifier(config.notify, settled=self.jobs.notices_settled)
         self.systemd = SystemdNotifier()
         self._wake = threading.Event()  # new work for the loader
-        self.intake = Intake(config, self.jobs, wake=self._wake.set)
+        self.media_servers = MediaServers(lambda: self.config.media_servers, self.jobs, self.notifier)
+        self.intake = Intake(config, self.jobs, wake=self._wake.set,
+                             sidecars_moved=self.media_servers.sidecars_changed)
         self._stopping = threading.Event()
         self._reload_requested = threading.Event()
         self._threads: list[threading.Thread] = []
-        self.outcomes = Outcomes(self.jobs, self.ledger, self.notifier, lambda: self.config, self._wake.set)
+        self.outcomes = Outcomes(self.jobs, self.ledger, self.notifier, lambda: self.config, self._wake.set,
+                                 sidecars_written=self.media_servers.sidecars_changed)
+        self.http: HttpServer | None = None  # made in run(), when the config has an `http:` section
         self.pool = Transcribers(lambda: self.config, self.jobs, self.ledger, self.models, self.notifier,
                                  self.outcomes, self._wake, self._stopping, self._start_thread)
         self.workers = self.pool.workers  # by device; the pool adds to it
@@ -72,11 +86,16 @@ class Service:
     def run(self) -> int:
         """Run until asked to stop; return the process exit code."""
         self._install_signal_handlers()
+        if not self._bind_http():
+            return 1
         self._create_folders()
         self.notifier.start()
         self._recover()
         self.outcomes.notify_owed()  # what a killed daemon left unsent, and failures found just now
+        self.media_servers.tell_owed()  # what a stopped daemon had not told the media servers yet
         self.intake.start()  # the watcher, then a scan for what arrived while nobody watched
+        if self.http is not None:
+            self.http.start()  # after the intake: the hooks hand it files
         self._start_thread("loader", self._loader_loop)
         self._start_workers()
         self.systemd.ready()
@@ -95,6 +114,33 @@ class Service:
         watchdog.stop()
         self._shutdown()
         return 0
+
+    def _bind_http(self) -> bool:
+        """With an `http:` section, make the server and take its port; return False (logged) if the
+        port cannot be had, so that a misconfigured listener stops the start instead of going unseen."""
+        rules = self.config.http
+        if rules is None:
+            return True
+        from daemon.http import HttpContext, HttpServer, build_app  # only with an `http:` section
+
+        context = HttpContext(config=lambda: self.config, healthy=self._healthy, intake=self.intake)
+        self.http = HttpServer(build_app(context, self.extra_routes()), rules)
+        try:
+            self.http.bind()
+        except OSError as exc:
+            log.error("cannot listen on %s (http.listen in %s): %s", rules.listen, self.config.source, exc)
+            return False
+        return True
+
+    def extra_routes(self) -> list[BaseRoute]:
+        """Return the routes added to the HTTP side beside the hooks: Bazarr's /asr and /detect-language,
+        answered by this daemon's own workers (their lane comes before the backlog)."""
+        from daemon.asr import AsrService, rules_in
+        from daemon.http.bazarr import bazarr_routes
+
+        asr = AsrService(self.pool.asr, rules_in(lambda: self.config), self.jobs)
+        rules = self.config.http
+        return bazarr_routes(asr, dict(rules.path_map) if rules else {})
 
     def _release_memory_when_idle(self) -> None:
         """Once the work in hand is done, give back to the system the memory its batches freed."""
@@ -150,6 +196,8 @@ class Service:
     def _shutdown(self) -> None:
         self.systemd.stopping()
         log.info("stopping")
+        if self.http is not None:
+            self.http.stop()  # no new hooks while the intake stops
         self.intake.stop()
         workers = [w for w in self.workers.values() if w.thread is not None]
         _join_all([w.thread for w in workers], STOP_GRACE_SECONDS)
@@ -193,6 +241,11 @@ class Service:
         self._start_workers()  # for devices the new config adds
         self.intake.update(new)
         self.notifier.update(new.notify)
+        if self.http is not None and (new.http is None or new.http.listen != self.http.rules.listen):
+            log.warning("http.listen changed or was removed; restart subwatch for it to apply "
+                        "(the key and path_map apply now)")
+        elif self.http is None and new.http is not None:
+            log.warning("an http section was added; restart subwatch to start listening")
         log.info("reloaded %s: watching %d folder(s)", new.source, len(new.folders))
         self.systemd.ready()
         return True

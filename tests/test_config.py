@@ -285,7 +285,8 @@ def documented_defaults() -> dict[tuple[str, str], str]:
 def schema_keys() -> dict[str, set[str]]:
     """Return the keys of each section; a folder's are documented under `defaults` or a folder."""
     return {
-        "": set(_ConfigModel.model_fields) - {"defaults", "notify", "folders"},
+        # http and media_servers are commented out in the example: tests/test_http_config.py checks them.
+        "": set(_ConfigModel.model_fields) - {"defaults", "notify", "folders", "http", "media_servers"},
         "folders": set(_FolderModel.model_fields) - {"path"},
         "notify": set(_NotifyModel.model_fields),
     }

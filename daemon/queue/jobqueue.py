@@ -18,6 +18,7 @@ from daemon.queue.lifecycle import JobRuns
 from daemon.queue.outbox import Notice, Outbox
 from daemon.queue.recovery import Recovered, recover_running
 from daemon.queue.schema import BACKOFF_BASE_S, MAX_ATTEMPTS
+from daemon.queue.servers import ServerUpdate, ServerUpdates
 from daemon.queue.sidecars import SidecarStore
 from daemon.queue.transcripts import TranscriptStore
 
@@ -44,6 +45,7 @@ class JobQueue:
         self._transcripts = TranscriptStore(self._db)
         self._outbox = Outbox(self._db)
         self._sidecars = SidecarStore(self._db)
+        self.server_updates = ServerUpdates(self._db)  # media servers told of sidecars
 
     def close_thread(self) -> None:
         """Close the calling thread's connection, if it has one (see `Database.close_thread`)."""
@@ -113,6 +115,10 @@ class JobQueue:
     def notices_settled(self, ids: Iterable[int]) -> None:
         """Given owed notifications that were delivered (or given up on), owe them no longer."""
         self._outbox.settled(ids)
+
+    def server_updates_of(self, job_id: int) -> list[ServerUpdate]:
+        """Return the media servers owed or told of the job's sidecars, oldest first."""
+        return self.server_updates.of_job(job_id)
 
     # -- reading and edits from the watcher and the CLI (jobs.JobStore) --------------------------
 

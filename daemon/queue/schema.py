@@ -103,6 +103,24 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # tied to a job: one folder holds the sidecars of many.
         "CREATE TABLE IF NOT EXISTS sidecar_folders (path BLOB PRIMARY KEY)",
     ),
+    (
+        # Media servers (Jellyfin, Emby, Plex) told of a job's new or moved sidecars: one row per
+        # server and event, 'owed' until the server answered ('told') or was given up on ('failed'),
+        # so the job records whether each server was told and a kill does not lose what is owed.
+        # `server` is the server's kind and URL (never its token); `paths` a JSON list of the
+        # sidecars as this machine sees them.
+        """CREATE TABLE IF NOT EXISTS server_updates (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            job_id INTEGER NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+            server TEXT NOT NULL,
+            paths TEXT NOT NULL,
+            state TEXT NOT NULL CHECK (state IN ('owed', 'told', 'failed')),
+            error TEXT,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS server_updates_job ON server_updates (job_id)",
+    ),
 )
 
 

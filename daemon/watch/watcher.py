@@ -78,6 +78,7 @@ class Watcher:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._dispatcher: threading.Thread | None = None
+        self._extra_specs: dict[Path, WatchSpec] = {}  # rules of files taken from outside the folders
 
     def start(self, timeout: float = 5.0) -> None:
         """Start watching every folder; return once each has had its first look (at most `timeout` s).
@@ -142,6 +143,19 @@ class Watcher:
                         folder.stop()  # it ends in its own thread; update() does not wait
         for spec in removed:
             self._tracker.replace_spec(spec, next((n for n in added if n.path == spec.path), None))
+
+    def take(self, path: Path, spec: WatchSpec) -> None:
+        """Given a file another program says has arrived (a webhook) and the folder rules it falls
+        under, track it as if an event had touched it: it is reported once it has settled. `spec`
+        need not be a watched folder's (a file outside them all takes the defaults')."""
+        with self._lock:
+            if spec not in self._specs:
+                self._extra_specs[spec.path] = spec
+        self._arrived(spec, path, force=True)
+
+    def take_move(self, old: Path, new: Path, spec: WatchSpec) -> None:
+        """Given a rename another program reports (a webhook), pass it on as a watched one would be."""
+        self._notify(("moved", spec, old, new, None))
 
     def watching(self) -> list[Path]:
         """Return the folders that have a running observer now (missing or broken ones are left out)."""
@@ -269,7 +283,8 @@ class Watcher:
         with self._lock:
             if spec in self._specs:
                 return spec
-            return next((s for s in self._specs if s.path == spec.path), None)
+            found = next((s for s in self._specs if s.path == spec.path), None)
+            return found or self._extra_specs.get(spec.path)
 
     def _call(self, callback: Callable[..., None], path: Path, *rest: Path | WatchSpec) -> None:
         try:
