@@ -9,7 +9,7 @@ parent scores the text (tests/speech.py: whisper's normalizers, corpus WER with 
 which utterances of the long file got a subtitle, and prints the table last.
 
     python bench/accuracy.py --quick      # smoke: 2 clips per language, the long file once
-    python bench/accuracy.py              # everything, 8 rows
+    python bench/accuracy.py              # everything, 12 rows
     python bench/accuracy.py --threads 1  # on a machine busier than its cores (see bench/README.md)
     python bench/accuracy.py --rows subwatch-greedy faster-greedy
 
@@ -17,7 +17,8 @@ Rows (each at beam 1 = greedy and beam 5):
   subwatch            daemon.transcribe: transcribe_many over groups of up to 16 clips (as the
                       daemon batches a backlog), transcribe on the long file, cues from
                       subtitles.build_cues as the .srt would hold them; the daemon's default
-                      engine on a CPU (engine: auto = CTranslate2, int8)
+                      engine on a CPU (engine: auto = CTranslate2, float32)
+  subwatch int8       the same with engine: ctranslate2-int8
   subwatch torch      the same with engine: torch (openai-whisper's model, fp32)
   openai-whisper      whisper.transcribe() per file (beam 5 with best_of 5)
   faster-whisper      WhisperModel(folder, device="cpu", compute_type="int8"), unbatched
@@ -53,6 +54,8 @@ from tests.speech import normalise, word_error_rate  # noqa: E402
 ROWS: dict[str, tuple[str, int]] = {
     "subwatch-greedy": ("subwatch", 1),
     "subwatch-beam5": ("subwatch", 5),
+    "subwatch-int8-greedy": ("subwatch int8", 1),
+    "subwatch-int8-beam5": ("subwatch int8", 5),
     "subwatch-torch-greedy": ("subwatch torch", 1),
     "subwatch-torch-beam5": ("subwatch torch", 5),
     "whisper-greedy": ("openai-whisper", 1),
@@ -411,12 +414,17 @@ def faster_batched_row(work: dict[str, Any], beam: int, threads: int) -> tuple[S
     return faster_row(work, beam, threads, batched=True)
 
 
+def subwatch_int8_row(work: dict[str, Any], beam: int, threads: int) -> tuple[ShortFiles, LongFile]:
+    return subwatch_row(work, beam, threads, engine="ctranslate2-int8")
+
+
 def subwatch_torch_row(work: dict[str, Any], beam: int, threads: int) -> tuple[ShortFiles, LongFile]:
     return subwatch_row(work, beam, threads, engine="torch")
 
 
 IMPLEMENTATIONS: dict[str, Callable[[dict[str, Any], int, int], tuple[ShortFiles, LongFile]]] = {
     "subwatch": subwatch_row,
+    "subwatch int8": subwatch_int8_row,
     "subwatch torch": subwatch_torch_row,
     "openai-whisper": whisper_row,
     "faster-whisper": faster_row,

@@ -79,7 +79,7 @@ class Config:
     notify: NotifyRules
     folders: tuple[FolderRules, ...]
     gpu_memory_limit: MemoryLimit | None = None  # None: the whole card
-    engine: str = DEFAULT_ENGINE  # auto, torch or ctranslate2 (daemon.transcribe.engines)
+    engine: str = DEFAULT_ENGINE  # auto, torch, ctranslate2, ctranslate2-int8 (daemon.transcribe.engines)
     http: HttpRules | None = None  # None: no listener
     media_servers: tuple[MediaServer, ...] = ()
     # The `defaults` as the rules of a file outside every folder, when http.accept_unwatched lets
@@ -354,7 +354,7 @@ class _ConfigModel(_Strict):
     unload_after_seconds: float = Field(default=300.0, ge=0)
     rescan_minutes: float = Field(default=60.0, ge=0)
     gpu_memory_limit: Any = None
-    engine: Literal["auto", "torch", "ctranslate2"] = DEFAULT_ENGINE
+    engine: Literal["auto", "torch", "ctranslate2", "ctranslate2-int8"] = DEFAULT_ENGINE
     defaults: _RulesModel = Field(default_factory=_RulesModel)
     notify: _NotifyModel = Field(default_factory=_NotifyModel)
     folders: list[_FolderModel] = Field(min_length=1)

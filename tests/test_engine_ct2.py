@@ -143,6 +143,7 @@ def test_the_folder_names_whispers_tokens_as_ctranslate2_looks_them_up(
 
 def test_auto_loads_ctranslate2_on_the_cpu_converting_once(base_model_dir: Path, tmp_path: Path) -> None:
     model = load_model(str(base_model_dir), tmp_path, "cpu")
+    int8 = load_model(str(base_model_dir), tmp_path, "cpu", "ctranslate2-int8")
     [folder] = [p for p in (tmp_path / "converted").iterdir() if p.is_dir()]
     written = (folder / "model.bin").stat().st_mtime_ns
 
@@ -150,6 +151,8 @@ def test_auto_loads_ctranslate2_on_the_cpu_converting_once(base_model_dir: Path,
     torch_model = load_model(str(base_model_dir), tmp_path, "cpu", "torch")
 
     assert isinstance(model, Ct2Whisper) and isinstance(again, Ct2Whisper)
+    # one folder serves both precisions
+    assert model.ct2.compute_type == "float32" and int8.ct2.compute_type.startswith("int8")
     assert (folder / DIMS_FILE).is_file() and (folder / "model.bin").stat().st_mtime_ns == written
     assert not isinstance(torch_model, Ct2Whisper) and torch_model.dims == model.dims
     assert [p.name for p in (tmp_path / "converted").iterdir() if p.name.startswith(".")] == []

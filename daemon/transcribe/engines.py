@@ -1,13 +1,15 @@
 """Which engine decodes on a device, and a model loaded for it.
 
-`engine:` in the config is `auto`, `torch` or `ctranslate2`:
+`engine:` in the config is `auto`, `torch`, `ctranslate2` or `ctranslate2-int8`:
 
 - torch: openai-whisper's model, decoded by daemon.engine's batched decoder; on a GPU
   it keeps the card busy (fp16, continuous batching across files);
 - ctranslate2: the same weights converted once into a CTranslate2 folder in
-  `models_dir/converted/` and decoded by daemon.engine.ct2 with int8 weights, which on
-  a CPU is about twice as fast as torch's fp32 at the same words (bench/RESULTS.md);
-- auto: ctranslate2 on the CPU, torch on a GPU, as measured.
+  `models_dir/converted/` and decoded by daemon.engine.ct2, float32 on a CPU (the same
+  tokens as torch, several times faster there) and float16 on a GPU;
+- ctranslate2-int8: the same with int8 weights, faster again on a CPU but not word for word
+  (measured with real base: better in some languages, a point or three worse in others);
+- auto: ctranslate2 on the CPU, torch on a GPU, as measured (bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from daemon import models
 if TYPE_CHECKING:
     from daemon.engine.ct2 import Ct2Whisper
 
-Engine = Literal["auto", "torch", "ctranslate2"]
-ENGINES: tuple[str, ...] = ("auto", "torch", "ctranslate2")
+Engine = Literal["auto", "torch", "ctranslate2", "ctranslate2-int8"]
+ENGINES: tuple[str, ...] = ("auto", "torch", "ctranslate2", "ctranslate2-int8")
 DEFAULT_ENGINE: Engine = "auto"
 
 log = logging.getLogger("subwatch.transcribe")
@@ -36,15 +38,15 @@ def engine_for(engine: str, device: str) -> str:
     return engine
 
 
-def load_ct2(source: models.ModelSource, models_dir: Path, device: str) -> Ct2Whisper:
-    """Given a resolved source, return it loaded by CTranslate2 on `device` (int8 on the CPU, fp16 on a GPU),
-    converting it on first use."""
+def load_ct2(source: models.ModelSource, models_dir: Path, device: str, int8: bool = False) -> Ct2Whisper:
+    """Given a resolved source, return it loaded by CTranslate2 on `device`, converting it on first use:
+    float32 on the CPU and float16 on a GPU, or int8 weights if asked."""
     import torch
 
     from daemon.engine.ct2 import Ct2Whisper
 
     folder = ct2_folder(source, models_dir)
-    compute = "int8" if device == "cpu" else "float16"
+    compute = "int8" if int8 else "float32" if device == "cpu" else "float16"
     return Ct2Whisper(folder, device, threads=torch.get_num_threads(), compute_type=compute)
 
 

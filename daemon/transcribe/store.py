@@ -40,8 +40,10 @@ def load_model(spec: str, models_dir: Path, device: str, engine: str = DEFAULT_E
     """
     source = models.resolve(spec, models_dir)
     try:
-        if engine_for(engine, device) == "ctranslate2":
-            return load_ct2(source, models_dir, device)  # type: ignore[return-value]
+        chosen = engine_for(engine, device)
+        if chosen.startswith("ctranslate2"):
+            int8 = chosen == "ctranslate2-int8"
+            return load_ct2(source, models_dir, device, int8)  # type: ignore[return-value]
         return models.load(source, models_dir, device)
     except ModelNotFound:
         raise
