@@ -572,7 +572,10 @@ def table(results: list[dict[str, Any]]) -> str:
 def notes(r: dict[str, Any]) -> str:
     implementation, _ = ROWS[r["row"]]
     said = {
-        "subwatch": f"transcribe_many over groups of ≤{SUBWATCH_GROUP} clips; word alignment on; cues",
+        "subwatch": f"CTranslate2 float32; transcribe_many over groups of ≤{SUBWATCH_GROUP} clips; "
+        "word alignment on; cues",
+        "subwatch int8": "CTranslate2 int8; as subwatch",
+        "subwatch torch": "engine torch (fp32); as subwatch",
         "openai-whisper": "transcribe() per file",
         "faster-whisper": "int8, unbatched",
         "faster-whisper batched": f"int8, batch {FASTER_BATCH}, its VAD",
