@@ -205,7 +205,7 @@ def _bytes(n: int) -> str:
 
 # ---------------------------------------------------------------- charts (inline SVG, drawn here)
 
-WIDTH, HEIGHT, PAD_LEFT, PAD_BOTTOM, PAD_TOP = 600, 160, 44, 22, 10
+WIDTH, HEIGHT, PAD_LEFT, PAD_BOTTOM, PAD_TOP = 400, 150, 52, 22, 10
 
 
 @dataclass(frozen=True)
@@ -242,9 +242,12 @@ def day_chart(per_day: list[tuple[str, float]]) -> dict[str, Any]:
             height = max(height, 1.5)  # a few minutes still show
         bars.append(Bar(PAD_LEFT + index * slot + 1, PAD_TOP + plot_h - height, max(slot - 2, 1), height,
                         f"{day}: {value:.2f} h", round(value, 4)))
-    ticks = [(PAD_LEFT + i * slot + slot / 2, day[5:]) for i, (day, _) in enumerate(hours) if i % 5 == 4 or
-             i == len(hours) - 1]
-    return {"bars": bars, "top": _trim(top), "ticks": ticks, "total": f"{sum(h for _, h in hours):.2f}",
+    ticks = [(PAD_LEFT + i * slot + slot / 2, day[5:], "middle") for i, (day, _) in enumerate(hours)
+             if (len(hours) - 1 - i) % 7 == 0]  # today and each week back
+    if ticks:  # today's, at the right edge: anchored there so it is not cut off
+        ticks[-1] = (PAD_LEFT + len(hours) * slot, ticks[-1][1], "end")
+    total = hours_text(sum(h for _, h in hours))
+    return {"bars": bars, "top": hours_text(top), "ticks": ticks, "total": total,
             "width": WIDTH, "height": HEIGHT, "left": PAD_LEFT, "base": PAD_TOP + plot_h, "pad_top": PAD_TOP}
 
 
@@ -263,4 +266,13 @@ def speed_chart(factors: list[float]) -> dict[str, Any]:
 
 def _trim(value: float) -> str:
     return f"{value:g}"
+
+
+def hours_text(hours: float) -> str:
+    """Given hours, return them in the unit that reads best: "2.5 h", "12 min", "7 s"."""
+    if hours >= 1 or hours == 0:
+        return f"{hours:.3g} h"
+    if hours * 60 >= 1:
+        return f"{hours * 60:.3g} min"
+    return f"{hours * 3600:.3g} s"
 
