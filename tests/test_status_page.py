@@ -6,6 +6,7 @@ few-second job cannot show (a transcription in progress, a 30-day chart) and the
 
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
 import time
@@ -21,6 +22,7 @@ from daemon.config import Config, load_config
 from daemon.datatypes import JobResult
 from daemon.http import DaemonView, HttpContext, build_app
 from daemon.http.page import day_chart, hours_text
+from daemon.jobsjson import json_text
 from daemon.queue import JobQueue
 from daemon.subtitles import SidecarLedger
 from daemon.transcribe import ModelStore
@@ -191,3 +193,23 @@ def test_media_seconds_per_day_reads_finished_at(tmp_path: Path) -> None:
         assert sum(per_day.values()) == 5 * 3600  # 40 days ago is not in the chart
     finally:
         jobs.close()
+
+
+def test_a_name_that_is_not_utf8_shows_and_retries_from_the_page(setup: Setup) -> None:
+    tv = setup.config.folders[0].path
+    odd = Path(os.fsdecode(bytes(tv) + b"/caf\xe9.mkv"))
+    odd.write_bytes(b"odd" * 1000)
+    setup.jobs.enqueue(odd, tv)
+    setup.jobs.fail(setup.jobs.find(odd).id, "not a media file, or corrupt", permanent=True)  # type: ignore[union-attr]
+    client = setup.client
+    client.get(f"/?apikey={KEY}", follow_redirects=False)
+    page = client.get("/")
+    assert page.status_code == 200 and "caf\\xe9.mkv" in page.text
+    quoted = re.findall(r'name="qpath" value="([^"]*caf[^"]*)"', page.text)
+    assert quoted and quoted[0].endswith("/caf%E9.mkv")
+    back = client.post("/api/retry", data={"qpath": quoted[0]}, follow_redirects=False)
+    assert back.status_code == 303 and back.headers["location"] == "/?said=1+job+queued+again"
+    assert setup.jobs.find(odd).state.value == "pending"  # type: ignore[union-attr]
+    body = json_text({"path": os.fsdecode(odd)}).encode()  # as /api/jobs writes it: \udce9
+    gone = client.post("/api/retry", content=body, headers={"X-Api-Key": KEY})
+    assert gone.status_code == 404 and gone.json() == {"error": f"no failed job for {tv}/caf\\xe9.mkv"}

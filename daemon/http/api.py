@@ -20,7 +20,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import unquote_to_bytes, urlencode
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -62,7 +62,7 @@ def api_routes(context: HttpContext, daemon: DaemonView) -> list[BaseRoute]:
             path = _path(fields)
             count = daemon.jobs.retry(path)
             if not count:
-                raise _Refused(404, f"no failed job for {path}")
+                raise _Refused(404, f"no failed job for {_shown(path)}")
             log.info("http: queued %s again", printable(os.fsdecode(path)))
         if count:
             daemon.wake()
@@ -73,18 +73,18 @@ def api_routes(context: HttpContext, daemon: DaemonView) -> list[BaseRoute]:
         try:
             forgot = daemon.ledger.forget(path)
         except ValueError as exc:  # being transcribed now
-            raise _Refused(409, str(exc)) from None
+            raise _Refused(409, printable(str(exc))) from None
         if not forgot:
-            raise _Refused(404, f"no job for {path}")
+            raise _Refused(404, f"no job for {_shown(path)}")
         log.info("http: forgot %s", printable(os.fsdecode(path)))
-        return {"forgot": os.fsdecode(path)}, f"forgot {path.name}"
+        return {"forgot": os.fsdecode(path)}, f"forgot {printable(path.name)}"
 
     def rescan(fields: dict[str, Any]) -> tuple[dict[str, Any], str]:
-        under = _path(fields) if fields.get("path") else None
+        under = _path(fields) if fields.get("path") or fields.get("qpath") else None
         config = context.config()
         if under is not None and not any(under == f.path or f.path in under.parents or under in f.path.parents
                                          for f in config.folders):
-            raise _Refused(422, f"{under} is in no watched folder of {config.source}")
+            raise _Refused(422, f"{_shown(under)} is in no watched folder of {config.source}")
         queued: list[Path] = []
         try:
             context.intake.scan(under, queued.append)
@@ -113,10 +113,10 @@ def _action(do: Callable[[dict[str, Any]], tuple[dict[str, Any], str]]) -> Calla
         except _Refused as exc:
             if form:
                 return _back(str(exc))
-            return JSONResponse({"error": str(exc)}, status_code=exc.status)
+            return _json({"error": str(exc)}, exc.status)
         if form:
             return _back(said)
-        return JSONResponse(answer)
+        return _json(answer)
 
     return endpoint
 
@@ -137,11 +137,24 @@ async def _fields(request: Request, form: bool) -> dict[str, Any]:
 
 
 def _path(fields: dict[str, Any]) -> Path:
+    quoted = fields.get("qpath")  # the page's forms: the path's bytes, percent-encoded (page.form_path)
+    if isinstance(quoted, str) and quoted.startswith("/"):
+        return Path(os.fsdecode(unquote_to_bytes(quoted)))
     path = fields.get("path")
     if not isinstance(path, str) or not path.startswith("/"):
         raise _Refused(400, 'give the file\'s absolute path as "path", as /api/jobs shows it')
     # A name that is not UTF-8 comes as /api/jobs wrote it (lone surrogates, \\udcXX): the same bytes.
     return Path(path)
+
+
+def _shown(path: Path) -> str:
+    """Return a path for a message: on one line, bytes that are not UTF-8 as \\xNN."""
+    return printable(os.fsdecode(path))
+
+
+def _json(value: object, status_code: int = 200) -> Response:
+    """Return `value` as JSON written as /api/jobs writes it (a name that is not UTF-8 as \\udcXX)."""
+    return Response(json_text(value), status_code=status_code, media_type="application/json")
 
 
 def _true(value: object) -> bool:

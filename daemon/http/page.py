@@ -17,7 +17,9 @@ import math
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
@@ -162,7 +164,7 @@ def _waiting(job: Job) -> str:
 def _done(job: Job, finished_at: float) -> dict[str, Any]:
     media, taken = job.media_duration or 0.0, job.elapsed or 0.0
     return {
-        "name": _name(job), "path": os.fsdecode(job.path), "language": job.language or "?",
+        "name": _name(job), "language": job.language or "?",
         "duration": format_duration(media), "taken": format_duration(taken),
         "speed": format_speed(media, taken) or "?", "when": _ago(finished_at),
         "sidecars": [printable(os.fsdecode(p.name)) for p in job.outputs],
@@ -171,15 +173,22 @@ def _done(job: Job, finished_at: float) -> dict[str, Any]:
 
 def _failed(job: Job, finished_at: float) -> dict[str, Any]:
     reason = (job.error or "failed").strip().splitlines()[0] if (job.error or "").strip() else "failed"
-    return {"name": _name(job), "path": os.fsdecode(job.path), "reason": printable(reason),
+    return {"name": _name(job), "qpath": form_path(job.path), "reason": printable(reason),
             "attempts": job.attempts, "when": _ago(finished_at)}
 
 
 def _folder(path: str, counts: Any) -> dict[str, Any]:
+    shown = {"path": printable(path), "qpath": form_path(Path(path))}
     if counts is None:
-        return {"path": printable(path), "done": 0, "failed": 0, "pending": 0, "hours": "0.00"}
-    return {"path": printable(path), "done": counts.done, "failed": counts.failed, "pending": counts.pending,
+        return {**shown, "done": 0, "failed": 0, "pending": 0, "hours": "0.00"}
+    return {**shown, "done": counts.done, "failed": counts.failed, "pending": counts.pending,
             "hours": f"{counts.speech_seconds / 3600:.2f}"}
+
+
+def form_path(path: Path) -> str:
+    """Given a path, return it as the page's forms send it (`qpath`): its bytes percent-encoded, so a
+    name that is not UTF-8 reaches daemon.http.api exactly (HTML cannot carry such a name as text)."""
+    return quote(os.fsencode(path), safe="/")
 
 
 def _ago(when: float) -> str:
