@@ -108,8 +108,13 @@ def metrics_routes(daemon: DaemonView) -> list[BaseRoute]:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(QueueCollector(daemon))
 
+    def scrape() -> bytes:
+        try:
+            return generate_latest(registry)
+        finally:
+            daemon.jobs.close_thread()  # a pool thread: its connection is not kept between scrapes
+
     async def metrics(request: Request) -> Response:
-        body = await run_in_threadpool(generate_latest, registry)
-        return Response(body, media_type=CONTENT_TYPE_LATEST)
+        return Response(await run_in_threadpool(scrape), media_type=CONTENT_TYPE_LATEST)
 
     return [Route("/metrics", metrics, methods=["GET"])]
