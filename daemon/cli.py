@@ -8,10 +8,8 @@ lists in RestartPreventExitStatus so a typo does not cause a restart loop.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +18,7 @@ from pathlib import Path
 from daemon import __version__
 from daemon.config import Config, ConfigError, RulesError, load_config, validate_rules
 from daemon.datatypes import Job
+from daemon.jobsjson import job_json, jobs_json, json_text
 from daemon.models import is_model_path
 from daemon.options import FolderNotify, FolderRules, build_rules
 from daemon.queue import JobQueue, QueueError
@@ -256,10 +255,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     queue = _open_queue(config) if config.db_path.exists() else None
-    jobs = queue.jobs([JobState(args.state)] if args.state else None) if queue else []
+    states = [JobState(args.state)] if args.state else None
     if args.json:
-        print(_json_text([{**_job_json(job), "media_servers": _servers_json(queue, job)} for job in jobs]))
+        print(json_text(jobs_json(queue, states)))
         return EXIT_OK
+    jobs = queue.jobs(states) if queue else []
     if not jobs:
         print("no jobs")
         return EXIT_OK
@@ -270,12 +270,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _servers_json(queue: JobQueue | None, job: Job) -> list[dict[str, object]]:
-    """Return whether each media server was told of the job's sidecars (its latest news of them)."""
-    latest = {update.server: update for update in (queue.server_updates_of(job.id) if queue else [])}
-    return [{"server": u.server, "state": u.state, "error": u.error} for u in latest.values()]
-
-
 def _speech(job: Job) -> str:
     """Return "  · speech 52 s, 3 s uncovered" for a job that recorded its speech, else ""."""
     if job.speech_seconds is None:
@@ -284,41 +278,8 @@ def _speech(job: Job) -> str:
     return f"  · speech {job.speech_seconds:.0f} s, {uncovered:.0f} s uncovered"
 
 
-def _json_text(value: object) -> str:
-    """Return `value` as JSON text that any terminal or pipe can take.
-
-    A file name that is not UTF-8 reaches us with lone surrogates (os.fsdecode);
-    printed raw they would raise UnicodeEncodeError. Escaped as \\udcXX they are
-    valid JSON, and Python's json.loads + os.fsencode give the exact bytes back.
-    """
-    text = json.dumps(value, indent=2, ensure_ascii=False)
-    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _job_json(job) -> dict:  # type: ignore[no-untyped-def]
-    return {
-        "id": job.id,
-        "path": os.fsdecode(job.path),
-        "folder": str(job.folder),
-        "state": job.state.value,
-        "attempts": job.attempts,
-        "suspect": job.suspect,
-        "crashes": job.crashes,
-        "error": job.error,
-        "language": job.language,
-        "language_probability": job.language_probability,
-        "outputs": [str(p) for p in job.outputs],
-        "media_duration": job.media_duration,
-        "elapsed": job.elapsed,
-        "speech_seconds": job.speech_seconds,
-        "uncovered_seconds": job.uncovered_seconds,
-        "size": job.size,
-        "created_at": job.created_at,
-        "updated_at": job.updated_at,
-    }
+# The JSON of `status --json` lives in daemon.jobsjson (GET /api/jobs serves the same); tests read it here.
+_job_json = job_json
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -346,7 +307,8 @@ def _show_http(config: Config) -> None:
         key = "set (not shown)" if http.api_key is not None else "none (loopback only)"
         print(f"  http: listening on {http.listen}; api_key {key}; path_map {_show_map(http.path_map)}")
         print(f"    accept_unwatched: {str(http.accept_unwatched).lower()}; "
-              f"asr_requires_key: {str(http.asr_requires_key).lower()}")
+              f"asr_requires_key: {str(http.asr_requires_key).lower()}; "
+              f"metrics_without_key: {str(http.metrics_without_key).lower()}")
     for server in config.media_servers:
         print(f"  media server: {server.label}; token set (not shown); path_map {_show_map(server.path_map)}")
 

@@ -138,6 +138,7 @@ class HttpRules:
     path_map: tuple[tuple[str, str], ...] = ()  # (as other programs see it, as it is here)
     accept_unwatched: bool = False  # hooks may queue files outside every folder (with `defaults`)
     asr_requires_key: bool = False  # Bazarr's /asr and /detect-language ask for the key too
+    metrics_without_key: bool = False  # Prometheus may scrape /metrics without the key
 
     @property
     def listen(self) -> str:
@@ -289,6 +290,7 @@ class _HttpModel(_Strict):
     path_map: dict[str, str] | None = None
     accept_unwatched: bool | None = None
     asr_requires_key: bool | None = None
+    metrics_without_key: bool | None = None
 
     @field_validator("listen")
     @classmethod

@@ -11,7 +11,8 @@ Threads, and why each exists:
 - the notifier's delivery thread (daemon.notify), which also tells the media
   servers of new sidecars (daemon.mediaservers);
 - with an `http:` section, the HTTP server's (daemon.http: uvicorn and its
-  pool), whose hooks hand files to the intake as the watcher does;
+  pool), whose hooks hand files to the intake as the watcher does, and whose status page,
+  /api and /metrics read the queue and act on it (retry, forget, rescan);
 - the main thread owns signals (handlers only set flags), reloads, the
   systemd status line, idle-model unloading, and the intake's tick (copies
   that waited for their twin's job to finish, periodic rescans).
@@ -121,9 +122,12 @@ class Service:
         rules = self.config.http
         if rules is None:
             return True
-        from daemon.http import HttpContext, HttpServer, build_app  # only with an `http:` section
+        from daemon.http import DaemonView, HttpContext, HttpServer, build_app  # only with an `http:` section
 
-        context = HttpContext(config=lambda: self.config, healthy=self._healthy, intake=self.intake)
+        view = DaemonView(jobs=self.jobs, ledger=self.ledger, models=self.models, wake=self._wake.set,
+                          activities=lambda: [(w.device, w.activity) for w in list(self.workers.values())])
+        context = HttpContext(config=lambda: self.config, healthy=self._healthy, intake=self.intake,
+                              daemon=view)
         self.http = HttpServer(build_app(context, self.extra_routes()), rules)
         try:
             self.http.bind()

@@ -60,6 +60,8 @@ class Activity:
     job_ids: tuple[int, ...] = ()
     progress: float | None = None
     heartbeat: float = 0.0
+    seconds: float = 0.0  # of audio in the batch the model has now (0 while loading or serving HTTP)
+    since: float = 0.0  # monotonic time the model began on it
 
 
 @dataclass
@@ -291,7 +293,8 @@ class Transcribers:
         try:
             self.jobs.enter_model(job_ids)
             _crash_if_asked(names)
-            with self._working_on(worker.activity, names, job_ids):
+            seconds = sum(item.audio.duration for item, _ in live)
+            with self._working_on(worker.activity, names, job_ids, seconds):
                 transcripts = transcribe_many(
                     [(item.audio, item.rules.transcribe) for item, _ in live], model,
                     lambda fraction: self._progress(worker.activity, fraction),
@@ -321,12 +324,15 @@ class Transcribers:
             self.outcomes.complete(job, item, transcript)
 
     @contextmanager
-    def _working_on(self, activity: Activity, names: list[str], job_ids: Iterable[int]) -> Iterator[None]:
+    def _working_on(self, activity: Activity, names: list[str], job_ids: Iterable[int],
+                    seconds: float = 0.0) -> Iterator[None]:
+        activity.seconds, activity.since = seconds, time.monotonic()
         activity.current, activity.job_ids, activity.progress = describe_files(names), tuple(job_ids), 0.0
         try:
             yield
         finally:
             activity.current, activity.job_ids, activity.progress = None, (), None
+            activity.seconds = 0.0
             activity.heartbeat = time.monotonic()
 
     def _progress(self, activity: Activity, fraction: float) -> None:

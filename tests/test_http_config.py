@@ -169,7 +169,8 @@ def commented_section(name: str) -> str:
 def test_example_sections_load_and_document_the_codes_defaults(tmp_path: Path) -> None:
     http_text, servers_text = commented_section("http"), commented_section("media_servers")
     example = yaml.safe_load(http_text + servers_text)
-    assert set(example["http"]) == {"listen", "api_key", "path_map", "accept_unwatched", "asr_requires_key"}
+    assert set(example["http"]) == {"listen", "api_key", "path_map", "accept_unwatched", "asr_requires_key",
+                                    "metrics_without_key"}
     assert set(example["media_servers"][0]) == {"kind", "url", "token", "path_map"}
     load_config(write(tmp_path, "folders: [{path: /srv}]\n" + http_text + servers_text))
 

@@ -29,6 +29,7 @@ The modules, in the order the data flows through them:
   it and deleted once delivered, so a kill cannot lose it (`Notice`).
 - `sidecars`: records of the sidecars subwatch wrote and their hashes.
 - `servers`: the media servers owed or told of a job's sidecars (`ServerUpdate`).
+- `stats`: read-only sums for the status page and /metrics (`QueueStats`).
 - `jobs`: reading jobs, and the watcher's and CLI's edits (drop, move, retry, forget).
 - `jobqueue`: `JobQueue`, the one object callers hold, a thin front over the above.
 """

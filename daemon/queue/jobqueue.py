@@ -20,6 +20,7 @@ from daemon.queue.recovery import Recovered, recover_running
 from daemon.queue.schema import BACKOFF_BASE_S, MAX_ATTEMPTS
 from daemon.queue.servers import ServerUpdate, ServerUpdates
 from daemon.queue.sidecars import SidecarStore
+from daemon.queue.stats import QueueStats
 from daemon.queue.transcripts import TranscriptStore
 
 
@@ -46,6 +47,7 @@ class JobQueue:
         self._outbox = Outbox(self._db)
         self._sidecars = SidecarStore(self._db)
         self.server_updates = ServerUpdates(self._db)  # media servers told of sidecars
+        self.stats = QueueStats(self._db)  # read-only sums for the status page and /metrics
 
     def close_thread(self) -> None:
         """Close the calling thread's connection, if it has one (see `Database.close_thread`)."""

@@ -115,6 +115,18 @@ class _Loaded:
     users: int = 0  # workers transcribing with it now; never unloaded while above 0
 
 
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model the store holds, as the status page and /metrics show it."""
+
+    spec: str  # as configured: a name, a .pt file or a model folder
+    device: str  # resolved: cpu, cuda:0, …
+    engine: str  # torch or ctranslate2
+    size: int  # bytes of its weights
+    users: int  # workers transcribing with it now
+    idle_seconds: float  # since it was last taken or given back
+
+
 class ModelStore:
     """Loads each (model, device) once and keeps it for later jobs; unloads idle ones.
 
@@ -260,6 +272,13 @@ class ModelStore:
             _free_gpu_cache()
             log.info("unloaded idle model(s) %s", ", ".join(dropped))
         return dropped
+
+    def loaded(self) -> list[LoadedModel]:
+        """Return the models loaded now (a snapshot for the status page and /metrics), by spec and device."""
+        now = time.monotonic()
+        with self._lock:
+            return [LoadedModel(spec, device, engine_for(self.engine, device), e.size, e.users,
+                                now - e.last_used) for (spec, device), e in sorted(self._models.items())]
 
     def clear(self) -> None:
         with self._lock:

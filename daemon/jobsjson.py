@@ -1,0 +1,68 @@
+"""The jobs as JSON: `subwatch status --json` prints it and the HTTP side's `GET /api/jobs` serves it.
+
+One definition for both, so a script reading either sees the same fields.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from daemon.datatypes import Job, JobState
+
+if TYPE_CHECKING:
+    from daemon.queue import JobQueue
+
+
+def jobs_json(queue: JobQueue | None, states: Iterable[JobState] | None = None) -> list[dict[str, Any]]:
+    """Given the queue (None: no database yet) and the states wanted (None: all), return each job's
+    fields and whether each media server was told of its sidecars, oldest first."""
+    jobs = queue.jobs(states) if queue is not None else []
+    return [{**job_json(job), "media_servers": servers_json(queue, job)} for job in jobs]
+
+
+def job_json(job: Job) -> dict[str, Any]:
+    """Return one job's fields as JSON values."""
+    return {
+        "id": job.id,
+        "path": os.fsdecode(job.path),
+        "folder": str(job.folder),
+        "state": job.state.value,
+        "attempts": job.attempts,
+        "suspect": job.suspect,
+        "crashes": job.crashes,
+        "error": job.error,
+        "language": job.language,
+        "language_probability": job.language_probability,
+        "outputs": [str(p) for p in job.outputs],
+        "media_duration": job.media_duration,
+        "elapsed": job.elapsed,
+        "speech_seconds": job.speech_seconds,
+        "uncovered_seconds": job.uncovered_seconds,
+        "size": job.size,
+        "created_at": job.created_at,
+        "updated_at": job.updated_at,
+    }
+
+
+def servers_json(queue: JobQueue | None, job: Job) -> list[dict[str, object]]:
+    """Return whether each media server was told of the job's sidecars (its latest news of them)."""
+    latest = {update.server: update for update in (queue.server_updates_of(job.id) if queue else [])}
+    return [{"server": u.server, "state": u.state, "error": u.error} for u in latest.values()]
+
+
+def json_text(value: object) -> str:
+    """Return `value` as JSON text that any terminal, pipe or HTTP body can take.
+
+    A file name that is not UTF-8 reaches us with lone surrogates (os.fsdecode);
+    printed raw they would raise UnicodeEncodeError. Escaped as \\udcXX they are
+    valid JSON, and Python's json.loads + os.fsencode give the exact bytes back.
+    """
+    text = json.dumps(value, indent=2, ensure_ascii=False)
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")

@@ -1,0 +1,215 @@
+"""The status page, /api and /metrics on a real queue database, in process (Starlette's TestClient).
+
+tests/test_daemon_status.py runs them through a real daemon and browser; these cover what a
+few-second job cannot show (a transcription in progress, a 30-day chart) and the key's edges.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from starlette.testclient import TestClient
+
+from daemon.config import Config, load_config
+from daemon.datatypes import JobResult
+from daemon.http import DaemonView, HttpContext, build_app
+from daemon.http.page import day_chart, hours_text
+from daemon.jobsjson import json_text
+from daemon.queue import JobQueue
+from daemon.subtitles import SidecarLedger
+from daemon.transcribe import ModelStore
+from daemon.transcribers import Activity
+
+KEY = "page-" + "0123456789abcdef" * 2
+
+
+@dataclass
+class Setup:
+    root: Path
+    config: Config
+    jobs: JobQueue
+    activity: Activity
+    woken: list[bool]
+    client: TestClient
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[Setup]:
+    tv = tmp_path / "tv"
+    tv.mkdir()
+    (tmp_path / "config.yaml").write_text(
+        f"state_dir: {tmp_path / 'state'}\nfolders: [{{path: {tv}, language: de}}]\n"
+        f"http: {{api_key: {KEY}}}\n")
+    config = load_config(tmp_path / "config.yaml")
+    jobs = JobQueue(config.db_path)
+    for name in ("a.mkv", "b.mkv", "c.mkv", "d.mkv"):
+        (tv / name).write_bytes(name.encode() * 1000)
+        jobs.enqueue(tv / name, tv)
+    done = jobs.claim()
+    assert done is not None
+    jobs.finish(done.id, JobResult("de", 0.98, 5400.0, 120.0, (tv / "a.de.srt",)))
+    failed = jobs.claim()
+    assert failed is not None
+    jobs.fail(failed.id, "not a media file, or corrupt\n(ffprobe said: invalid data)", permanent=True)
+    running = jobs.claim()
+    assert running is not None
+    activity = Activity(current="c.mkv", job_ids=(running.id,), progress=0.5, seconds=600.0,
+                        since=time.monotonic() - 10.0)
+    woken: list[bool] = []
+    view = DaemonView(jobs=jobs, ledger=SidecarLedger(jobs), models=ModelStore(tmp_path, 300.0),
+                      activities=lambda: [("cpu", activity)], wake=lambda: woken.append(True))
+    app = build_app(HttpContext(config=lambda: config, healthy=lambda: True, intake=None,  # type: ignore[arg-type]
+                                daemon=view))
+    with TestClient(app, base_url="http://subwatch.lan:9000") as client:
+        yield Setup(tmp_path, config, jobs, activity, woken, client)
+    jobs.close()
+
+
+def state_of(setup: Setup, name: str) -> str:
+    db = sqlite3.connect(setup.config.db_path)
+    try:
+        sql = "SELECT state FROM jobs WHERE CAST(path AS TEXT) LIKE ?"
+        return db.execute(sql, (f"%{name}",)).fetchone()[0]
+    finally:
+        db.close()
+
+
+def test_the_page_shows_the_work_now_and_asks_for_the_key_once(setup: Setup) -> None:
+    client = setup.client
+    asked = client.get("/")
+    assert asked.status_code == 401 and 'id="key-prompt"' in asked.text and "c.mkv" not in asked.text
+    wrong = client.post("/key", data={"apikey": "nope"}, follow_redirects=False)
+    assert wrong.status_code == 401 and 'id="wrong-key"' in wrong.text
+    # /?apikey=KEY keeps the key in the cookie and takes it off the address bar.
+    opened = client.get(f"/?apikey={KEY}", follow_redirects=False)
+    assert opened.status_code == 303 and opened.headers["location"] == "/"
+    cookie = opened.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and KEY not in cookie
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["cache-control"] == "no-store"
+    now = re.search(r'<section id="now">(.*?)</section>', page.text, re.S)
+    assert now is not None
+    text = " ".join(re.sub(r"<[^>]+>", " ", now.group(1)).split())
+    # Half of 600 s of audio in 10 s: 30x; the language is the folder's, not yet detected.
+    assert "c.mkv on cpu de · 50% · 30x realtime" in text, text
+    assert "d.mkv" in text  # the queue
+    assert '<meta http-equiv="refresh" content="5">' in page.text  # work runs: it reloads itself
+    failed = re.search(r'<section id="failed"(.*?)</section>', page.text, re.S)
+    assert failed is not None and "not a media file, or corrupt" in failed.group(1)
+    assert "ffprobe said" not in failed.group(1)  # one line
+
+
+def test_the_key_is_not_asked_without_one_and_metrics_may_go_without_it(setup: Setup) -> None:
+    assert setup.client.get("/metrics").status_code == 401
+    http = setup.config.http
+    assert http is not None
+    opened = replace(setup.config, http=replace(http, metrics_without_key=True))
+    app = build_app(HttpContext(config=lambda: opened, healthy=lambda: True, intake=None,  # type: ignore[arg-type]
+                                daemon=_view(setup)))
+    with TestClient(app) as client:
+        answer = client.get("/metrics")
+        assert answer.status_code == 200
+        assert client.get("/api/jobs").status_code == 401  # only /metrics
+    families = {f.name: f for f in text_string_to_metric_families(answer.text)}
+    counts = {s.labels["state"]: s.value for s in families["subwatch_jobs"].samples}
+    assert counts == {"pending": 1, "running": 1, "done": 1, "failed": 1, "skipped": 0}
+    oldest = families["subwatch_queue_oldest_pending_seconds"].samples[0].value
+    assert 0 <= oldest < 60
+
+
+def _view(setup: Setup) -> DaemonView:
+    return DaemonView(jobs=setup.jobs, ledger=SidecarLedger(setup.jobs), models=ModelStore(setup.root, 300.0),
+                      activities=lambda: [], wake=lambda: None)
+
+
+def test_actions_from_the_page_and_from_other_sites(setup: Setup) -> None:
+    client = setup.client
+    client.get(f"/?apikey={KEY}", follow_redirects=False)  # the cookie
+    tv = setup.config.folders[0].path
+    # Another site's page, with the browser's cookie: refused, nothing changed.
+    for headers in ({"Origin": "http://evil.example"}, {"Origin": "null"}, {"Sec-Fetch-Site": "same-site"}):
+        refused = client.post("/api/retry", data={"all_failed": "true"}, headers=headers,
+                              follow_redirects=False)
+        assert refused.status_code == 403, headers
+    assert state_of(setup, "b.mkv") == "failed" and setup.woken == []
+    # This site's own page: done, and back to the page saying so.
+    back = client.post("/api/retry", data={"path": str(tv / "b.mkv")},
+                       headers={"Origin": "http://subwatch.lan:9000", "Sec-Fetch-Site": "same-origin"},
+                       follow_redirects=False)
+    assert back.status_code == 303 and back.headers["location"] == "/?said=1+job+queued+again"
+    assert state_of(setup, "b.mkv") == "pending" and setup.woken == [True]
+    assert "1 job queued again" in client.get(back.headers["location"]).text
+    # JSON with the key: forget refuses the running job, forgets a done one; unknown paths say so.
+    headers = {"X-Api-Key": KEY}
+    busy = client.post("/api/forget", json={"path": str(tv / "c.mkv")}, headers=headers)
+    assert busy.status_code == 409 and "being transcribed now" in busy.json()["error"]
+    assert client.post("/api/forget", json={"path": str(tv / "a.mkv")}, headers=headers).json() == {
+        "forgot": str(tv / "a.mkv")}
+    assert client.post("/api/forget", json={"path": str(tv / "a.mkv")}, headers=headers).status_code == 404
+    assert client.post("/api/retry", json={"path": "relative.mkv"}, headers=headers).status_code == 400
+    assert client.post("/api/retry", content=b"[1]", headers=headers).status_code == 400
+    assert client.get("/api/jobs?state=bogus", headers=headers).status_code == 400
+
+
+def test_the_day_chart_and_hour_labels() -> None:
+    per_day = [(f"2026-11-{day:02d}", 0.0) for day in range(2, 31)] + [("2026-12-01", 5400.0)]
+    chart = day_chart(per_day)
+    assert len(chart["bars"]) == 30 and chart["top"] == "2 h" and chart["total"] == "1.5 h"
+    today = chart["bars"][-1]
+    assert today.value == 1.5 and today.height == pytest.approx((chart["base"] - chart["pad_top"]) * 0.75)
+    assert [bar.height for bar in chart["bars"][:-1]] == [0.0] * 29
+    assert [tick[1] for tick in chart["ticks"]] == ["11-03", "11-10", "11-17", "11-24", "12-01"]
+    assert (hours_text(0), hours_text(0.25), hours_text(7 / 3600), hours_text(12.5)) == (
+        "0 h", "15 min", "7 s", "12.5 h")
+
+
+def test_media_seconds_per_day_reads_finished_at(tmp_path: Path) -> None:
+    jobs = JobQueue(tmp_path / "jobs.sqlite3")
+    try:
+        now = time.time()
+        for index, (name, days_ago) in enumerate((("old.mkv", 40), ("week.mkv", 7), ("today.mkv", 0))):
+            path = tmp_path / name
+            path.write_bytes(b"x" * (100 + index))
+            jobs.enqueue(path, tmp_path)
+            job = jobs.claim()
+            assert job is not None
+            jobs.finish(job.id, JobResult("en", None, 3600.0 * (index + 1), 60.0))
+            db = sqlite3.connect(tmp_path / "jobs.sqlite3")
+            db.execute("UPDATE jobs SET finished_at = ? WHERE id = ?", (now - days_ago * 86400, job.id))
+            db.commit()
+            db.close()
+        per_day = dict(jobs.stats.media_seconds_per_day(30, now))
+        assert len(per_day) == 30
+        assert per_day[time.strftime("%Y-%m-%d", time.localtime(now))] == 3 * 3600
+        assert per_day[time.strftime("%Y-%m-%d", time.localtime(now - 7 * 86400))] == 2 * 3600
+        assert sum(per_day.values()) == 5 * 3600  # 40 days ago is not in the chart
+    finally:
+        jobs.close()
+
+
+def test_a_name_that_is_not_utf8_shows_and_retries_from_the_page(setup: Setup) -> None:
+    tv = setup.config.folders[0].path
+    odd = Path(os.fsdecode(bytes(tv) + b"/caf\xe9.mkv"))
+    odd.write_bytes(b"odd" * 1000)
+    setup.jobs.enqueue(odd, tv)
+    setup.jobs.fail(setup.jobs.find(odd).id, "not a media file, or corrupt", permanent=True)  # type: ignore[union-attr]
+    client = setup.client
+    client.get(f"/?apikey={KEY}", follow_redirects=False)
+    page = client.get("/")
+    assert page.status_code == 200 and "caf\\xe9.mkv" in page.text
+    quoted = re.findall(r'name="qpath" value="([^"]*caf[^"]*)"', page.text)
+    assert quoted and quoted[0].endswith("/caf%E9.mkv")
+    back = client.post("/api/retry", data={"qpath": quoted[0]}, follow_redirects=False)
+    assert back.status_code == 303 and back.headers["location"] == "/?said=1+job+queued+again"
+    assert setup.jobs.find(odd).state.value == "pending"  # type: ignore[union-attr]
+    body = json_text({"path": os.fsdecode(odd)}).encode()  # as /api/jobs writes it: \udce9
+    gone = client.post("/api/retry", content=body, headers={"X-Api-Key": KEY})
+    assert gone.status_code == 404 and gone.json() == {"error": f"no failed job for {tv}/caf\\xe9.mkv"}
