@@ -57,11 +57,14 @@ def requests(clips: list[speech.Clip], **options: Any) -> list[ChunkRequest]:
     return [ChunkRequest(decoding, samples=s, duration=len(s) / RATE, word_timestamps=True) for s in loaded]
 
 
-@pytest.mark.parametrize("beam_size", [None, 5])
+@pytest.mark.parametrize(
+    ("beam_size", "prompt"), [(None, "Names: Giancarlo Fisichella, Cintra, Lord Byron."), (5, None)]
+)
 def test_float32_gives_the_torch_engines_tokens_languages_and_scores(
-    base_model: Any, exact: Ct2Whisper, clips: list[speech.Clip], beam_size: int | None
+    base_model: Any, exact: Ct2Whisper, clips: list[speech.Clip], beam_size: int | None, prompt: str | None
 ) -> None:
-    work = requests(clips, beam_size=beam_size)
+    # greedy with a folder's prompt (<|startofprev|> text before the start tokens), and beam search
+    work = requests(clips, beam_size=beam_size, prompt=prompt)
 
     reference = transcribe_chunks(base_model, work, NO_GUARDS)
     ours = transcribe_chunks(exact, work, NO_GUARDS)
