@@ -3,6 +3,7 @@ job that carries a request through the engine."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -143,3 +144,15 @@ class Job:
         if self.language is not None and self.config.detect:
             tokens[self.config.sot_index + 1] = self.config.tokenizer.to_language_token(self.language)
         return tokens
+
+
+def make_jobs(model: Whisper, requests: Sequence[ChunkRequest], temperatures: tuple[float, ...]) -> list[Job]:
+    """One Job per request, in order; requests with equal options share one Config (and its tokenizer)."""
+    configs: dict[str, Config] = {}
+    jobs = []
+    for index, request in enumerate(requests):
+        key = repr(request.options)
+        if key not in configs:
+            configs[key] = Config(model, request.options, len(configs))
+        jobs.append(Job(index, request, configs[key], temperatures))
+    return jobs

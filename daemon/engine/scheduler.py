@@ -15,7 +15,7 @@ from daemon.engine.batch import Batch, Slot
 from daemon.engine.choosing import choose
 from daemon.engine.decoder import Decoder
 from daemon.engine.encoder import encode_requests, prepare_model
-from daemon.engine.jobs import ChunkDecoding, ChunkRequest, Config, EngineOptions, Job
+from daemon.engine.jobs import ChunkDecoding, ChunkRequest, EngineOptions, Job, make_jobs
 from daemon.engine.memory import pick_batch_size
 from daemon.engine.results import best_result, is_silence, needs_retry
 from daemon.engine.rules import LogitRules
@@ -50,13 +50,7 @@ def transcribe_chunks(
 
         return ct2_transcribe_chunks(model, requests, options, on_done)  # type: ignore[arg-type]
     model = prepare_model(model)
-    configs: dict[str, Config] = {}
-    jobs = []
-    for index, request in enumerate(requests):
-        key = repr(request.options)
-        if key not in configs:
-            configs[key] = Config(model, request.options, len(configs))
-        jobs.append(Job(index, request, configs[key], options.temperatures))
+    jobs = make_jobs(model, requests, options.temperatures)
     results: list[ChunkDecoding | None] = [None] * len(requests)
 
     def settle(job: Job, result: ChunkDecoding) -> None:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from daemon.engine.alignment import words_from_path
 from daemon.engine.ct2.model import Ct2Whisper, _storage
-from daemon.engine.jobs import N_FRAMES, ChunkDecoding, ChunkRequest, Config, EngineOptions, Job
+from daemon.engine.jobs import N_FRAMES, ChunkDecoding, ChunkRequest, EngineOptions, Job, make_jobs
 from daemon.engine.results import is_silence, needs_retry
 from daemon.engine.segments import assign_words, split_segments, timed
 
@@ -41,13 +41,7 @@ def transcribe_chunks(
     The contract of daemon.engine.transcribe_chunks: windows failing the guards are decoded
     again hotter, silent ones come back with `silent=True`, `on_done(i)` as window i settles.
     """
-    configs: dict[str, Config] = {}
-    jobs = []
-    for index, request in enumerate(requests):
-        key = repr(request.options)
-        if key not in configs:
-            configs[key] = Config(model, request.options, len(configs))  # type: ignore[arg-type]
-        jobs.append(Job(index, request, configs[key], options.temperatures))
+    jobs = make_jobs(model, requests, options.temperatures)  # type: ignore[arg-type]
     results: list[ChunkDecoding | None] = [None] * len(requests)
     size = options.batch_size or CPU_BATCH
     for start in range(0, len(jobs), size):
