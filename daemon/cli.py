@@ -288,6 +288,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"  state_dir: {config.state_dir}\n  models_dir: {config.models_dir}")
     print(f"  log_level: {config.log_level}")
     print(f"  gpu_memory_limit: {config.gpu_memory_limit or 'none (the whole card)'}")
+    print(f"  engine: {config.engine}")
     print(f"  notify: {len(config.notify.urls)} url(s), on {', '.join(sorted(config.notify.on))}")
     _show_http(config)
     for rules in config.folders:

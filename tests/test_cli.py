@@ -62,6 +62,7 @@ def test_check_config_prints_effective_rules(config: Path, tmp_path: Path) -> No
     assert "does not exist yet" in anime
     assert "  language: ja\n" in anime and "  task: translate\n" in anime
     assert "  prompt: Naruto, Sasuke\n" in anime and "  model: turbo\n" in anime
+    assert "  engine: auto\n" in done.stdout.split(str(tmp_path / "media"))[0]  # top level, before folders
 
 
 def test_config_error_is_one_reason_and_exit_78(tmp_path: Path) -> None:
