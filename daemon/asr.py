@@ -18,12 +18,13 @@ torch and whisper are imported inside functions.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Literal
@@ -46,6 +47,8 @@ log = logging.getLogger("subwatch.asr")
 SAMPLE_RATE = 16000
 TASKS = ("transcribe", "translate")
 OUTPUTS = ("txt", "vtt", "srt", "tsv", "json")  # whisper-asr-webservice's `output` choices
+# A stored transcript answers a request without the key only for audio this close to its length.
+DURATION_PROOF_SECONDS = 1.0
 
 
 class AsrError(Exception):
@@ -101,29 +104,67 @@ class Pending:
         return Waiting(self.rules.transcribe.model, self.rules.devices, self.request.seconds)
 
     def fail(self, reason: str) -> None:
-        if not self.future.done():
+        with contextlib.suppress(InvalidStateError):  # the client went away meanwhile (cancelled)
             self.future.set_exception(AsrError(reason))
+
+    def answer(self, value: Any) -> None:
+        with contextlib.suppress(InvalidStateError):
+            self.future.set_result(value)
+
+
+class LaneFull(AsrError):
+    """The lane holds as much audio as it may (http.max_queued_audio_hours); `retry_after` in seconds."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class AsrLane:
-    """Requests waiting for a worker, in arrival order. Thread-safe."""
+    """Requests waiting for a worker, in arrival order. Thread-safe.
 
-    def __init__(self) -> None:
+    `max_seconds()` caps the audio waiting (None: no cap); a request the client gave up on (its
+    future cancelled) is dropped when the workers next look, never transcribed.
+    """
+
+    def __init__(self, max_seconds: Callable[[], float | None] = lambda: None) -> None:
         self._items: list[Pending] = []
         self._lock = threading.Lock()
+        self._max_seconds = max_seconds
 
     def __len__(self) -> int:
         with self._lock:
+            self._drop_cancelled()
             return len(self._items)
 
-    def put(self, item: Pending) -> None:
+    def seconds(self) -> float:
+        """Seconds of audio waiting."""
         with self._lock:
+            self._drop_cancelled()
+            return sum(item.request.seconds for item in self._items)
+
+    def full(self) -> bool:
+        """Whether no more audio may wait now."""
+        cap = self._max_seconds()
+        return cap is not None and self.seconds() >= cap
+
+    def put(self, item: Pending) -> None:
+        """Add a request. Raise LaneFull if its audio does not fit beside what waits (an empty lane
+        takes any request: the length of one is capped where it arrives)."""
+        cap = self._max_seconds()
+        with self._lock:
+            self._drop_cancelled()
+            waiting = sum(i.request.seconds for i in self._items)
+            if cap is not None and self._items and waiting + item.request.seconds > cap:
+                raise LaneFull(f"{waiting / 3600:.1f} h of audio already wait for a worker "
+                               f"(http.max_queued_audio_hours); try again later", _retry_after(waiting))
             self._items.append(item)
 
     def take(self, worker: str, leave_to: Sequence[str] = ()) -> list[Pending]:
         """Remove and return the worker's next batch: the first request it serves and every later one
         with the same model, within a batch's bounds (workers.pick_batch); [] if there is none."""
         with self._lock:
+            self._drop_cancelled()
             picked = pick_batch(worker, [item.waiting() for item in self._items], leave_to=leave_to)
             batch = [self._items[i] for i in picked]
             for i in reversed(picked):
@@ -135,6 +176,22 @@ class AsrLane:
         with self._lock:
             items, self._items = self._items, []
             return items
+
+    def _drop_cancelled(self) -> None:
+        gone = [item for item in self._items if item.future.cancelled()]
+        if gone:
+            log.info("dropped %d HTTP request(s) whose client went away before a worker took them", len(gone))
+            self._items = [item for item in self._items if not item.future.cancelled()]
+
+
+def queued_seconds_cap(config: Config) -> float | None:
+    """The most audio that may wait in the lane under `config` (None without an http section)."""
+    return config.http.max_queued_audio_hours * 3600 if config.http is not None else None
+
+
+def _retry_after(waiting_seconds: float) -> int:
+    """A guess at when the lane has room: its audio at a modest 20x realtime, from 30 s to 10 min."""
+    return int(min(600, max(30, waiting_seconds / 20)))
 
 
 def describe(batch: Sequence[Pending]) -> str:
@@ -184,7 +241,7 @@ def run_batch(
             for p, transcript in zip(asked, transcripts, strict=True):
                 log.info("answered an HTTP request: %.1f s of audio, %s, %d segment(s)", p.request.seconds,
                          transcript.language, len(transcript.segments))
-                p.future.set_result(AsrResult(transcript, p.rules))
+                p.answer(AsrResult(transcript, p.rules))
     detect = [p for p in batch if p.kind == "detect" and not p.future.done()]
     if detect:
         try:
@@ -194,7 +251,7 @@ def run_batch(
                 p.fail(f"language detection failed: {_one_line(exc)}")
         else:
             for p, answer in zip(detect, found, strict=True):
-                p.future.set_result(answer)
+                p.answer(answer)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -290,10 +347,13 @@ class AsrService:
         self._rules_for = rules_for
         self._jobs = jobs
 
-    def stored(self, request: AsrRequest, video: Path) -> AsrResult | None:
+    def stored(self, request: AsrRequest, video: Path, seconds: float | None = None) -> AsrResult | None:
         """Given a request and the path here of the video it is for, return the answer from that file's
         stored transcript if its job is done and the transcript is in the language asked for; else None.
-        Blocking (reads the queue's database)."""
+
+        With `seconds` (the length of the audio the caller sent), only a transcript of audio that long
+        (within DURATION_PROOF_SECONDS) answers: a caller without the key must prove it holds the file
+        by sending its audio. Blocking (reads the queue's database)."""
         if self._jobs is None:
             return None
         try:
@@ -307,6 +367,10 @@ class AsrService:
             return None
         wanted = "en" if request.task == "translate" else request.language
         if transcript is None or (wanted is not None and wanted != transcript.language):
+            return None
+        if seconds is not None and abs(transcript.duration - seconds) > DURATION_PROOF_SECONDS:
+            log.info("an HTTP request named %s but sent %.1f s of audio, not its %.1f s; transcribing what "
+                     "it sent", printable(os.fsdecode(video)), seconds, transcript.duration)
             return None
         log.info("answered an HTTP request for %s from its stored transcript", printable(os.fsdecode(video)))
         return AsrResult(transcript, self._rules_for(video), stored=True)

@@ -40,6 +40,7 @@ WHISPER_MODELS = (
 )
 WHISPER_LANGUAGES = WHISPER_CODES  # the one language table: daemon/languages.py
 FORMATS = ("srt", "vtt", "txt", "json")
+MIN_KEY_CHARS = 32  # http.api_key: guessing one of 32 random characters is out of reach
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DEVICE_FORMS = "auto, cpu, cuda or cuda:N"
 _DEVICE = re.compile(r"auto|cpu|cuda|cuda:[0-9]+")
@@ -90,6 +91,12 @@ class Config:
     def db_path(self) -> Path:
         return self.state_dir / "jobs.sqlite3"
 
+    @property
+    def work_dir(self) -> Path:
+        """Where decoded audio and uploads wait on disk, in files removed as soon as they are read:
+        beside the queue, not /tmp, which is often RAM (tmpfs)."""
+        return self.state_dir / "work"
+
     def folder_for(self, path: Path) -> FolderRules | None:
         """Given a media path, return the rules of the most specific watched folder holding it (or,
         outside every folder, the `defaults` when http.accept_unwatched is set; else None)."""
@@ -139,6 +146,15 @@ class HttpRules:
     accept_unwatched: bool = False  # hooks may queue files outside every folder (with `defaults`)
     asr_requires_key: bool = False  # Bazarr's /asr and /detect-language ask for the key too
     metrics_without_key: bool = False  # Prometheus may scrape /metrics without the key
+    allowed_hosts: tuple[str, ...] = ()  # Host header names beside loopback, the listen address, this host
+    max_audio_hours: float = 4.0  # the longest audio one Bazarr request may carry
+    max_queued_audio_hours: float = 8.0  # audio waiting for a worker; past it requests get 503
+    decode_slots: int = 2  # requests decoded (ffmpeg) at once
+
+    @property
+    def loopback(self) -> bool:
+        """Whether only this machine can reach the listener."""
+        return is_loopback(self.host)
 
     @property
     def listen(self) -> str:
@@ -291,6 +307,10 @@ class _HttpModel(_Strict):
     accept_unwatched: bool | None = None
     asr_requires_key: bool | None = None
     metrics_without_key: bool | None = None
+    allowed_hosts: list[str] | None = None
+    max_audio_hours: float | None = Field(default=None, gt=0, le=24)
+    max_queued_audio_hours: float | None = Field(default=None, gt=0)
+    decode_slots: int | None = Field(default=None, ge=1, le=16)
 
     @field_validator("listen")
     @classmethod
@@ -302,9 +322,23 @@ class _HttpModel(_Strict):
     @field_validator("api_key")
     @classmethod
     def _key_form(cls, value: str | None) -> str | None:
-        if value is not None and len(value) < 16:  # never echo the key: it is a secret
+        # Never echo the key: it is a secret. Printable ASCII without spaces, since a header value
+        # loses its outer spaces on the way and a key of 16 spaces is no key.
+        if value is not None and len(value) < MIN_KEY_CHARS:
             raise ValueError("the key is too short; use 32 or more random characters "
                              "(e.g. the output of `openssl rand -hex 24`)")
+        if value is not None and not all("!" <= c <= "~" for c in value):
+            raise ValueError("the key may hold only printable ASCII characters without spaces; "
+                             "use the output of `openssl rand -hex 24`")
+        return value
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts_form(cls, value: list[str] | None) -> list[str] | None:
+        for host in value or []:
+            if not re.fullmatch(r"[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f:.]+", host):
+                raise ValueError(f"{host!r} is not a host name or address (no port, no scheme): "
+                                 "e.g. subwatch.lan or 192.168.1.20")
         return value
 
     @field_validator("path_map")
@@ -551,6 +585,8 @@ def _http(model: _HttpModel | None, source: Path) -> HttpRules | None:
         written["api_key"] = Secret(written["api_key"])
     if "path_map" in written:
         written["path_map"] = tuple(written["path_map"].items())
+    if "allowed_hosts" in written:
+        written["allowed_hosts"] = tuple(h.strip("[]").lower() for h in written["allowed_hosts"])
     rules = HttpRules(**written)
     if rules.api_key is None and not is_loopback(rules.host):
         raise ConfigError(source, [

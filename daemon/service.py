@@ -26,10 +26,11 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from daemon import subtitles
-from daemon.config import Config, ConfigError, load_config
+from daemon.config import Config, ConfigError, HttpRules, load_config
 from daemon.datatypes import JobState
 from daemon.intake import Intake
 from daemon.logs import job_log
@@ -43,9 +44,8 @@ from daemon.transcribe import ModelStore
 from daemon.transcribers import Transcribers
 
 if TYPE_CHECKING:
-    from starlette.routing import BaseRoute
-
     from daemon.http import HttpServer
+    from daemon.http.bazarr import RequestSide
 
 log = logging.getLogger("subwatch")
 
@@ -126,9 +126,10 @@ class Service:
 
         view = DaemonView(jobs=self.jobs, ledger=self.ledger, models=self.models, wake=self._wake.set,
                           activities=lambda: [(w.device, w.activity) for w in list(self.workers.values())])
+        requests = self._request_side()
         context = HttpContext(config=lambda: self.config, healthy=self._healthy, intake=self.intake,
-                              daemon=view)
-        self.http = HttpServer(build_app(context, self.extra_routes()), rules)
+                              daemon=view, requests_healthy=requests.healthy)
+        self.http = HttpServer(build_app(context, requests.routes()), rules)
         try:
             self.http.bind()
         except OSError as exc:
@@ -136,15 +137,14 @@ class Service:
             return False
         return True
 
-    def extra_routes(self) -> list[BaseRoute]:
-        """Return the routes added to the HTTP side beside the hooks: Bazarr's /asr and /detect-language,
-        answered by this daemon's own workers (their lane comes before the backlog)."""
+    def _request_side(self) -> RequestSide:
+        """Return Bazarr's /asr and /detect-language, answered by this daemon's own workers (their lane
+        comes before the backlog), with the config in force (its path_map and limits follow reloads)."""
         from daemon.asr import AsrService, rules_in
-        from daemon.http.bazarr import bazarr_routes
+        from daemon.http.bazarr import RequestSide
 
         asr = AsrService(self.pool.asr, rules_in(lambda: self.config), self.jobs)
-        rules = self.config.http
-        return bazarr_routes(asr, dict(rules.path_map) if rules else {})
+        return RequestSide(asr, lambda: self.config, self.config.work_dir)
 
     def _release_memory_when_idle(self) -> None:
         """Once the work in hand is done, give back to the system the memory its batches freed."""
@@ -235,7 +235,7 @@ class Service:
         """Re-read the config; keep the old one if the new one is broken. Return True if applied."""
         self.systemd.reloading()
         try:
-            new = load_config(self.config.source)
+            new = self._as_bound(load_config(self.config.source))
         except ConfigError as exc:
             log.error("reload rejected, keeping the running config: %s", exc)
             self.systemd.ready()
@@ -245,14 +245,29 @@ class Service:
         self._start_workers()  # for devices the new config adds
         self.intake.update(new)
         self.notifier.update(new.notify)
-        if self.http is not None and (new.http is None or new.http.listen != self.http.rules.listen):
-            log.warning("http.listen changed or was removed; restart subwatch for it to apply "
-                        "(the key and path_map apply now)")
-        elif self.http is None and new.http is not None:
-            log.warning("an http section was added; restart subwatch to start listening")
         log.info("reloaded %s: watching %d folder(s)", new.source, len(new.folders))
         self.systemd.ready()
         return True
+
+    def _as_bound(self, new: Config) -> Config:
+        """Given a config just read, return it with its `http` section as the running listener serves
+        it: the socket bound at start stays (a new listen address applies at the next start), and the
+        key, path_map and limits come from the new file. Raise ConfigError if that would leave a
+        socket other machines reach without a key."""
+        if self.http is None:
+            if new.http is not None:
+                log.warning("an http section was added; restart subwatch to start listening")
+            return new
+        bound = self.http.rules
+        rules = replace(new.http or HttpRules(), host=bound.host, port=bound.port)
+        if new.http is None or new.http.listen != bound.listen:
+            log.warning("http.listen changed or was removed; subwatch keeps listening on %s until it is "
+                        "restarted (the rest of the http section applies now)", bound.listen)
+        if rules.api_key is None and not rules.loopback:
+            raise ConfigError(new.source, [
+                f"at 'http.api_key': required while subwatch listens on {bound.listen}, which other "
+                "machines reach; keep the key, or change http.listen and restart"])
+        return replace(new, http=rules)
 
     # ------------------------------------------------------------ loader thread
 

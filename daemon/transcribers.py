@@ -105,7 +105,8 @@ class Transcribers:
         self.prefetch: Prefetch[pipeline.Prepared] = Prefetch(waiting)
         self._gate = SoloGate()  # a suspect is alone in the models
         self.abandon = threading.Event()
-        self.asr = asr.AsrLane()  # HTTP requests with their audio: served before the prefetch
+        # HTTP requests with their audio: served before the prefetch, as much as http allows to wait.
+        self.asr = asr.AsrLane(lambda: asr.queued_seconds_cap(self._config()))
 
     def busy(self) -> bool:
         """Return True while files or requests wait, or a worker has a batch."""

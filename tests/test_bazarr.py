@@ -39,7 +39,7 @@ from daemon.asr import (
 )
 from daemon.config import Config, load_config
 from daemon.datatypes import JobState, Segment, Transcript, Word
-from daemon.http.bazarr import bazarr_routes
+from daemon.http.bazarr import RequestSide
 from daemon.notify import Notifier
 from daemon.options import build_rules
 from daemon.outcomes import Outcomes
@@ -118,6 +118,7 @@ def build_stack(root: Path, model: Path) -> Stack:
         defaults: {{model: {model}, device: cpu, beam_size: 1, formats: [srt]}}
         folders:
           - path: {library}
+        http: {{path_map: {{"{TV}": "{library}"}}}}
     """))
     config.state_dir.mkdir(parents=True, exist_ok=True)
     jobs = JobQueue(config.db_path)
@@ -130,7 +131,7 @@ def build_stack(root: Path, model: Path) -> Stack:
     _thread("loader", pool.loader_loop)
     asr = AsrService(pool.asr, rules_in(lambda: config), jobs)
     port = _free_port()
-    app = Starlette(routes=bazarr_routes(asr, {TV: str(library)}))
+    app = Starlette(routes=RequestSide(asr, lambda: config, config.state_dir / "work").routes())
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     _thread("http", server.run)
     assert wait_until(lambda: server.started, 30)

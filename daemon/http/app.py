@@ -16,9 +16,11 @@ ask first, and nothing here answers CORS preflights).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import logging
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -29,8 +31,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from daemon.config import Config
+from daemon.config import Config, HttpRules
+from daemon.http.ratelimit import RateLimitedLog
 from daemon.intake import Intake
+from daemon.text import printable
 
 if TYPE_CHECKING:
     from daemon.queue import JobQueue
@@ -40,6 +44,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("subwatch.http")
 
+# A request head's size at most: an incomplete one is cut off by h11 (daemon.http.server), a whole
+# one that came in one piece is answered 431 here.
+HEADER_BYTES = 16 * 1024
 OPEN_PATHS = frozenset({"/healthz", "/key"})  # /key checks the key itself
 COOKIE = "subwatch_key"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -54,6 +61,7 @@ class HttpContext:
     healthy: Callable[[], bool]  # the systemd watchdog's check: the pipeline is not wedged
     intake: Intake  # hooked files go in as watched ones do
     daemon: DaemonView | None = None  # the status page, /api and /metrics; without it they are not served
+    requests_healthy: Callable[[], bool] = lambda: True  # Bazarr's request decoding is not stuck
 
 
 @dataclass(frozen=True)
@@ -79,10 +87,14 @@ def build_app(context: HttpContext, extra_routes: Sequence[BaseRoute] = ()) -> S
     from daemon.http.page import key_routes
 
     async def healthz(request: Request) -> Response:
-        if context.healthy():
+        problems = []
+        if not context.healthy():
+            problems.append("a transcriber has made no progress for an hour")
+        if not context.requests_healthy():
+            problems.append("decoding HTTP requests is stuck: a decode ran far past its time limit")
+        if not problems:
             return JSONResponse({"status": "ok"})
-        return JSONResponse({"status": "wedged", "detail": "a transcriber has made no progress for an hour"},
-                            status_code=503)
+        return JSONResponse({"status": "wedged", "detail": "; ".join(problems)}, status_code=503)
 
     routes: list[BaseRoute] = [Route("/healthz", healthz, methods=["GET", "HEAD"])]
     routes += hook_routes(context)
@@ -102,11 +114,19 @@ def build_app(context: HttpContext, extra_routes: Sequence[BaseRoute] = ()) -> S
 
 
 class ApiKeyGate:
-    """ASGI middleware: a request without the configured key gets 401 (see the module)."""
+    """ASGI middleware in front of every route: the Host header, cross-site browser requests, the key.
+
+    1. The Host header must name this server (see `host_allowed`): a web page under a rebinding name
+       (evil.example resolving to this address) is answered 400 and never reaches a route.
+    2. A browser request that changes something (any POST, Bazarr's /asr included) and says it comes
+       from another site's page (Origin, Sec-Fetch-Site) gets 403, key or no key.
+    3. Without the configured key: 401 (see the module for the routes open without it).
+    """
 
     def __init__(self, app: ASGIApp, config: Callable[[], Config]) -> None:
         self.app = app
         self._config = config
+        self._refusals = RateLimitedLog(log)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -118,40 +138,104 @@ class ApiKeyGate:
             await self.app(scope, receive, send)
             return
         path = request.url.path.rstrip("/") or "/"
-        if verdict == "cross-site":
-            response: Response = JSONResponse(
+        client = request.client.host if request.client else "?"
+        if verdict == "head too large":
+            response: Response = JSONResponse({"error": f"the request head is over {HEADER_BYTES} bytes"},
+                                              status_code=431)
+        elif verdict == "bad host":
+            host = printable(request.headers.get("host", ""))[:100]
+            self._refusals.warning("host", "refused %s %s from %s: Host %r is not this server's name",
+                                   request.method, path, client, host)
+            response = JSONResponse(
+                {"error": f"the Host header {host!r} does not name this server; "
+                          "add the name to http.allowed_hosts if it is one of this machine's"},
+                status_code=400)
+        elif verdict == "cross-site":
+            self._refusals.warning("cross-site", "refused %s %s from %s: sent by another site's page",
+                                   request.method, path, client)
+            response = JSONResponse(
                 {"error": "refused: this request came from another site's page"}, status_code=403)
         elif path == "/" and request.method in SAFE_METHODS:
             from daemon.http.page import key_prompt  # the page asks for the key once
 
             response = key_prompt(wrong=False, status_code=401)
         else:
+            self._refusals.warning("key", "refused %s %s from %s: missing or wrong API key",
+                                   request.method, path, client)
             response = JSONResponse(
                 {"error": "missing or wrong API key: send it as the X-Api-Key header or ?apikey="},
                 status_code=401)
         await response(scope, receive, send)
 
     def _verdict(self, request: Request) -> str:
-        """Return "ok", "no key" or "cross-site" (the cookie let it in, but another site sent it)."""
-        http = self._config().http
-        if http is None or http.api_key is None:
-            return "ok" if request.method in SAFE_METHODS or not cross_site(request) else "cross-site"
+        """Return "ok", "head too large", "bad host", "cross-site" or "no key"."""
+        if sum(len(name) + len(value) for name, value in request.scope["headers"]) > HEADER_BYTES:
+            return "head too large"
+        http = self._config().http or HttpRules()
+        if not host_allowed(request, http):
+            return "bad host"
+        if request.method not in SAFE_METHODS and cross_site(request):
+            return "cross-site"
+        if http.api_key is None:
+            return "ok"
         path = request.url.path.rstrip("/") or "/"
         if path in OPEN_PATHS or (path in ASR_PATHS and not http.asr_requires_key):
             return "ok"
         if path == "/metrics" and http.metrics_without_key:
             return "ok"
-        key = http.api_key.reveal()
-        given = request.headers.get("x-api-key") or request.query_params.get("apikey") or ""
-        if hmac.compare_digest(given.encode(), key.encode()):
+        if has_key(request, http):
             return "ok"
         cookie = request.cookies.get(COOKIE, "")
-        if cookie and hmac.compare_digest(cookie.encode(), page_cookie(key).encode()):
-            return "ok" if request.method in SAFE_METHODS or not cross_site(request) else "cross-site"
-        if path != "/":  # the page opened without the key only asks for it: nothing to warn of
-            log.warning("refused %s %s from %s: missing or wrong API key", request.method, path,
-                        request.client.host if request.client else "?")
+        if cookie and hmac.compare_digest(cookie.encode(), page_cookie(http.api_key.reveal()).encode()):
+            return "ok"
         return "no key"
+
+
+def has_key(request: Request, http: HttpRules) -> bool:
+    """Return whether the request carries the configured key (X-Api-Key or ?apikey=), compared in
+    constant time; False when no key is configured."""
+    if http.api_key is None:
+        return False
+    given = request.headers.get("x-api-key") or request.query_params.get("apikey") or ""
+    return hmac.compare_digest(given.encode("utf-8", "replace"), http.api_key.reveal().encode())
+
+
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def host_allowed(request: Request, http: HttpRules) -> bool:
+    """Return whether the Host header names this server: a loopback name, the listen address, the
+    address the client connected to, this machine's host name, or one of `http.allowed_hosts`.
+
+    A browser always sends Host; a page served under a name its owner points at this address
+    (DNS rebinding) sends that name, which is none of these. A client with no Host (HTTP/1.0
+    tools) is no browser and is let through.
+    """
+    raw = request.headers.get("host")
+    if raw is None:
+        return True
+    name = _host_name(raw)
+    if name in LOOPBACK_NAMES or name in http.allowed_hosts or name == http.host.lower():
+        return True
+    server = request.scope.get("server")
+    if server and name == str(server[0]).lower():
+        return True
+    return name in _machine_names()
+
+
+def _host_name(raw: str) -> str:
+    """Given a Host header, return its name without the port and brackets, lower-cased."""
+    raw = raw.strip().lower()
+    if raw.startswith("["):
+        return raw[1:].split("]", 1)[0]
+    return raw.rsplit(":", 1)[0] if raw.count(":") == 1 else raw
+
+
+@functools.lru_cache(maxsize=1)
+def _machine_names() -> frozenset[str]:
+    """This machine's host name, short and as set (what a LAN user types: http://nas:9000)."""
+    name = socket.gethostname().lower()
+    return frozenset({name, name.split(".")[0]})
 
 
 def cross_site(request: Request) -> bool:

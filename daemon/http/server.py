@@ -1,4 +1,13 @@
-"""uvicorn on a thread of its own: bound at start (so a taken port is said at once), stopped at shutdown."""
+"""uvicorn on a thread of its own: bound at start (so a taken port is said at once), stopped at shutdown.
+
+Connections are bounded, since anyone on the LAN can open them (descriptors are what a flood of
+idle sockets takes away, and with them the queue's database file):
+- a request's head (request line and headers) must arrive within HEADER_SECONDS of the connection
+  opening or of the previous response, and may be at most HEADER_BYTES;
+- at most MAX_CONNECTIONS are open; a new one past that closes the one that has waited longest
+  without sending a request, so a flood of idle sockets cannot lock out a client that talks;
+- an idle keep-alive connection is closed after KEEP_ALIVE_SECONDS.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +16,75 @@ import socket
 import threading
 import time
 
+import h11
 import uvicorn
 from starlette.applications import Starlette
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from daemon.config import HttpRules
+from daemon.http.app import HEADER_BYTES
 
 log = logging.getLogger("subwatch.http")
+
+HEADER_SECONDS = 10.0
+MAX_CONNECTIONS = 512
+KEEP_ALIVE_SECONDS = 5.0
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with a deadline for each request's head and a connection cap."""
+
+    def connection_made(self, transport) -> None:  # type: ignore[no-untyped-def, override]
+        super().connection_made(transport)
+        self._head_timer: object | None = None
+        self._opened = time.monotonic()
+        if sum(not c.transport.is_closing() for c in self.connections) > MAX_CONNECTIONS:
+            _close_longest_waiting(self.connections, keep=self)
+        self._arm_head_timer()
+
+    def _arm_head_timer(self) -> None:
+        self._cancel_head_timer()
+        self._waiting_since = time.monotonic()
+        self._head_timer = self.loop.call_later(HEADER_SECONDS, self._head_timeout)
+
+    def _cancel_head_timer(self) -> None:
+        timer = getattr(self, "_head_timer", None)
+        if timer is not None:
+            timer.cancel()  # type: ignore[attr-defined]
+            self._head_timer = None
+
+    def waiting_for_head(self) -> bool:
+        """Whether this connection waits for a request's head (nothing in progress)."""
+        return self.cycle is None or (self.cycle.response_complete and self.conn.their_state is h11.IDLE)
+
+    def _head_timeout(self) -> None:
+        self._head_timer = None
+        if self.waiting_for_head() and not self.transport.is_closing():
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        cycle = self.cycle
+        super().data_received(data)
+        if self.cycle is not cycle:  # a whole request head arrived
+            self._cancel_head_timer()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+
+def _close_longest_waiting(connections: set, keep: object) -> None:  # type: ignore[type-arg]
+    """Close the connection that has waited longest for a request head (never `keep`)."""
+    idle = [c for c in connections if c is not keep and not c.transport.is_closing()
+            and getattr(c, "waiting_for_head", lambda: False)()]
+    if idle:
+        oldest = min(idle, key=lambda c: c._waiting_since)
+        oldest.transport.close()
 
 
 class HttpServer:
@@ -26,9 +98,19 @@ class HttpServer:
         self.rules = rules
         # No access log: a query string may hold ?apikey=. No signal handlers (not the main thread).
         config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off",
-                                timeout_graceful_shutdown=3, server_header=False)
+                                timeout_graceful_shutdown=3, server_header=False, http=GuardedH11Protocol,
+                                timeout_keep_alive=KEEP_ALIVE_SECONDS,
+                                h11_max_incomplete_event_size=HEADER_BYTES,
+                                # A backstop (it counts closing connections too): GuardedH11Protocol
+                                # already keeps the open ones under the cap.
+                                limit_concurrency=2 * MAX_CONNECTIONS, backlog=MAX_CONNECTIONS)
         self._server = uvicorn.Server(config)
-        logging.getLogger("uvicorn.error").setLevel(logging.WARNING)  # its start/stop lines: ours say it
+        # Its start/stop lines: ours say them. Its warnings (a bad request, a full server) come at a
+        # stranger's pace: one line per kind a minute; so do asyncio's (an accept that failed).
+        logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+        for name in ("uvicorn.error", "asyncio"):
+            if not any(isinstance(f, OncePerMinute) for f in logging.getLogger(name).filters):
+                logging.getLogger(name).addFilter(OncePerMinute())
         self._socket: socket.socket | None = None
         self._thread: threading.Thread | None = None
 
@@ -40,7 +122,7 @@ class HttpServer:
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(address)
-            sock.listen(128)
+            sock.listen(MAX_CONNECTIONS)
         except OSError:
             sock.close()
             raise
@@ -80,3 +162,24 @@ class HttpServer:
                 self._thread.join(1.0)
         if self._socket is not None:
             self._socket.close()
+
+
+class OncePerMinute(logging.Filter):
+    """Lets a record through when no record of the same message template passed in the last minute."""
+
+    def __init__(self, per_seconds: float = 60.0) -> None:
+        super().__init__()
+        self._per = per_seconds
+        self._last: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        key = str(record.msg)[:200]
+        with self._lock:
+            if now - self._last.get(key, -self._per) < self._per:
+                return False
+            if len(self._last) > 1000:
+                self._last.clear()
+            self._last[key] = now
+        return True
