@@ -310,6 +310,9 @@ def _show_http(config: Config) -> None:
         print(f"    accept_unwatched: {str(http.accept_unwatched).lower()}; "
               f"asr_requires_key: {str(http.asr_requires_key).lower()}; "
               f"metrics_without_key: {str(http.metrics_without_key).lower()}")
+        hosts = ", ".join(http.allowed_hosts) or "none beyond this machine's names"
+        print(f"    allowed_hosts: {hosts}; requests: up to {http.max_audio_hours:g} h of audio each, "
+              f"{http.max_queued_audio_hours:g} h waiting, {http.decode_slots} decoded at once")
     for server in config.media_servers:
         print(f"  media server: {server.label}; token set (not shown); path_map {_show_map(server.path_map)}")
 

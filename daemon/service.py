@@ -260,13 +260,13 @@ class Service:
             return new
         bound = self.http.rules
         rules = replace(new.http or HttpRules(), host=bound.host, port=bound.port)
-        if new.http is None or new.http.listen != bound.listen:
-            log.warning("http.listen changed or was removed; subwatch keeps listening on %s until it is "
-                        "restarted (the rest of the http section applies now)", bound.listen)
         if rules.api_key is None and not rules.loopback:
             raise ConfigError(new.source, [
                 f"at 'http.api_key': required while subwatch listens on {bound.listen}, which other "
                 "machines reach; keep the key, or change http.listen and restart"])
+        if new.http is None or new.http.listen != bound.listen:
+            log.warning("http.listen changed or was removed; subwatch keeps listening on %s until it is "
+                        "restarted (the rest of the http section applies now)", bound.listen)
         return replace(new, http=rules)
 
     # ------------------------------------------------------------ loader thread

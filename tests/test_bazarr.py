@@ -109,8 +109,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def build_stack(root: Path, model: Path) -> Stack:
-    """Build the pool (not its workers: `start_workers`) and serve the routes on a free port."""
+def build_stack(root: Path, model: Path, http: str = "") -> Stack:
+    """Build the pool (not its workers: `start_workers`) and serve the routes on a free port; `http`
+    adds keys to the config's http section."""
     library = root / "library"
     library.mkdir()
     config = load_config(write_config(root / "config.yaml", f"""
@@ -118,7 +119,7 @@ def build_stack(root: Path, model: Path) -> Stack:
         defaults: {{model: {model}, device: cpu, beam_size: 1, formats: [srt]}}
         folders:
           - path: {library}
-        http: {{path_map: {{"{TV}": "{library}"}}}}
+        http: {{path_map: {{"{TV}": "{library}"}}{http}}}
     """))
     config.state_dir.mkdir(parents=True, exist_ok=True)
     jobs = JobQueue(config.db_path)
@@ -266,16 +267,65 @@ def test_requests_go_before_the_backlog_together_and_a_done_video_answers_from_i
     for job_id in backlog:
         assert stack.jobs.get(job_id).updated_at > max(answered.values())
 
-    # Bazarr names a finished video: answered from its stored transcript, the audio sent (silence) unused.
-    silence = b"\0\0" * 16000
-    stored = bazarr_asr(stack.url, silence, "en", video_file=f"{TV}/Episode 1.ogg")
+    # Bazarr names a finished video and sends its audio: answered from the stored transcript.
+    episode = bazarr_pcm(stack.library / "Episode 1.ogg")
+    stored = bazarr_asr(stack.url, episode, "en", video_file=f"{TV}/Episode 1.ogg")
     assert stored.status_code == 200, stored.text
     said = " ".join(c.content.replace("\n", " ") for c in srt_cues(stored.text))
     assert word_error_rate([backlog_clips[0].text], [said], "en") < 0.25, said
-    assert "answered an HTTP request for" in caplog.text
+    assert caplog.text.count("answered an HTTP request for") == 1
+    # Without the key, naming the video with other audio (1 s of silence) gets nothing of the file:
+    # the audio sent is transcribed, and silence has no words.
+    silence = b"\0\0" * 16000
+    probe = bazarr_asr(stack.url, silence, "en", video_file=f"{TV}/Episode 1.ogg")
+    assert (probe.status_code, probe.text) == (200, "")
+    assert "sent 1.0 s of audio, not its" in caplog.text
     # In another language than the one stored, the audio sent is transcribed: silence has no words.
     other = bazarr_asr(stack.url, silence, "fr", video_file=f"{TV}/Episode 1.ogg")
     assert (other.status_code, other.text) == (200, "")
+
+
+def test_the_lane_holds_only_so_much_audio_and_drops_requests_whose_client_left(
+    tmp_path: Path, base_checkpoint: Path, testdata: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # 25 s may wait: one clip, not two.
+    stack = build_stack(tmp_path, base_checkpoint, ", max_queued_audio_hours: 0.007")
+    caplog.set_level(logging.INFO, logger="subwatch.asr")
+    try:
+        first, second = (bazarr_pcm(clip.path) for clip in fleurs("en")[:2])
+        assert len(first) / 32000 < 25 < (len(first) + len(second)) / 32000
+        waiting = _raw_asr(stack.url, first)  # a client that will give up
+        assert wait_until(lambda: len(stack.pool.asr) == 1, 60)
+
+        refused = bazarr_asr(stack.url, second, "en")
+        assert refused.status_code == 503, refused.text
+        assert 30 <= int(refused.headers["retry-after"]) <= 600
+        assert "http.max_queued_audio_hours" in refused.json()["detail"]
+
+        waiting.close()  # the client gives up: its request goes before any worker sees it
+        assert wait_until(lambda: len(stack.pool.asr) == 0, 30)
+        assert "dropped 1 HTTP request(s) whose client went away" in caplog.text
+
+        stack.start_workers()
+        answered = bazarr_asr(stack.url, second, "en")
+        assert answered.status_code == 200 and srt_cues(answered.text), answered.text
+        assert "answered an HTTP request: " in caplog.text
+        assert caplog.text.count("answered an HTTP request: ") == 1  # the dropped one never was
+    finally:
+        close_stack(stack)
+
+
+def _raw_asr(url: str, pcm: bytes) -> socket.socket:
+    """Send Bazarr's request on a bare socket and return it, unanswered, for the test to close."""
+    boundary = "subwatchtest"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"audio_file\"; filename=\"a\"\r\n\r\n"
+            .encode() + pcm + f"\r\n--{boundary}--\r\n".encode())
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    sock.sendall(f"POST /asr?encode=false&language=en&output=srt HTTP/1.1\r\nHost: {host}\r\n"
+                 f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+                 f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    return sock
 
 
 def test_path_map_replaces_the_longest_matching_prefix() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -170,7 +171,8 @@ def test_example_sections_load_and_document_the_codes_defaults(tmp_path: Path) -
     http_text, servers_text = commented_section("http"), commented_section("media_servers")
     example = yaml.safe_load(http_text + servers_text)
     assert set(example["http"]) == {"listen", "api_key", "path_map", "accept_unwatched", "asr_requires_key",
-                                    "metrics_without_key"}
+                                    "metrics_without_key", "allowed_hosts", "max_audio_hours",
+                                    "max_queued_audio_hours", "decode_slots"}
     assert set(example["media_servers"][0]) == {"kind", "url", "token", "path_map"}
     load_config(write(tmp_path, "folders: [{path: /srv}]\n" + http_text + servers_text))
 
@@ -183,3 +185,29 @@ def test_example_sections_load_and_document_the_codes_defaults(tmp_path: Path) -
     for key, value in documented:
         assert loaded(f"folders: [{{path: /srv}}]\nhttp:\n  {key}: {value}\n") == plain, key
     assert loaded("folders: [{path: /srv}]\nhttp: {accept_unwatched: true}\n") != plain
+
+
+def test_a_key_is_32_printable_characters_without_spaces(tmp_path: Path) -> None:
+    spaces, accented = " " * 40, "é" * 40
+    for key, reason in ((" " * 16, "too short"), (spaces, "printable ASCII"), (accented, "printable ASCII"),
+                        ("a" * 31, "too short"), ("tab\t" + "k" * 30, "printable ASCII")):
+        path = write(tmp_path, f"folders: [{{path: /srv}}]\nhttp: {{api_key: {json.dumps(key)}}}\n")
+        (problem,) = problems_of(path)
+        assert problem.startswith("at 'http.api_key': ") and reason in problem, (key, problem)
+        assert key.strip() == "" or key not in problem
+    assert load_config(write(tmp_path, f"folders: [{{path: /srv}}]\nhttp: {{api_key: {'~!' * 16}}}\n")).http
+
+
+def test_allowed_hosts_are_names_or_addresses(tmp_path: Path) -> None:
+    good = load_config(write(tmp_path, "folders: [{path: /srv}]\n"
+                                       "http: {allowed_hosts: [Subwatch.LAN, '192.168.1.5', '[fe80::1]']}\n"))
+    assert good.http is not None and good.http.allowed_hosts == ("subwatch.lan", "192.168.1.5", "fe80::1")
+    path = write(tmp_path, "folders: [{path: /srv}]\nhttp: {allowed_hosts: ['http://nas:9000']}\n")
+    (problem,) = problems_of(path)
+    assert problem.startswith("at 'http.allowed_hosts': 'http://nas:9000' is not a host name or address")
+
+
+def test_request_limits_are_bounded(tmp_path: Path) -> None:
+    path = write(tmp_path, "folders: [{path: /srv}]\nhttp: {max_audio_hours: 0, decode_slots: 0}\n")
+    problems = problems_of(path)
+    assert [p.split(":")[0] for p in problems] == ["at 'http.max_audio_hours'", "at 'http.decode_slots'"]
