@@ -98,7 +98,8 @@ def test_a_rebinding_name_or_another_sites_page_gets_nothing(open_daemon) -> Non
     evil = {"Host": f"rebound.evil.example:{port}"}
     assert httpx.get(f"{url}/api/jobs", headers=evil, timeout=10).status_code == 400
     assert httpx.post(f"{url}/api/rescan", headers=evil, timeout=10).status_code == 400
-    assert httpx.post(f"{url}/asr", headers=evil, files={"audio_file": b"\0\0"}, timeout=10).status_code == 400
+    sent = httpx.post(f"{url}/asr", headers=evil, files={"audio_file": b"\0\0"}, timeout=10)
+    assert sent.status_code == 400
     assert httpx.get(f"{url}/api/jobs", timeout=10).status_code == 200  # loopback, no key: as configured
     cross = {"Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site"}
     assert httpx.post(f"{url}/api/rescan", headers=cross, timeout=10).status_code == 403
@@ -119,7 +120,8 @@ def _secret_recording(folder: Path) -> Path:
 def _playlists(secret: Path) -> dict[str, bytes]:
     """Files that make a lax ffmpeg read `secret`: each kind that can name another file."""
     return {
-        "hls.m3u8": f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10.0,\nfile:{secret}\n#EXT-X-ENDLIST\n".encode(),
+        "hls.m3u8": (f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10.0,\nfile:{secret}\n"
+                     "#EXT-X-ENDLIST\n").encode(),
         "live.m3u8": f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10.0,\n{secret}\n".encode(),
         "list.ffconcat": f"ffconcat version 1.0\nfile '{secret}'\n".encode(),
         "concat.txt": f"file '{secret}'\n".encode(),
@@ -127,7 +129,8 @@ def _playlists(secret: Path) -> dict[str, bytes]:
                       b"m=audio 5004 RTP/AVP 96\na=rtpmap:96 L16/16000/1\n",
         "manifest.mpd": (
             '<?xml version="1.0"?><MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="static" '
-            'mediaPresentationDuration="PT5S" minBufferTime="PT1S" profiles="urn:mpeg:dash:profile:full:2011">'
+            'mediaPresentationDuration="PT5S" minBufferTime="PT1S" '
+            'profiles="urn:mpeg:dash:profile:full:2011">'
             '<Period><AdaptationSet mimeType="audio/flac"><Representation id="a" bandwidth="1000">'
             f'<BaseURL>file:{secret}</BaseURL></Representation></AdaptationSet></Period></MPD>').encode(),
     }
