@@ -2,7 +2,9 @@
 
 Exit codes: 0 success; 1 a file failed or an operation could not be done; 2 wrong
 usage (argparse); 78 (EX_CONFIG) the config is invalid, which the systemd unit
-lists in RestartPreventExitStatus so a typo does not cause a restart loop.
+lists in RestartPreventExitStatus so a typo does not cause a restart loop. `check-config`
+exits 0 also when it warns (on stderr) that other users can read the config's secrets: the
+config is valid, and the warning says how to fix its permissions.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 from daemon import __version__
 from daemon.config import Config, ConfigError, RulesError, load_config, validate_rules
 from daemon.datatypes import Job
+from daemon.hostcheck import config_exposure, raise_nofile_limit
 from daemon.jobsjson import job_json, jobs_json, json_text
 from daemon.models import is_model_path
 from daemon.options import FolderNotify, FolderRules, build_rules
@@ -147,6 +150,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from daemon.service import Service
 
     setup_logging(config.log_level)
+    _prepare_host(config)
     code = Service(config).run()
     # Everything that matters is committed to SQLite by now. A model thread that
     # is still inside torch would abort the interpreter's normal teardown, so
@@ -155,6 +159,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def _prepare_host(config: Config) -> None:
+    """Given the loaded config, raise the open-files limit and warn if others can read its secrets."""
+    log = logging.getLogger("subwatch")
+    limit = raise_nofile_limit()
+    if limit.error:
+        log.debug("open files: soft limit %d (hard %d) left as it is: %s",
+                  limit.soft, limit.hard, limit.error)
+    else:
+        log.debug("open files: soft limit %d (was %d, hard %d)", limit.soft, limit.before, limit.hard)
+    warning = config_exposure(config)
+    if warning:
+        log.warning("%s", warning)
 
 
 # ---------------------------------------------------------------- transcribe
@@ -283,7 +301,12 @@ _job_json = job_json
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    """Print the effective config. A config whose secrets other users can read is valid, so that
+    warning goes to stderr and the exit status stays 0 (see hostcheck.config_exposure)."""
     config = load_config(args.config)
+    warning = config_exposure(config)
+    if warning:
+        print(f"subwatch: warning: {warning}", file=sys.stderr)
     print(f"{config.source}: OK")
     print(f"  state_dir: {config.state_dir}\n  models_dir: {config.models_dir}")
     print(f"  log_level: {config.log_level}")

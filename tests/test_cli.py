@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from daemon import __version__, pipeline, subtitles
 from daemon.config import load_config
 from daemon.datatypes import Cue, JobResult, Segment, Transcript, Word
 from daemon.queue import JobQueue
-from tests.harness import REPO, write_config
+from tests.harness import REPO, Daemon, write_config
 from tests.media_factory import duration_of, make_media
 from tests.said import assert_cues_on_speech, assert_says, media_speech, srt_cues
 from tests.test_subtitles_cues import assert_cues_ok
@@ -318,3 +319,114 @@ def test_rewrite_reports_what_it_cannot_do_and_exits_1(tmp_path: Path) -> None:
     elsewhere = subwatch("rewrite", str(tmp_path / "elsewhere"), "--config", str(config))
     assert elsewhere.returncode == 1
     assert elsewhere.stderr.startswith(f"subwatch: no finished job at or under {tmp_path / 'elsewhere'}")
+
+
+# ---------------------------------------------------------------- the host: secrets on disk, descriptors
+
+API_KEY, TOKEN, PASSWORD = "k3y-0f-the-http-side-abcdef", "jellyfin-t0ken-123456", "s3cret-mail-pass"
+
+
+def secret_config(tmp_path: Path) -> Path:
+    return write_config(tmp_path / "config.yaml", f"""
+        state_dir: {tmp_path / "state"}
+        notify: {{urls: ["mailto://me:{PASSWORD}@mail.example.com"]}}
+        http: {{listen: "127.0.0.1:9000", api_key: "{API_KEY}"}}
+        media_servers: [{{kind: jellyfin, url: "http://127.0.0.1:8096", token: "{TOKEN}"}}]
+        folders:
+          - path: {tmp_path / "media"}
+            notify: {{urls: ["ntfys://ntfy.sh/private-topic"]}}
+    """)
+
+
+def owner_of(path: Path) -> str:
+    import grp
+    import pwd
+
+    info = path.stat()
+    return f"{pwd.getpwuid(info.st_uid).pw_name}:{grp.getgrgid(info.st_gid).gr_name}"
+
+
+def test_check_config_warns_when_every_user_can_read_its_secrets(tmp_path: Path) -> None:
+    config = secret_config(tmp_path)
+    config.chmod(0o644)
+    done = subwatch("check-config", "--config", str(config))
+    # Valid, so still 0; the warning goes to stderr, and no secret anywhere.
+    assert done.returncode == 0 and done.stdout.startswith(f"{config}: OK\n")
+    assert done.stderr == (
+        f"subwatch: warning: {config} is readable by every user of this machine (mode 0644, owner "
+        f"{owner_of(config)}) and holds http.api_key, 1 media server token(s), 2 notify URL(s): make it "
+        f"readable by root and the subwatch group only with `chmod 0640 {config} && chown root:subwatch "
+        f"{config}`\n")
+    for secret in (API_KEY, TOKEN, PASSWORD, "private-topic"):
+        assert secret not in done.stdout + done.stderr
+    # Others' read bit alone counts.
+    config.chmod(0o604)
+    assert "(mode 0604, owner" in subwatch("check-config", "--config", str(config)).stderr
+    for private in (0o640, 0o600, 0o660):
+        config.chmod(private)
+        quiet = subwatch("check-config", "--config", str(config))
+        assert quiet.returncode == 0 and quiet.stderr == "", oct(private)
+
+
+def test_check_config_is_quiet_about_a_readable_config_without_secrets(config: Path) -> None:
+    config.chmod(0o644)
+    done = subwatch("check-config", "--config", str(config))
+    assert done.returncode == 0 and done.stderr == ""
+
+
+RAISE = """
+import resource
+from daemon.hostcheck import raise_nofile_limit
+print(raise_nofile_limit())
+print(resource.getrlimit(resource.RLIMIT_NOFILE))
+"""
+
+
+def test_raise_nofile_limit_takes_the_soft_limit_to_the_hard_one() -> None:
+    import resource
+
+    def low() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 4096))
+
+    done = subprocess.run([sys.executable, "-c", RAISE], cwd=REPO, capture_output=True, text=True,
+                          timeout=60, preexec_fn=low)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "NofileLimit(before=256, soft=4096, hard=4096, error=None)", "(4096, 4096)"]
+
+
+def open_files_limit(pid: int) -> tuple[int, int]:
+    """Return (soft, hard) of `Max open files` in /proc/PID/limits."""
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            soft, hard = line.split()[3:5]
+            return int(soft), int(hard)
+    raise AssertionError(f"no open files limit for {pid}")
+
+
+def test_subwatch_run_raises_its_limit_and_warns_about_a_readable_config(
+    tmp_path: Path, spawn: Callable[..., Daemon]
+) -> None:
+    import resource
+
+    config = write_config(tmp_path / "config.yaml", f"""
+        state_dir: {tmp_path / "state"}
+        log_level: debug
+        notify: {{urls: ["json://127.0.0.1:9/{TOKEN}"]}}
+        folders: [{{path: {tmp_path / "media"}, create_if_missing: true}}]
+    """)
+    config.chmod(0o644)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard < 512:
+        pytest.skip(f"the hard limit on open files ({hard}) leaves nothing to raise")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))  # inherited by the daemon started now
+    try:
+        daemon = spawn(config)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    daemon.wait_log("watching 1 folder(s)")
+    assert open_files_limit(daemon.process.pid) == (hard, hard)
+    assert f"open files: soft limit {hard} (was 256, hard {hard})" in daemon.log()
+    assert f"{config} is readable by every user of this machine (mode 0644" in daemon.log()
+    assert TOKEN not in daemon.log()
+    assert daemon.stop() == 0, daemon.log()

@@ -7,6 +7,7 @@ import errno
 import hashlib
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -36,18 +37,31 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _new_file_mode() -> int:
-    """Return the mode a new file gets under this process's umask (mkstemp makes 0600 files).
-
-    The media server usually runs as another user and must be able to read the
-    sidecar. The umask is read from /proc, since os.umask() would have to
-    change it for every thread to read it.
-    """
+def _umask() -> int:
+    """Return this process's umask, read from /proc (os.umask() would have to change it for every
+    thread to read it); 0o022 where /proc cannot tell."""
     with contextlib.suppress(OSError, ValueError):
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("Umask:"):
-                return 0o666 & ~int(line.split()[1], 8)
-    return 0o644
+                return int(line.split()[1], 8)
+    return 0o022
+
+
+# Read for group and others on every sidecar, search too on every folder made for one: the media
+# server, another user, must read them. Who can reach them at all, the media folder's own modes decide.
+_SHARED_FILE, _SHARED_FOLDER = 0o044, 0o055
+
+
+def _new_file_mode() -> int:
+    """Return the mode of a new sidecar (mkstemp makes 0600 files): what this process's umask allows,
+    and readable by group and others whatever the umask.
+
+    The umask is the service's choice for its own files: systemd's UMask=0027
+    keeps the job queue from other users. A sidecar is not one of those: the
+    umask still decides who may write it, but read is given to all, so that the
+    media server, another user, can read it as it could with the old UMask=0002.
+    """
+    return (0o666 & ~_umask()) | _SHARED_FILE
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -179,8 +193,17 @@ def make_folders(folder: Path) -> list[Path]:
             if exc.errno in _PASSING:
                 raise OSError(exc.errno, f"cannot create the folder {each}: {exc.strerror}") from exc
             raise SidecarFolderError(exc.errno, _cannot_make(each, exc.strerror or str(exc))) from exc
+        _share_folder(each)
         created.append(each)
     return created
+
+
+def _share_folder(folder: Path) -> None:
+    """Give a folder made for sidecars read and search for group and others (see _new_file_mode),
+    keeping the rest of its mode, such as the set-group-ID bit inherited from its parent."""
+    # A filesystem without modes (FAT, some SMB mounts) fixes them at mount time: nothing to do there.
+    with contextlib.suppress(OSError):
+        os.chmod(folder, stat.S_IMODE(folder.stat().st_mode) | _SHARED_FOLDER)
 
 
 def _cannot_make(folder: Path, why: str) -> str:
