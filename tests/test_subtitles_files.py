@@ -287,7 +287,7 @@ def test_new_sidecar_is_written_readable_and_alone(tmp_path: Path) -> None:
     assert target.read_text(encoding="utf-8") == "1\n00:00:01,000 --> 00:00:02,000\nÄpfel 日本\n"
     assert entries(tmp_path) == ["Movie.en.srt"]
     # Not mkstemp's 0600: the media server, another user, must read it.
-    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~current_umask()
+    assert stat.S_IMODE(target.stat().st_mode) == (0o666 & ~current_umask()) | 0o444
 
 
 def test_existing_user_file_is_never_overwritten(tmp_path: Path) -> None:
