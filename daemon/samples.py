@@ -100,6 +100,7 @@ class DiskSamples:
 
     def close(self) -> None:
         """Free the file (its disk space). Reading afterwards raises OSError."""
+        self._fd = -1  # never read a descriptor number the system may have given to another file
         self._file.close()
 
     def __enter__(self) -> DiskSamples:

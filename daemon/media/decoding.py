@@ -112,22 +112,13 @@ def _work_file(path: Path, work_dir: Path | None) -> IO[bytes]:
 def _decode(
     path: Path, info: MediaInfo, stream: AudioStream, out: IO[bytes], max_seconds: float | None,
 ) -> DiskSamples:
-    """Decode `stream` of `path` into `out` and return the samples there, checked for truncation."""
-    length = _expected_end(info, stream)
-    limit = [] if max_seconds is None else ["-t", f"{max_seconds + 1:.3f}"]  # a second over: see below
-    args = [
-        "ffmpeg", "-nostdin", "-hide_banner", "-nostats", "-loglevel", "level+warning", "-xerror",
-        *input_options(), "-i", input_url(path),
-        "-map", f"0:{stream.index}", "-vn", "-sn", "-dn",
-        # Pad the start (and any gaps) with silence so sample 0 is the player's time 0,
-        # even when the audio starts after the video or the encoder added priming.
-        "-af", "aresample=async=1:first_pts=0",
-        "-ac", "1", "-ar", str(SAMPLE_RATE), "-acodec", "pcm_f32le", *limit, "-f", "f32le", "pipe:1",
-    ]
-    seconds = min(length or info.duration, max_seconds) if max_seconds else (length or info.duration)
-    size = _size(path)
+    """Decode `stream` of `path` into `out` and return the samples there, checked for length."""
+    expected = _expected_end(info, stream)
+    known = expected or info.duration
+    seconds = min(known, max_seconds) if known and max_seconds else known or max_seconds or 0.0
     try:
-        run = run_tool(args, path, stdout=out, timeout=decode_timeout(seconds, size), watch_for=ENDED_EARLY)
+        run = run_tool(_ffmpeg_args(path, stream, max_seconds), path, stdout=out,
+                       timeout=decode_timeout(seconds, _size(path)), watch_for=ENDED_EARLY)
     except Refused:
         raise
     except MediaError as exc:
@@ -141,23 +132,45 @@ def _decode(
         samples = disk.from_file(out)
     except (OSError, ValueError) as exc:
         raise MediaError(path, f"the decoded audio is unreadable: {exc}", permanent=False) from None
-    if len(samples) == 0:
-        raise MediaError(path, "ffmpeg decoded no audio samples (unsupported or broken audio codec "
-                         f"{stream.codec!r})", permanent=True)
-    decoded = len(samples) / SAMPLE_RATE
-    # ffmpeg was let run a second past the cap, so that audio reaching past it shows; half a
-    # second of slack lets a file just at the cap through with its codec's padding.
-    if max_seconds is not None and decoded > max_seconds + CAP_SLACK_S:
-        raise TooLong(path, f"its audio runs on past {format_duration(max_seconds)}, the most it may hold")
-    if stream.duration:
-        _check_stream_length(path, length, decoded)
-    else:
-        _check_not_ended_early(path, run.seen, decoded)
+    _check_length(path, stream, samples, max_seconds, expected, run.seen)
     # -xerror already stops ffmpeg (non-zero exit, above) at a corrupt packet or a decoder
     # error; what is left here are errors it logged and read past.
     if run.errors:
         log.warning("%s: ffmpeg reported while decoding: %s", path, "; ".join(run.errors[-3:]))
     return samples
+
+
+def _ffmpeg_args(path: Path, stream: AudioStream, max_seconds: float | None) -> list[str]:
+    """Return the ffmpeg command that writes `stream` of `path` to stdout as 16 kHz mono f32le."""
+    # A second past the cap, so that audio reaching past it shows (see _check_length).
+    limit = [] if max_seconds is None else ["-t", f"{max_seconds + 1:.3f}"]
+    return [
+        "ffmpeg", "-nostdin", "-hide_banner", "-nostats", "-loglevel", "level+warning", "-xerror",
+        *input_options(), "-i", input_url(path),
+        "-map", f"0:{stream.index}", "-vn", "-sn", "-dn",
+        # Pad the start (and any gaps) with silence so sample 0 is the player's time 0,
+        # even when the audio starts after the video or the encoder added priming.
+        "-af", "aresample=async=1:first_pts=0",
+        "-ac", "1", "-ar", str(SAMPLE_RATE), "-acodec", "pcm_f32le", *limit, "-f", "f32le", "pipe:1",
+    ]
+
+
+def _check_length(
+    path: Path, stream: AudioStream, samples: DiskSamples, max_seconds: float | None, expected: float,
+    seen: frozenset[str],
+) -> None:
+    """Raise MediaError if the decode yielded nothing or a truncated file's audio, TooLong if it ran
+    past `max_seconds` (with CAP_SLACK_S for codec padding: a file just at the cap passes)."""
+    if len(samples) == 0:
+        raise MediaError(path, "ffmpeg decoded no audio samples (unsupported or broken audio codec "
+                         f"{stream.codec!r})", permanent=True)
+    decoded = len(samples) / SAMPLE_RATE
+    if max_seconds is not None and decoded > max_seconds + CAP_SLACK_S:
+        raise TooLong(path, f"its audio runs on past {format_duration(max_seconds)}, the most it may hold")
+    if expected:
+        _check_stream_length(path, expected, decoded)
+    else:
+        _check_not_ended_early(path, seen, decoded)
 
 
 def _size(path: Path) -> int:

@@ -45,8 +45,10 @@ SINGLE_FILE_FORMATS = (
     "caf", "au", "aac", "loas", "ac3", "eac3", "dts", "dtshd", "truehd", "mlp", "amr", "amrnb",
     "amrwb", "ape", "wv", "tta", "tak", "shn", "mpc", "mpc8", "dsf", "oma", "voc", "xwma",
 )
-PROBE_BYTES = 20_000_000  # -probesize: bytes ffmpeg may read to find the streams
-PROBE_MICROSECONDS = 20_000_000  # -analyzeduration: media time it may read for the same
+# How much ffmpeg may read to find the streams: its own defaults (5 MB, 5 s of media), written out
+# so that they stay the cap whatever a later ffmpeg defaults to.
+PROBE_BYTES = 5_000_000  # -probesize
+PROBE_MICROSECONDS = 5_000_000  # -analyzeduration
 STDERR_TAIL = 64 * 1024  # bytes of stderr kept: enough for the last lines, bounded for a chatty file
 # Formats that can make ffmpeg read other files or streams, by ffmpeg's demuxer name (and
 # "mov-dref": an MP4/MOV with external data references), as a reader would call them.
