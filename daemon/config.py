@@ -232,6 +232,7 @@ class _RulesModel(_Strict):
     min_duration_seconds: float | None = Field(default=None, ge=0)
     skip_if_embedded: bool | None = None
     audio_language: str | None = None
+    max_hours: float | None = Field(default=None, gt=0)
     max_line_chars: int | None = Field(default=None, ge=10, le=200)
     max_lines: int | None = Field(default=None, ge=1, le=4)
     lang_code: Literal["iso639-1", "iso639-2"] | None = None

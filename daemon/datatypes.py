@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -85,14 +86,20 @@ class MediaInfo:
 
 @dataclass(frozen=True)
 class Audio:
-    """Decoded audio: mono float32 samples at `sample_rate`, in memory."""
+    """Decoded audio: mono float32 samples at `sample_rate`.
 
-    samples: object  # numpy.ndarray[float32]; typed loosely so this module needs no numpy
+    `samples` is a numpy float32 array in memory (raw PCM from a request, tests), or a
+    daemon.samples.DiskSamples: what ffmpeg decoded, in an unnamed temporary file, read by the
+    slice. Both take len() and slices that return numpy arrays; code that handles either slices
+    (np.asarray would read a DiskSamples whole into memory).
+    """
+
+    samples: Any  # numpy.ndarray[float32] | daemon.samples.DiskSamples; loose, so this module needs no numpy
     sample_rate: int
 
     @property
     def duration(self) -> float:
-        return len(self.samples) / self.sample_rate  # type: ignore[arg-type]
+        return len(self.samples) / self.sample_rate
 
 
 class JobState(str, Enum):

@@ -43,6 +43,7 @@ class MediaRules:
     min_duration_seconds: float = 0.0  # shorter media (jingles, samples) is skipped
     skip_if_embedded: bool = False  # skip a file that has a text subtitle stream in the target language
     audio_language: str | None = None  # the stream tagged with this language; None: the default stream
+    max_hours: float = 24.0  # longer media fails (its decoded audio takes 230 MB of disk an hour)
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,7 @@ FOLDER_KEYS: dict[str, str] = {
     "min_duration_seconds": "media.min_duration_seconds",
     "skip_if_embedded": "media.skip_if_embedded",
     "audio_language": "media.audio_language",
+    "max_hours": "media.max_hours",
     "model": "transcript_key.model",
     "language": "transcript_key.language",
     "task": "transcript_key.task",

@@ -22,6 +22,7 @@ from pathlib import Path
 from daemon import media, subtitles
 from daemon.datatypes import Audio, AudioStream, JobResult, MediaInfo, Transcript
 from daemon.options import FolderRules
+from daemon.text import format_duration
 
 log = logging.getLogger("subwatch.pipeline")
 
@@ -59,7 +60,8 @@ def prepare(
     given the transcript stored for its content and these rules (`stored`), return it probed only,
     ready for `complete` (no decoding).
 
-    Raise Skip if it needs no work, media.MediaError (or MediaGone) if it cannot be read.
+    Raise Skip if it needs no work, media.TooLong if it is longer than the folder's max_hours,
+    media.MediaError (or MediaGone) if it cannot be read.
     """
     started = time.monotonic()
     info = media.probe(path)
@@ -70,8 +72,24 @@ def prepare(
     stream = media.choose_audio_stream(info, rules.media.audio_language)
     if stored is not None:
         return Prepared(path, rules, info, stream, None, started, transcript=stored)
-    audio = media.load_audio(path, info, stream)
+    audio = _decode(path, rules, info, stream)
     return Prepared(path, rules, info, stream, audio, started)
+
+
+def _decode(path: Path, rules: FolderRules, info: MediaInfo, stream: AudioStream) -> Audio:
+    """Return the stream decoded, at most the folder's max_hours of it. Raise media.TooLong if the
+    file is (or its audio runs) longer, media.MediaError if it cannot be decoded."""
+    hours = rules.media.max_hours
+    limit = hours * 3600
+    advice = f"over max_hours ({hours:g} h) in the folder's rules; raise max_hours or split the file"
+    if info.duration > limit:
+        raise media.TooLong(path, f"is {format_duration(info.duration)} long, {advice}")
+    try:
+        return media.load_audio(path, info, stream, max_seconds=limit)
+    except media.TooLong:
+        said = f" (the file says {format_duration(info.duration)})" if info.duration else ""
+        message = f"its audio runs on past {format_duration(limit)}{said}, {advice}"
+        raise media.TooLong(path, message) from None
 
 
 def reuse(path: Path, rules: FolderRules, transcript: Transcript) -> Prepared:

@@ -123,6 +123,7 @@ class SpeechChunk:
         import numpy as np
 
         rate = audio.sample_rate
+        # A slice of samples on disk is read into a new array; of a numpy array, it is a view.
         pieces = [audio.samples[round(start * rate) : round(end * rate)] for start, end in self.spans]  # type: ignore[index]
         return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
 
@@ -149,9 +150,10 @@ def _silero_model() -> Any:
 
 
 def speech_probabilities(
-    signals: Sequence[np.ndarray], options: VadOptions = VadOptions()
+    signals: Sequence[Any], options: VadOptions = VadOptions()
 ) -> list[np.ndarray]:
-    """Given 16 kHz mono signals, return silero's speech probability for each 512-sample window of each.
+    """Given 16 kHz mono signals (numpy arrays, or daemon.samples.DiskSamples: anything else is
+    made a numpy array), return silero's speech probability for each 512-sample window of each.
 
     Every signal is cut into parallel streams (see VadOptions.stream_s) and the
     streams of all signals share batches, a batch per model call: one call per
@@ -160,7 +162,11 @@ def speech_probabilities(
     import numpy as np
     import torch
 
-    audio = [np.asarray(s, dtype=np.float32) for s in signals]  # may be read-only (bytes buffers)
+    from daemon.samples import DiskSamples
+
+    # Samples on disk (daemon.samples) stay there and are read a stream at a time; anything else
+    # becomes a float32 array (it may be read-only: bytes buffers).
+    audio = [s if isinstance(s, DiskSamples) else np.asarray(s, dtype=np.float32) for s in signals]
     gains = [level_gains(a, options.level_window_s) for a in audio]
     windows = [-(-len(a) // WINDOW) for a in audio]
     total = sum(len(a) for a in audio) / SAMPLE_RATE
@@ -177,6 +183,7 @@ def speech_probabilities(
             batch = _stream_batch(audio, gains, streams[first : first + 128], stream, warmup)
             model.reset_states()
             scores = [model(batch[:, i : i + WINDOW], SAMPLE_RATE) for i in range(0, batch.shape[1], WINDOW)]
+            del batch  # 128 streams of 32 s are 260 MB: never two batches at once
             scored += list(torch.cat(scores, dim=1)[:, warmup // WINDOW :].numpy())
     per_signal: list[list[np.ndarray]] = [[] for _ in audio]
     for (i, _), probs in zip(streams, scored, strict=True):
@@ -207,7 +214,7 @@ def _one_thread() -> Iterator[None]:
 
 
 def _stream_batch(
-    audio: Sequence[np.ndarray],
+    audio: Sequence[Any],
     gains: Sequence[np.ndarray],
     streams: Sequence[tuple[int, int]],
     stream: int,
@@ -233,9 +240,10 @@ LEVEL_TARGET = 0.05  # RMS the loudest frame near any moment is brought to (abou
 LEVEL_FLOOR = 3e-4  # RMS below which a stretch is silence: it is not amplified past target / floor
 
 
-def level_gains(samples: np.ndarray, window_s: float) -> np.ndarray:
-    """Given 16 kHz samples, return a gain per 20 ms frame that brings the loudest frame within
-    ±window_s/2 to LEVEL_TARGET: an automatic gain control for speech detection alone.
+def level_gains(samples: Any, window_s: float) -> np.ndarray:
+    """Given 16 kHz samples (a numpy array or DiskSamples: anything sliced into arrays), return a
+    gain per 20 ms frame that brings the loudest frame within ±window_s/2 to LEVEL_TARGET: an
+    automatic gain control for speech detection alone.
 
     silero misses quiet speech, and not only a little: on FLEURS recordings
     (peaks near -40 dBFS) it heard a speaker only 4 s into her sentence, and
@@ -249,16 +257,30 @@ def level_gains(samples: np.ndarray, window_s: float) -> np.ndarray:
     frames = -(-len(samples) // LEVEL_FRAME)
     if window_s <= 0 or frames == 0:
         return np.ones(max(frames, 1), np.float32)
-    whole = len(samples) // LEVEL_FRAME
-    view = samples[: whole * LEVEL_FRAME].reshape(whole, LEVEL_FRAME)
-    energy = np.einsum("ij,ij->i", view, view)  # no squared copy of a whole film
-    tail = samples[whole * LEVEL_FRAME :]
-    if len(tail):
-        energy = np.append(energy, np.dot(tail, tail))
-    rms = np.sqrt(energy / LEVEL_FRAME)
+    rms = np.sqrt(_frame_energy(samples) / LEVEL_FRAME)
     half = max(1, round(window_s * SAMPLE_RATE / LEVEL_FRAME / 2))
     around = np.lib.stride_tricks.sliding_window_view(np.pad(rms, half, mode="edge"), 2 * half + 1)
     return (LEVEL_TARGET / np.maximum(around.max(axis=1), LEVEL_FLOOR)).astype(np.float32)
+
+
+LEVEL_BLOCK = LEVEL_FRAME * 4096  # samples read at once for the energy (82 s, 5 MB)
+
+
+def _frame_energy(samples: Any) -> np.ndarray:
+    """Return the sum of squares of each LEVEL_FRAME samples (the last frame may be shorter),
+    a block at a time: a whole film's worth is never in memory, nor squared in a copy."""
+    import numpy as np
+
+    whole = len(samples) // LEVEL_FRAME
+    parts = []
+    for start in range(0, whole * LEVEL_FRAME, LEVEL_BLOCK):
+        block = np.asarray(samples[start : min(start + LEVEL_BLOCK, whole * LEVEL_FRAME)])
+        view = block.reshape(-1, LEVEL_FRAME)
+        parts.append(np.einsum("ij,ij->i", view, view))
+    tail = np.asarray(samples[whole * LEVEL_FRAME :])
+    if len(tail):
+        parts.append(np.array([np.dot(tail, tail)]))
+    return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
 
 def speech_regions(probs: np.ndarray, n_samples: int, options: VadOptions) -> list[tuple[float, float]]:

@@ -15,11 +15,13 @@ from daemon.media import (
     SAMPLE_RATE,
     MediaError,
     MediaGone,
-    _stream_length,
     choose_audio_stream,
     load_audio,
     probe,
 )
+from daemon.media.probing import _stream_length
+from daemon.samples import DiskSamples, from_pcm_stream
+from daemon.vad import LEVEL_BLOCK, level_gains, speech_probabilities
 from tests.media_factory import cut_in_half, drop_stream_lengths, make_media, write_odd_wav
 
 
@@ -256,3 +258,104 @@ def test_real_multi_stream_file_tags(tmp_path: Path) -> None:
     assert choose_audio_stream(info).language == "jpn"
 
 
+
+
+# --- Decoded audio on disk (daemon.samples) -------------------------------------------------------
+
+
+def ffmpeg_in_memory(path: Path) -> np.ndarray:
+    """Return the first audio stream of `path` decoded as load_audio did before its samples went to
+    disk: the same ffmpeg arguments, stdout read into memory."""
+    done = subprocess.run(
+        ["ffmpeg", "-nostdin", "-loglevel", "error", "-i", str(path), "-f", "f32le", "-ac", "1",
+         "-acodec", "pcm_f32le", "-af", "aresample=async=1:first_pts=0", "-ar", "16000", "-dn",
+         "-map", "0:a:0", "-sn", "-vn", "pipe:"],
+        capture_output=True, check=True,
+    )
+    return np.frombuffer(done.stdout, dtype=np.float32)
+
+
+def test_decoded_samples_are_on_disk_and_the_same_values(testdata: Path) -> None:
+    path = testdata / "speech" / "jfk.flac"
+    info, audio = decode(path)
+    reference = ffmpeg_in_memory(path)
+    assert isinstance(audio.samples, DiskSamples)
+    assert audio.samples.dtype == np.float32 and audio.samples.shape == reference.shape
+    assert np.array_equal(audio.samples[:], reference)  # bit for bit: transcripts cannot change
+    assert np.array_equal(np.asarray(audio.samples), reference)
+
+
+@pytest.mark.parametrize("key", [
+    slice(None), slice(10, 20), slice(-100, None), slice(5, -5, 3), slice(None, None, -7),
+    slice(100, 50), slice(170_000, 180_000), slice(None, 3), slice(-3, -1, -1), slice(7, 2, -2),
+    0, 12_345, -1,
+], ids=str)
+def test_disk_samples_index_like_numpy(testdata: Path, key: slice | int) -> None:
+    _, audio = decode(testdata / "speech" / "jfk.flac")
+    reference = ffmpeg_in_memory(testdata / "speech" / "jfk.flac")
+    got = audio.samples[key]
+    assert np.array_equal(got, reference[key])
+    assert np.asarray(got).dtype == np.float32
+
+
+def test_disk_samples_refuse_what_numpy_would(tmp_path: Path) -> None:
+    samples = from_pcm_stream([np.arange(10, dtype="<f4").tobytes()], "f32le", tmp_path)
+    with pytest.raises(IndexError):
+        samples[10]
+    with pytest.raises(TypeError):
+        samples[[1, 2]]  # type: ignore[index]
+    samples.close()
+    with pytest.raises(OSError):
+        samples[:2]
+
+
+def test_pcm_stream_becomes_the_same_floats_as_in_memory(tmp_path: Path) -> None:
+    pcm = np.random.default_rng(0).integers(-32768, 32767, 100_001, dtype="<i2").tobytes()
+    chunks = [pcm[i : i + 777] for i in range(0, len(pcm), 777)]  # odd sizes: samples cut across chunks
+    samples = from_pcm_stream(iter(chunks), "s16le", tmp_path)
+    expected = np.frombuffer(pcm, "<i2").astype(np.float32) / 32768.0  # Bazarr's in-memory conversion
+    assert len(samples) == 100_001 and np.array_equal(samples[:], expected)
+    floats = expected.tobytes()
+    again = from_pcm_stream([floats[:5], floats[5:9999], floats[9999:]], "f32le", tmp_path)
+    assert np.array_equal(again[:], expected)
+
+
+def test_pcm_stream_cut_inside_a_sample_or_over_its_cap_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="ends inside a sample: s16le samples are 2 bytes each"):
+        from_pcm_stream([b"\x00\x01\x02"], "s16le", tmp_path)
+    with pytest.raises(ValueError, match="more than 4 samples"):
+        from_pcm_stream([bytes(12), bytes(12)], "f32le", tmp_path, max_samples=4)
+    assert list(tmp_path.iterdir()) == []  # the files are unnamed: nothing left behind either way
+
+
+def _level_gains_before(samples: np.ndarray, window_s: float) -> np.ndarray:
+    """vad.level_gains as it was when it took a whole numpy array at once: the yardstick."""
+    frame, target, floor = 320, 0.05, 3e-4
+    frames = -(-len(samples) // frame)
+    whole = len(samples) // frame
+    view = samples[: whole * frame].reshape(whole, frame)
+    energy = np.einsum("ij,ij->i", view, view)
+    tail = samples[whole * frame :]
+    if len(tail):
+        energy = np.append(energy, np.dot(tail, tail))
+    rms = np.sqrt(energy / frame)
+    half = max(1, round(window_s * SAMPLE_RATE / frame / 2))
+    around = np.lib.stride_tricks.sliding_window_view(np.pad(rms, half, mode="edge"), 2 * half + 1)
+    assert len(rms) == frames
+    return (target / np.maximum(around.max(axis=1), floor)).astype(np.float32)
+
+
+def test_speech_detection_is_the_same_on_disk_and_in_memory(testdata: Path, tmp_path: Path) -> None:
+    # JFK 17 times over, cut mid-frame: over two of level_gains' blocks, and a last frame that is short.
+    jfk = ffmpeg_in_memory(testdata / "speech" / "jfk.flac")
+    signal = np.tile(jfk, 17)[:-123]
+    assert len(signal) > 2 * LEVEL_BLOCK and len(signal) % 320
+    on_disk = from_pcm_stream([signal.tobytes()], "f32le", tmp_path)
+
+    before = _level_gains_before(signal, 3.0)
+    assert np.array_equal(level_gains(signal, 3.0), before)
+    assert np.array_equal(level_gains(on_disk, 3.0), before)
+    # Each alone: in one batch, a row's place in it moves silero's sums in the last bit.
+    [in_memory], [disk] = speech_probabilities([signal]), speech_probabilities([on_disk])
+    assert np.array_equal(in_memory, disk) and len(disk) == -(-len(signal) // 512)
+    assert (disk > 0.5).mean() > 0.5  # it is speech, most of it
