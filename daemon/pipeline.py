@@ -54,11 +54,13 @@ def output_language(rules: FolderRules) -> str | None:
 
 
 def prepare(
-    path: Path, rules: FolderRules, owned: Callable[[Path], bool], stored: Transcript | None = None
+    path: Path, rules: FolderRules, owned: Callable[[Path], bool], stored: Transcript | None = None,
+    work_dir: Path | None = None,
 ) -> Prepared:
     """Given a queued file and its folder's rules, return it decoded and ready to transcribe; or,
     given the transcript stored for its content and these rules (`stored`), return it probed only,
-    ready for `complete` (no decoding).
+    ready for `complete` (no decoding). The decoded audio waits in an unnamed file in `work_dir`
+    (None: the system's temporary folder).
 
     Raise Skip if it needs no work, media.TooLong if it is longer than the folder's max_hours,
     media.MediaError (or MediaGone) if it cannot be read.
@@ -72,11 +74,12 @@ def prepare(
     stream = media.choose_audio_stream(info, rules.media.audio_language)
     if stored is not None:
         return Prepared(path, rules, info, stream, None, started, transcript=stored)
-    audio = _decode(path, rules, info, stream)
+    audio = _decode(path, rules, info, stream, work_dir)
     return Prepared(path, rules, info, stream, audio, started)
 
 
-def _decode(path: Path, rules: FolderRules, info: MediaInfo, stream: AudioStream) -> Audio:
+def _decode(path: Path, rules: FolderRules, info: MediaInfo, stream: AudioStream,
+            work_dir: Path | None) -> Audio:
     """Return the stream decoded, at most the folder's max_hours of it. Raise media.TooLong if the
     file is (or its audio runs) longer, media.MediaError if it cannot be decoded."""
     hours = rules.media.max_hours
@@ -85,7 +88,7 @@ def _decode(path: Path, rules: FolderRules, info: MediaInfo, stream: AudioStream
     if info.duration > limit:
         raise media.TooLong(path, f"is {format_duration(info.duration)} long, {advice}")
     try:
-        return media.load_audio(path, info, stream, max_seconds=limit)
+        return media.load_audio(path, info, stream, max_seconds=limit, work_dir=work_dir)
     except media.TooLong:
         said = f" (the file says {format_duration(info.duration)})" if info.duration else ""
         message = f"its audio runs on past {format_duration(limit)}{said}, {advice}"

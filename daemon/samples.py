@@ -115,7 +115,9 @@ class DiskSamples:
 
 def temporary_file(work_dir: Path | None = None) -> IO[bytes]:
     """Given a folder (None: the system's temporary folder, $TMPDIR or /tmp), return a new unnamed
-    file in it, gone once closed. Raise OSError if none can be made there."""
+    file in it, gone once closed; a missing folder is made. Raise OSError if none can be made there."""
+    if work_dir is not None:
+        work_dir.mkdir(parents=True, exist_ok=True)
     return tempfile.TemporaryFile(dir=work_dir if work_dir is not None else tempfile.gettempdir())
 
 

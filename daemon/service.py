@@ -90,6 +90,7 @@ class Service:
         if not self._bind_http():
             return 1
         self._create_folders()
+        self._clear_work_dir()
         self.notifier.start()
         self._recover()
         self.outcomes.notify_owed()  # what a killed daemon left unsent, and failures found just now
@@ -171,6 +172,14 @@ class Service:
                 continue
             level = logging.WARNING if back.cause == "crashed_alone" else logging.INFO
             job_log(log, "requeued", job.path, _recovery_note(back, self.config.max_attempts), job.id, level)
+
+    def _clear_work_dir(self) -> None:
+        """Make the folder where decoded audio and uploads wait, and empty it: what is there was left
+        by a daemon that died while a request was uploaded (decoded audio has no name to leave)."""
+        work = self.config.work_dir
+        work.mkdir(parents=True, exist_ok=True)
+        for left in work.glob("upload-*"):
+            left.unlink(missing_ok=True)
 
     def _create_folders(self) -> None:
         for rules in self.config.folders:

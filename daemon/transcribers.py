@@ -154,7 +154,7 @@ class Transcribers:
         job_log(log, "started", job.path, f"attempt {job.attempts}", job.id)
         try:
             stored = self._stored_transcript(job, rules)
-            prepared = pipeline.prepare(job.path, rules, self.ledger.owns, stored)
+            prepared = pipeline.prepare(job.path, rules, self.ledger.owns, stored, self._config().work_dir)
             return replace(prepared, job_id=job.id, suspect=job.suspect)
         except pipeline.Skip as exc:
             self.jobs.skip(job.id, str(exc))

@@ -288,12 +288,12 @@ def test_requests_go_before_the_backlog_together_and_a_done_video_answers_from_i
 def test_the_lane_holds_only_so_much_audio_and_drops_requests_whose_client_left(
     tmp_path: Path, base_checkpoint: Path, testdata: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # 25 s may wait: one clip, not two.
-    stack = build_stack(tmp_path, base_checkpoint, ", max_queued_audio_hours: 0.007")
+    # 14.4 s may wait: one clip, not two.
+    stack = build_stack(tmp_path, base_checkpoint, ", max_queued_audio_hours: 0.004")
     caplog.set_level(logging.INFO, logger="subwatch.asr")
     try:
         first, second = (bazarr_pcm(clip.path) for clip in fleurs("en")[:2])
-        assert len(first) / 32000 < 25 < (len(first) + len(second)) / 32000
+        assert len(first) / 32000 < 14.4 < (len(first) + len(second)) / 32000
         waiting = _raw_asr(stack.url, first)  # a client that will give up
         assert wait_until(lambda: len(stack.pool.asr) == 1, 60)
 

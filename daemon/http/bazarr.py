@@ -223,7 +223,8 @@ def decode_audio(path: Path, size: int, encode: bool, limits: RequestLimits, wor
     """Given an uploaded file, return its audio as 16 kHz mono float32 samples kept on disk: raw PCM
     s16le when `encode` is False (Bazarr), any single-file media ffmpeg reads when True.
 
-    Raise BadRequest: 400 if it is no audio, 413 if it is longer than `limits.max_seconds`.
+    Raise BadRequest: 400 if it is no audio (or media that names other files), 413 if it is longer
+    than `limits.max_seconds`.
     """
     from daemon import media, samples
 
@@ -233,23 +234,21 @@ def decode_audio(path: Path, size: int, encode: bool, limits: RequestLimits, wor
         if size % 2:
             raise BadRequest("with encode=false the audio must be raw PCM, signed 16-bit little-endian, "
                              f"16 kHz mono; {size} bytes is not a whole number of samples", 400)
-        _check_length(size / PCM_BYTES_PER_SECOND, limits)
+        if size / PCM_BYTES_PER_SECOND > limits.max_seconds:
+            raise _too_long(limits)
         with open(path, "rb") as f:
             return samples.from_pcm_stream(iter(lambda: f.read(READ_BYTES), b""), "s16le", work_dir)
     try:
-        decoded = media.decode_upload(path, limits.max_seconds, work_dir)
+        return media.decode_upload(path, limits.max_seconds, work_dir)
+    except media.TooLong:
+        raise _too_long(limits) from None
     except media.MediaError as exc:
         raise BadRequest(f"ffmpeg cannot read the audio: {exc}", 400) from None
-    # ffmpeg stops at the cap (-t); audio that reaches it was longer than allowed.
-    _check_length(len(decoded) / SAMPLE_RATE + (1 if len(decoded) >= limits.max_seconds * SAMPLE_RATE else 0),
-                  limits)
-    return decoded
 
 
-def _check_length(seconds: float, limits: RequestLimits) -> None:
-    if seconds > limits.max_seconds:
-        raise BadRequest(f"the audio is longer than http.max_audio_hours ({limits.max_seconds / 3600:g} h); "
-                         "send a shorter part, or raise the limit", 413)
+def _too_long(limits: RequestLimits) -> BadRequest:
+    return BadRequest(f"the audio is longer than http.max_audio_hours ({limits.max_seconds / 3600:g} h); "
+                      "send a shorter part, or raise the limit", 413)
 
 
 def _gone() -> Response:
