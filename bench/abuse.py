@@ -2,7 +2,8 @@
 
 One daemon (real tiny.en weights, greedy, English; its own temp state dir; one watched folder;
 the HTTP listener on 127.0.0.1 without a key, as the README sets it up for Bazarr) is started
-with the open-files soft limit systemd gives a service (1024: the unit sets no LimitNOFILE).
+and then given the open-files soft limit systemd gives a unit without LimitNOFILE (1024); the
+daemon raises its own soft limit to the hard one at start, as under subwatch.service.
 After a warm-up request and an idle period, these run one after another:
 
   a. playlists of several kinds (HLS, ffconcat, concat, DASH, SDP) uploaded to /asr
