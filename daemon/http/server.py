@@ -29,6 +29,9 @@ log = logging.getLogger("subwatch.http")
 HEADER_SECONDS = 10.0
 MAX_CONNECTIONS = 512
 KEEP_ALIVE_SECONDS = 5.0
+# Connections taken from the kernel's queue in one go: the cap is applied between goes, so at most
+# this many more than MAX_CONNECTIONS are ever open (the descriptors a flood can take).
+ACCEPT_BACKLOG = 128
 
 
 class GuardedH11Protocol(H11Protocol):
@@ -103,7 +106,7 @@ class HttpServer:
                                 h11_max_incomplete_event_size=HEADER_BYTES,
                                 # A backstop (it counts closing connections too): GuardedH11Protocol
                                 # already keeps the open ones under the cap.
-                                limit_concurrency=2 * MAX_CONNECTIONS, backlog=MAX_CONNECTIONS)
+                                limit_concurrency=2 * MAX_CONNECTIONS, backlog=ACCEPT_BACKLOG)
         self._server = uvicorn.Server(config)
         # Its start/stop lines: ours say them. Its warnings (a bad request, a full server) come at a
         # stranger's pace: one line per kind a minute; so do asyncio's (an accept that failed).
@@ -122,7 +125,7 @@ class HttpServer:
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(address)
-            sock.listen(MAX_CONNECTIONS)
+            sock.listen(ACCEPT_BACKLOG)
         except OSError:
             sock.close()
             raise
