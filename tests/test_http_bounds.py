@@ -247,3 +247,32 @@ def test_waiting_for_an_upload_turn_is_bounded(monkeypatch: pytest.MonkeyPatch) 
                 return exc.status
 
     assert asyncio.run(scenario()) == 503
+
+
+def test_healthz_says_503_when_request_decoding_is_stuck(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from starlette.testclient import TestClient
+
+    from daemon.http.app import HttpContext, build_app
+
+    monkeypatch.setattr(uploads, "WEDGED_GRACE_SECONDS", 0.0)
+    pool = uploads.DecodePool(1)
+    release = threading.Event()
+    stuck = pool.submit(release.wait, 30, limit_s=0.2)  # a decode that runs past its own limit
+    context = HttpContext(config=lambda: _Config(HttpRules()), healthy=lambda: True, intake=None,  # type: ignore[arg-type]
+                          requests_healthy=lambda: not pool.wedged())
+    client = TestClient(build_app(context), base_url="http://localhost")
+    try:
+        assert client.get("/healthz").json() == {"status": "ok"}
+        time.sleep(0.3)
+        answer = client.get("/healthz")
+        assert answer.status_code == 503
+        assert answer.json() == {
+            "status": "wedged", "detail": "decoding HTTP requests is stuck: a decode ran far past its time limit"}
+        release.set()
+        stuck.result(5)
+        assert client.get("/healthz").json() == {"status": "ok"}
+    finally:
+        release.set()
+        pool.shutdown()
