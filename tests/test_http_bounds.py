@@ -268,8 +268,8 @@ def test_healthz_says_503_when_request_decoding_is_stuck(monkeypatch: pytest.Mon
         time.sleep(0.3)
         answer = client.get("/healthz")
         assert answer.status_code == 503
-        assert answer.json() == {
-            "status": "wedged", "detail": "decoding HTTP requests is stuck: a decode ran far past its time limit"}
+        stuck_detail = "decoding HTTP requests is stuck: a decode ran far past its time limit"
+        assert answer.json() == {"status": "wedged", "detail": stuck_detail}
         release.set()
         stuck.result(5)
         assert client.get("/healthz").json() == {"status": "ok"}
