@@ -30,13 +30,12 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from daemon import media, pipeline, subtitles
 from daemon.config import Config, FolderRules
 from daemon.datatypes import JobState
+from daemon.hooked import OUTSIDE, Hooked, hooked_file, rename_refused
 from daemon.logs import job_log
 from daemon.queue import EnqueueOutcome, JobQueue, QueueError
 from daemon.text import printable
@@ -293,30 +292,18 @@ class Intake:
     # ------------------------------------------------------------ webhooks (the HTTP server's threads)
 
     def hooked(self, path: Path) -> Hooked:
-        """Given a file another program says is new (a path here), take it in as the watcher takes
-        an arrival: once it has settled, under the rules of the folder holding it (the `defaults`
-        outside every folder when http.accept_unwatched is set), deduplicated by content."""
-        rules = self._config.folder_for(path)
-        if rules is None:
-            return Hooked("refused", "outside every watched folder (add its folder to `folders`, fix "
-                          "http.path_map, or set http.accept_unwatched: true)")
-        if path.is_dir():
-            return Hooked("ignored", "a folder (a series or season added): its files are hooked one by one")
-        if not path.is_file():
-            return Hooked("refused", "no such file here" + _map_hint(self._config))
-        if name_verdict(path, rules.watch) is False:
-            return Hooked("ignored", "not taken by the folder's include/exclude rules or not media")
-        self.watcher.take(path, rules.watch)
-        log.info("%s: reported by a webhook; queued once it has settled", shown(path))
-        return Hooked("accepted", "")
+        """Given a file another program says is new (a path here), take it in as the watcher takes an
+        arrival: settled, deduplicated, under its folder's rules (daemon.hooked.hooked_file)."""
+        return hooked_file(self._config, self.watcher, path)
 
     def hooked_move(self, old: Path, new: Path) -> Hooked:
-        """Given a rename another program reports (paths here), let the job and sidecars follow it
-        as they follow a watched rename; a file the daemon does not know yet is taken in."""
+        """Given a rename another program reports (paths here), let the job and sidecars follow it as
+        they follow a watched rename, if it happened here (daemon.hooked.rename_refused: else refused,
+        nothing moved); a file the daemon does not know yet is taken in."""
         rules = self._config.folder_for(new)
-        if rules is None:
-            return Hooked("refused", "outside every watched folder (add its folder to `folders`, fix "
-                          "http.path_map, or set http.accept_unwatched: true)")
+        refused = rename_refused(self._config, old, new)
+        if refused is not None or rules is None:
+            return refused or OUTSIDE
         try:
             known = self._jobs.find(old) is not None
         finally:
@@ -434,21 +421,6 @@ class Intake:
             with self._copies_lock:
                 self._copies_waiting.pop(path, None)
             self._enqueue(path, folder)
-
-
-@dataclass(frozen=True)
-class Hooked:
-    """What became of a file a webhook named: accepted (queued once settled), ignored (the
-    folder's rules leave it out) or refused (it cannot be taken: why)."""
-
-    verdict: Literal["accepted", "ignored", "refused"]
-    reason: str
-
-
-def _map_hint(config: Config) -> str:
-    if config.http is not None and config.http.path_map:
-        return "; check that http.path_map maps the other program's paths to this machine's"
-    return "; if the other program sees the media under another path, map it with http.path_map"
 
 
 def _overlaps(a: Path, b: Path) -> bool:
