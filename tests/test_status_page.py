@@ -238,7 +238,8 @@ def test_the_page_says_only_its_own_messages_for_the_codes_an_action_sends_back(
         assert back.status_code == 303 and back.headers["location"] == f"/?said={code}", data
         page = client.get(back.headers["location"]).text
         assert message in page and "nope" not in page
-    back = client.post("/api/rescan", data={"path": "/elsewhere"}, headers=page_headers, follow_redirects=False)
+    back = client.post("/api/rescan", data={"path": "/elsewhere"}, headers=page_headers,
+                       follow_redirects=False)
     assert back.headers["location"] == "/?said=not-watched"
     assert "that path is in no watched folder" in client.get(back.headers["location"]).text
 
