@@ -72,7 +72,7 @@ class WaitingCopies:
 
 
 class HeldArrivals:
-    """Arrivals the queue could not record yet, oldest first, tried again on a thread of their own.
+    """Arrivals the queue could not record yet, tried again in turn on a thread of their own.
 
     `record(path, folder)` is the intake's way into the queue; it raises the same kind of error
     again while the trouble lasts (`passing_trouble`). One warning is logged per kind of trouble
@@ -91,9 +91,8 @@ class HeldArrivals:
         self._troubles: set[str] = set()  # the kinds logged since the last time nothing was held
         self._recorded = 0  # held arrivals recorded since then
         self._thread: threading.Thread | None = None
-        self._poke = threading.Event()
+        self._wake = threading.Event()  # set at stop: no pause to wait out
         self._stopping = threading.Event()
-        self.tries = 0  # how many times a held arrival was tried again (for tests and the curious)
 
     def __len__(self) -> int:
         with self._lock:
@@ -117,11 +116,6 @@ class HeldArrivals:
                         "kept and tried again, at most %g s apart, until the queue takes them",
                         shown(path), trouble, self._max_pause)
 
-    def poke(self) -> None:
-        """The queue just recorded something: try the held arrivals now, not at the end of the pause."""
-        if self._held:
-            self._poke.set()
-
     def moved(self, old: Path, new: Path) -> bool:
         """Given a rename, hold a held arrival under its new name; return whether one was held."""
         with self._lock:
@@ -133,7 +127,7 @@ class HeldArrivals:
     def stop(self, timeout: float = 2.0) -> None:
         """Try no more; wait up to `timeout` s for a try under way. What is still held is said once."""
         self._stopping.set()
-        self._poke.set()
+        self._wake.set()
         with self._lock:
             thread, left = self._thread, len(self._held)
         if thread is not None:
@@ -149,8 +143,7 @@ class HeldArrivals:
                 if self._try(*item):
                     pause = self._first_pause
                     continue
-                self._poke.wait(pause)
-                self._poke.clear()
+                self._wake.wait(pause)
                 pause = min(pause * 2, self._max_pause)
         finally:
             self._finish()
@@ -170,7 +163,6 @@ class HeldArrivals:
 
     def _try(self, path: Path, folder: Path) -> bool:
         """Given a held arrival, record it; return False if the trouble goes on (it stays held)."""
-        self.tries += 1
         recorded = False
         try:
             self._record(path, folder)
@@ -179,6 +171,9 @@ class HeldArrivals:
             trouble = passing_trouble(exc)
             if trouble is not None:
                 self.hold(path, folder, trouble)  # logs a kind of trouble not seen before
+                with self._lock:
+                    if path in self._held:  # the others' turn first: this one may be the only one stuck
+                        self._held.move_to_end(path)
                 return False
             log.exception("cannot record %s in the job queue; the next rescan tries again", shown(path))
         with self._lock:

@@ -358,8 +358,7 @@ class Intake:
                 if not _needs_work(self._jobs, self._verdicts, path, rules):
                     continue
                 considered += 1
-                # While arrivals are held, one more try would wait out the database's busy timeout.
-                outcome = self._enqueue(path, rules.path, try_now=not len(self._held))
+                outcome = self._enqueue(path, rules.path)
                 if outcome is not None and outcome.queued and on_queued is not None:
                     on_queued(path)
             if considered:
@@ -367,11 +366,13 @@ class Intake:
 
     # ------------------------------------------------------------ enqueue
 
-    def _enqueue(self, path: Path, folder: Path, *, try_now: bool = True) -> EnqueueOutcome | None:
+    def _enqueue(self, path: Path, folder: Path) -> EnqueueOutcome | None:
         """Given a media file and its watched folder, record it in the queue; return what was done,
         or None if nothing was (gone, unreadable, or held to be tried again: `HeldArrivals`)."""
-        if not try_now:
-            self._held.hold(path, folder)  # behind the others, untried: no new trouble to tell of
+        if len(self._held):
+            # Behind the others, untried: while they cannot be recorded, one more try would only
+            # wait out the database's busy timeout on this thread (the watcher's, most often).
+            self._held.hold(path, folder)
             return None
         try:
             outcome = self._record(path, folder)
@@ -381,7 +382,6 @@ class Intake:
                 raise
             self._held.hold(path, folder, trouble)
             return None
-        self._held.poke()  # the queue takes arrivals: the held ones need not wait out their pause
         return outcome
 
     def _record(self, path: Path, folder: Path) -> EnqueueOutcome | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +20,13 @@ from typing import Any
 
 import httpx
 import pytest
+from starlette.testclient import TestClient
 
+from daemon.config import load_config
+from daemon.http import HttpContext, build_app
 from daemon.http.hooks import MAX_BODY
+from daemon.intake import Intake
+from daemon.queue import JobQueue, database
 from tests.harness import Daemon, status, wait_until, write_config
 from tests.media_factory import make_media
 from tests.test_daemon_http import free_port
@@ -259,3 +265,37 @@ def test_a_refusal_repeated_is_logged_once_and_the_daemon_goes_on(world: World) 
     assert httpx.get(f"{world.url}/healthz", timeout=10).json() == {"status": "ok"}
     log = world.daemon.log()
     assert "Traceback" not in log and "Exception in ASGI" not in log, log[-3000:]
+
+
+def test_a_hook_while_the_queue_is_locked_is_503_not_500(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In process (Starlette's TestClient, a real Intake and SQLite file): the daemon's busy timeout is
+    15 s, lowered here so that another connection's exclusive lock outlasts it in a moment."""
+    monkeypatch.setattr(database, "BUSY_TIMEOUT_S", 0.2)
+    tv = tmp_path / "tv"
+    tv.mkdir()
+    (tmp_path / "config.yaml").write_text(f"state_dir: {tmp_path / 'state'}\nfolders: [{{path: {tv}}}]\n"
+                                          f"http: {{api_key: {API_KEY}}}\n")
+    config = load_config(tmp_path / "config.yaml")
+    jobs = JobQueue(config.db_path)
+    jobs.close_thread()  # this thread's connection would keep the lock below from being taken
+    intake = Intake(config, jobs)
+    app = build_app(HttpContext(config=lambda: config, healthy=lambda: True, intake=intake))
+    new = make_media(tv / "New.mkv", seconds=1)
+    rename = radarr_rename(str(tv / "Old.mkv"), str(new))
+    locker = sqlite3.connect(config.db_path, isolation_level=None)
+    try:
+        locker.execute("PRAGMA locking_mode = EXCLUSIVE")
+        locker.execute("BEGIN EXCLUSIVE")  # readers too are locked out
+        with TestClient(app, raise_server_exceptions=False) as client:
+            answer = client.post("/hooks/radarr", content=rename, headers=HEADERS)
+            assert answer.status_code == 503, answer.text
+            assert answer.json() == {"error": "the job queue cannot be used now; send it again later"}
+            locker.execute("ROLLBACK")
+            locker.close()
+            answer = client.post("/hooks/radarr", content=rename, headers=HEADERS)
+            assert answer.status_code == 200 and answer.json()["accepted"] == [str(new)], answer.text
+    finally:
+        locker.close()
+        intake.stop()
+        jobs.close()

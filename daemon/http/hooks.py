@@ -52,7 +52,7 @@ from daemon.queue import QueueError
 from daemon.text import printable
 
 log = logging.getLogger("subwatch.http")
-said = RateLimitedLog(log)  # refusals: one line per sender and kind of reason a minute
+refusals = RateLimitedLog(log)  # one line per sender and kind of reason a minute
 
 MAX_BODY = 4 * 1024 * 1024  # a webhook payload is a few kB; Plex's multipart may hold a thumbnail
 MAX_FILES = 1_000  # files in one event: a season pack is tens
@@ -90,7 +90,7 @@ def _guarded(sender: str, handler: Callable[[Request], Awaitable[Response]]
         try:
             return await handler(request)
         except BadRequest as exc:
-            said.warning((sender, exc.status, exc.kind), "%s hook: bad request: %s", sender, exc)
+            refusals.warning((sender, exc.status, exc.kind), "%s hook: bad request: %s", sender, exc)
             return _json({"error": str(exc)}, exc.status)
 
     return endpoint
@@ -188,7 +188,8 @@ class _Hooks:
         try:
             path = await run_in_threadpool(look_up, server, item)
         except Exception as exc:  # noqa: BLE001 - MediaServerError, or whatever its answer made of us
-            log.warning("%s hook: cannot look up item %s: %s", kind, item, printable(str(exc)[:500]))
+            refusals.warning((kind, "look-up"), "%s hook: cannot look up item %s: %s", kind, item,
+                             printable(str(exc)[:500]))
             return _json({"error": f"cannot look up the item on the server: {printable(str(exc)[:500])}"},
                          502)
         if path is None:
@@ -215,8 +216,7 @@ class _Hooks:
         for old, new in pairs:
             old_path, new_path = _local(old, path_map), _local(new, path_map)
             if isinstance(old_path, Hooked) or isinstance(new_path, Hooked):
-                bad = old_path if isinstance(old_path, Hooked) else new_path
-                results.append((_raw_shown(new), bad))  # type: ignore[arg-type]
+                results.append((_raw_shown(new), old_path if isinstance(old_path, Hooked) else new_path))
                 continue
             outcome = await self._intake(sender, new_path, self._context.intake.hooked_move,
                                          old_path, new_path)
@@ -236,11 +236,11 @@ class _Hooks:
             return Hooked("refused", f"cannot look at {_shown(os.fsdecode(path))} here ({what}); check "
                           "the path the other program sends", what)
         except (QueueError, sqlite3.Error) as exc:
-            said.warning((sender, "queue"), "%s hook: the job queue cannot be used now: %s", sender, exc)
+            refusals.warning((sender, "queue"), "%s hook: the job queue cannot be used now: %s", sender, exc)
             return _json({"error": "the job queue cannot be used now; send it again later"}, 503)
         except Exception:  # a fault of ours: said in full, once a minute
-            if said.warning((sender, "internal"), "%s hook: internal error taking in %s", sender,
-                            _shown(os.fsdecode(path))):
+            if refusals.warning((sender, "internal"), "%s hook: internal error taking in %s", sender,
+                                _shown(os.fsdecode(path))):
                 log.exception("%s hook: the error", sender)
             return _json({"error": "an internal error in subwatch (logged); send it again later"}, 503)
 
@@ -257,7 +257,7 @@ def _answer(sender: str, event: str, results: list[tuple[str, Hooked]]) -> Respo
             continue
         body[outcome.verdict].append({"path": shown, "reason": outcome.reason})
         level = logging.WARNING if outcome.verdict == "refused" else logging.INFO
-        said.log(level, (sender, outcome.verdict, outcome.key), "%s hook: %s %s: %s", sender,
+        refusals.log(level, (sender, outcome.verdict, outcome.key), "%s hook: %s %s: %s", sender,
                  outcome.verdict, _shown(shown), outcome.reason)
     return _json(body, 422 if body["refused"] else 200)
 
@@ -374,5 +374,5 @@ def _json(value: object, status_code: int = 200) -> Response:
 
 
 def _refuse(sender: str, kind: str, reason: str) -> Response:
-    said.warning((sender, "refused", kind), "%s hook: refused: %s", sender, reason)
+    refusals.warning((sender, "refused", kind), "%s hook: refused: %s", sender, reason)
     return _json({"error": reason}, 422)
