@@ -259,3 +259,14 @@ def test_api_bodies_and_paths_that_cannot_be_taken(setup: Setup) -> None:
         answer = client.post("/api/rescan", content=b'{"path": ' + raw.encode() + b"}", headers=headers)
         assert answer.status_code == 400, (raw[:40], answer.text)
     assert state_of(setup, "b.mkv") == "failed"  # nothing above retried anything
+
+
+def test_the_key_form_is_read_under_a_cap(setup: Setup) -> None:
+    client = setup.client
+    big = client.post("/key", content=b"apikey=" + b"k" * 10_000, follow_redirects=False,
+                      headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert big.status_code == 413 and "subwatch_key=" not in big.headers.get("set-cookie", "")
+    many = client.post("/key", data={f"f{n}": "x" for n in range(20)}, follow_redirects=False)
+    assert many.status_code == 400
+    right = client.post("/key", data={"apikey": KEY}, follow_redirects=False)
+    assert right.status_code == 303 and "subwatch_key=" in right.headers["set-cookie"]

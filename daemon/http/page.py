@@ -28,12 +28,13 @@ from urllib.parse import quote
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from daemon import __version__
 from daemon.datatypes import Job, JobState
 from daemon.http.app import COOKIE, DaemonView, HttpContext, page_cookie
+from daemon.http.body import BodyRefused, read_form
 from daemon.http.snapshot import gpu_memory, model_name, working
 from daemon.queue.stats import realtime_factors
 from daemon.text import format_duration, format_speed, printable
@@ -45,6 +46,7 @@ RECENT_DONE = 15
 FAILURES_SHOWN = 50
 NEXT_SHOWN = 10
 COOKIE_MAX_AGE = 400 * 24 * 3600  # the longest browsers keep one
+MAX_KEY_FORM = 4096  # the key prompt's form: one field
 
 _COUNT = re.compile(r"[0-9]{1,9}")  # n in /?said=: a larger one is no count of ours
 
@@ -107,7 +109,13 @@ def key_routes(context: HttpContext) -> list[BaseRoute]:
 
     async def key(request: Request) -> Response:
         http = context.config().http
-        given = str((await request.form()).get("apikey") or "")
+        try:
+            form = await read_form(request, MAX_KEY_FORM, max_fields=4, max_files=0,
+                                   max_part_size=MAX_KEY_FORM)
+        except BodyRefused as exc:
+            return JSONResponse({"error": str(exc)}, status_code=exc.status)
+        given = form.get("apikey")
+        given = given if isinstance(given, str) else ""
         if http is None or http.api_key is None:
             return RedirectResponse("/", status_code=303)
         secret = http.api_key.reveal()
