@@ -149,7 +149,8 @@ class HeldArrivals:
             self._finish()
 
     def _next(self) -> tuple[Path, Path] | None:
-        """Return the oldest held arrival, or None (the thread forgotten) when none is left or stopping."""
+        """Return the held arrival whose turn it is, or None when none is left or it is time to stop
+        (the thread ends then: a later `hold` starts another)."""
         with self._lock:
             if self._held and not self._stopping.is_set():
                 return next(iter(self._held.items()))
