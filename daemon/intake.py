@@ -13,7 +13,9 @@ The way of a file, in the order the data flows:
    runs on a thread of its folder's (`Prober`), never the watcher's
    dispatcher thread: a probe can take minutes on a slow share, and
    everything else keeps arriving meanwhile;
-4. enqueued (`JobQueue.enqueue`), which wakes the daemon's loader.
+4. enqueued (`JobQueue.enqueue`), which wakes the daemon's loader. An arrival the queue cannot
+   record for a passing reason (the database locked past its timeout, no descriptor left) is held
+   and tried again with backoff until it is (daemon.arrivals.HeldArrivals), never dropped.
 
 The intake also follows sources on disk: a deleted file's pending job goes, a
 renamed one's job follows it, and a finished file's sidecars move with it. A
@@ -25,18 +27,19 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import stat
 import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from daemon import media, pipeline, subtitles
+from daemon.arrivals import HeldArrivals, WaitingCopies, passing_trouble
 from daemon.config import Config, FolderRules
 from daemon.datatypes import JobState
+from daemon.hooked import OUTSIDE, Hooked, hooked_file, rename_refused
 from daemon.logs import job_log
 from daemon.queue import EnqueueOutcome, JobQueue, QueueError
 from daemon.text import printable
@@ -207,9 +210,8 @@ class Intake:
         self._backfilling = threading.Lock()
         self._backfill_thread: threading.Thread | None = None
         self._last_scan = 0.0
-        # Copies seen while their content's job was pending or running: path -> (folder, that job's id).
-        self._copies_waiting: dict[Path, tuple[Path, int]] = {}
-        self._copies_lock = threading.Lock()
+        self._copies = WaitingCopies()  # seen while their content's job was pending or running
+        self._held = HeldArrivals(self._record, finish=jobs.close_thread)  # the queue could not take them
 
     # ------------------------------------------------------------ lifecycle (the daemon's main thread)
 
@@ -230,7 +232,8 @@ class Intake:
         The watcher can miss events (inotify queue overflow, a share remounted
         without events): a scan every rescan_minutes catches whatever it missed.
         """
-        self._enqueue_waiting_copies()
+        for path, folder in self._copies.due(self._twin_busy):
+            self._enqueue(path, folder)
         rescan = self._config.rescan_minutes * 60
         if rescan and time.monotonic() - self._last_scan >= rescan:
             self.start_backfill()
@@ -240,6 +243,7 @@ class Intake:
         self._stopping.set()
         self.watcher.stop()
         self._prober.stop(timeout)
+        self._held.stop(timeout)
         if self._backfill_thread is not None:
             self._backfill_thread.join(timeout)
 
@@ -268,10 +272,14 @@ class Intake:
         rules = self._config.folder_for(new)
         if rules is not None and self._prober.lost(old):
             self._prober.submit(new, rules.path)  # renamed while it waited for its probe
-        with self._copies_lock:
-            if old in self._copies_waiting:
-                self._copies_waiting[new] = self._copies_waiting.pop(old)
-        job = self._jobs.move(old, new, rules.path if rules else None)
+        self._copies.moved(old, new)
+        held = self._held.moved(old, new)
+        try:
+            job = self._jobs.move(old, new, rules.path if rules else None)
+        except sqlite3.OperationalError:
+            if held:
+                return  # never recorded, the queue cannot be asked now: it is held under its new name
+            raise
         if job and rules is None:
             # Moved out of the watched folders: a worker holding it lets go.
             if self._jobs.drop(new, claimed=True) is not None:
@@ -293,30 +301,18 @@ class Intake:
     # ------------------------------------------------------------ webhooks (the HTTP server's threads)
 
     def hooked(self, path: Path) -> Hooked:
-        """Given a file another program says is new (a path here), take it in as the watcher takes
-        an arrival: once it has settled, under the rules of the folder holding it (the `defaults`
-        outside every folder when http.accept_unwatched is set), deduplicated by content."""
-        rules = self._config.folder_for(path)
-        if rules is None:
-            return Hooked("refused", "outside every watched folder (add its folder to `folders`, fix "
-                          "http.path_map, or set http.accept_unwatched: true)")
-        if path.is_dir():
-            return Hooked("ignored", "a folder (a series or season added): its files are hooked one by one")
-        if not path.is_file():
-            return Hooked("refused", "no such file here" + _map_hint(self._config))
-        if name_verdict(path, rules.watch) is False:
-            return Hooked("ignored", "not taken by the folder's include/exclude rules or not media")
-        self.watcher.take(path, rules.watch)
-        log.info("%s: reported by a webhook; queued once it has settled", shown(path))
-        return Hooked("accepted", "")
+        """Given a file another program says is new (a path here), take it in as the watcher takes an
+        arrival: settled, deduplicated, under its folder's rules (daemon.hooked.hooked_file)."""
+        return hooked_file(self._config, self.watcher, path)
 
     def hooked_move(self, old: Path, new: Path) -> Hooked:
-        """Given a rename another program reports (paths here), let the job and sidecars follow it
-        as they follow a watched rename; a file the daemon does not know yet is taken in."""
+        """Given a rename another program reports (paths here), let the job and sidecars follow it as
+        they follow a watched rename, if it happened here (daemon.hooked.rename_refused: else refused,
+        nothing moved); a file the daemon does not know yet is taken in."""
         rules = self._config.folder_for(new)
-        if rules is None:
-            return Hooked("refused", "outside every watched folder (add its folder to `folders`, fix "
-                          "http.path_map, or set http.accept_unwatched: true)")
+        refused = rename_refused(self._config, old, new)
+        if refused is not None or rules is None:
+            return refused or OUTSIDE
         try:
             known = self._jobs.find(old) is not None
         finally:
@@ -359,7 +355,7 @@ class Intake:
                     return
                 if under is not None and path != under and under not in path.parents:
                     continue
-                if not self._needs_work(path, rules, spec):
+                if not _needs_work(self._jobs, self._verdicts, path, rules):
                     continue
                 considered += 1
                 outcome = self._enqueue(path, rules.path)
@@ -368,35 +364,35 @@ class Intake:
             if considered:
                 log.info("backfill: %d file(s) in %s considered", considered, rules.path)
 
-    def _needs_work(self, path: Path, rules: FolderRules, spec: WatchSpec) -> bool:
-        """Given a file a scan found (its name not ruled out), return whether to enqueue it: the cheap
-        checks first, then, only for an extension that does not say, ffprobe."""
-        job = self._jobs.find(path)
-        if job is not None:
-            try:
-                st = path.stat()
-            except OSError:
-                return False
-            # Unchanged since we last saw it: skip without reading it for a fingerprint.
-            if job.size == st.st_size and abs(job.mtime - st.st_mtime) < 1e-3:
-                return False
-        try:
-            if subtitles.existing_subtitles(path, pipeline.output_language(rules)):
-                return False
-        except OSError as exc:
-            log.warning("cannot look for subtitles beside %s: %s; not queued this time", shown(path), exc)
-            return False
-        return name_verdict(path, spec) is True or self._verdicts.is_media(path)
-
     # ------------------------------------------------------------ enqueue
 
     def _enqueue(self, path: Path, folder: Path) -> EnqueueOutcome | None:
-        """Given a media file and its watched folder, record it in the queue; return what was done."""
+        """Given a media file and its watched folder, record it in the queue; return what was done,
+        or None if nothing was (gone, unreadable, or held to be tried again: `HeldArrivals`)."""
+        if len(self._held):
+            # Behind the others, untried: while they cannot be recorded, one more try would only
+            # wait out the database's busy timeout on this thread (the watcher's, most often).
+            self._held.hold(path, folder)
+            return None
+        try:
+            outcome = self._record(path, folder)
+        except (sqlite3.OperationalError, OSError) as exc:
+            trouble = passing_trouble(exc)
+            if trouble is None:
+                raise
+            self._held.hold(path, folder, trouble)
+            return None
+        return outcome
+
+    def _record(self, path: Path, folder: Path) -> EnqueueOutcome | None:
+        """As `_enqueue`, but raise what `passing_trouble` says may pass (the caller holds the file)."""
         try:
             outcome = self._jobs.enqueue(path, folder)
         except FileNotFoundError:
             return None  # gone before we could look: nothing to do
         except OSError as exc:
+            if passing_trouble(exc) is not None:
+                raise
             log.error("cannot queue %s: %s", shown(path), exc)
             return None
         except QueueError:
@@ -416,39 +412,35 @@ class Intake:
     def _wait_for_twin(self, path: Path, folder: Path, outcome: EnqueueOutcome) -> None:
         """A copy of content whose job is pending or running elsewhere: enqueue it again once that
         job has finished, so it gets its own sidecars (from the transcript stored then)."""
-        with self._copies_lock:
-            if path in self._copies_waiting:
-                return
-            self._copies_waiting[path] = (folder, outcome.job.id)
-        twin = printable(os.fsdecode(outcome.job.path))
-        job_log(log, "waiting", path, f"same content as {twin}, not done yet; queued once it is")
+        if self._copies.add(path, folder, outcome.job.id):
+            twin = printable(os.fsdecode(outcome.job.path))
+            job_log(log, "waiting", path, f"same content as {twin}, not done yet; queued once it is")
 
-    def _enqueue_waiting_copies(self) -> None:
-        """Enqueue again each waiting copy whose twin's job is no longer pending or running."""
-        with self._copies_lock:
-            waiting = list(self._copies_waiting.items())
-        for path, (folder, twin_id) in waiting:
-            twin = self._jobs.get(twin_id)
-            if twin is not None and twin.state in (JobState.PENDING, JobState.RUNNING):
-                continue
-            with self._copies_lock:
-                self._copies_waiting.pop(path, None)
-            self._enqueue(path, folder)
+    def _twin_busy(self, job_id: int) -> bool:
+        twin = self._jobs.get(job_id)
+        return twin is not None and twin.state in (JobState.PENDING, JobState.RUNNING)
 
 
-@dataclass(frozen=True)
-class Hooked:
-    """What became of a file a webhook named: accepted (queued once settled), ignored (the
-    folder's rules leave it out) or refused (it cannot be taken: why)."""
-
-    verdict: Literal["accepted", "ignored", "refused"]
-    reason: str
-
-
-def _map_hint(config: Config) -> str:
-    if config.http is not None and config.http.path_map:
-        return "; check that http.path_map maps the other program's paths to this machine's"
-    return "; if the other program sees the media under another path, map it with http.path_map"
+def _needs_work(jobs: JobQueue, verdicts: ProbeVerdicts, path: Path, rules: FolderRules) -> bool:
+    """Given the queue, the probe verdicts, a file a scan found (its name not ruled out) and its folder's
+    rules, return whether to enqueue it: the cheap checks first, then, only for an extension that does
+    not say, ffprobe."""
+    job = jobs.find(path)
+    if job is not None:
+        try:
+            st = path.stat()
+        except OSError:
+            return False
+        # Unchanged since we last saw it: skip without reading it for a fingerprint.
+        if job.size == st.st_size and abs(job.mtime - st.st_mtime) < 1e-3:
+            return False
+    try:
+        if subtitles.existing_subtitles(path, pipeline.output_language(rules)):
+            return False
+    except OSError as exc:
+        log.warning("cannot look for subtitles beside %s: %s; not queued this time", shown(path), exc)
+        return False
+    return name_verdict(path, rules.watch) is True or verdicts.is_media(path)
 
 
 def _overlaps(a: Path, b: Path) -> bool:

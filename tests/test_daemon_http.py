@@ -373,6 +373,37 @@ def test_radarr_download_and_rename_in_a_folder_nobody_watches_live(world: World
     assert refresh.path == "/library/sections/2/refresh?path=%2Fdata%2Fmovies%2FMovie%20%282020%29"
 
 
+def sonarr_rename(series_path: str, previous: str, relative: str) -> dict[str, Any]:
+    renamed = {**sonarr_episode_file(series_path, relative), "previousRelativePath": previous,
+               "previousPath": f"{series_path}/{previous}"}
+    return {"eventType": "Rename", "instanceName": "Sonarr", "applicationUrl": "",
+            "series": sonarr_series(series_path), "renamedEpisodeFiles": [renamed]}
+
+
+def test_a_rename_that_did_not_happen_here_moves_nothing(world: World) -> None:
+    """Issue #19: a Rename naming a real done file and a made-up new path moved the file's
+    sidecars there and dropped its job. A rename is followed only when the old path is gone and
+    the new one is a file here; otherwise it is refused, and nothing moves."""
+    season = world.tv / "Show" / "Season 01"
+    episode, sidecar = season / "Show - S01E01.mkv", season / "Show - S01E01.en.srt"
+    job = wait_for_state(world.config, "Show - S01E01.mkv", {"done"}, timeout=180)
+    (season / "notes.txt").write_text("not media, but a file\n")
+    for new, says in (("Made Up.mkv", "the new path: no such file here; nothing moved"),
+                      ("notes.txt", f"the old path {episode} is still there, so this is no rename here")):
+        answer = post(world, "/hooks/sonarr", sonarr_rename("/data/tv/Show", "Season 01/Show - S01E01.mkv",
+                                                            f"Season 01/{new}"))
+        assert answer.status_code == 422, answer.text
+        (refused,) = answer.json()["refused"]
+        assert refused["path"] == str(season / new) and refused["reason"].startswith(says), refused
+    time.sleep(SETTLE + 1.0)  # a rename let through would have moved the sidecars by now
+    assert sorted(p.name for p in season.iterdir() if p.name.startswith(("Show", "Made", "notes"))) == [
+        "Show - S01E01.en.srt", "Show - S01E01.mkv", "notes.txt"]
+    assert_says(sidecar, "pilot", "desert")
+    (still,) = [j for j in status(world.config) if j["path"] == str(episode)]
+    assert (still["id"], still["state"], still["outputs"]) == (job["id"], "done", [str(sidecar)])
+    assert not [j for j in status(world.config) if j["path"].endswith(("Made Up.mkv", "notes.txt"))]
+
+
 def test_a_path_outside_every_folder_is_refused(world: World) -> None:
     elsewhere = world.root / "elsewhere"
     elsewhere.mkdir()

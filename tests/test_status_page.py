@@ -144,7 +144,7 @@ def test_actions_from_the_page_and_from_other_sites(setup: Setup) -> None:
     back = client.post("/api/retry", data={"path": str(tv / "b.mkv")},
                        headers={"Origin": "http://subwatch.lan:9000", "Sec-Fetch-Site": "same-origin"},
                        follow_redirects=False)
-    assert back.status_code == 303 and back.headers["location"] == "/?said=1+job+queued+again"
+    assert back.status_code == 303 and back.headers["location"] == "/?said=retried&n=1"
     assert state_of(setup, "b.mkv") == "pending" and setup.woken == [True]
     assert "1 job queued again" in client.get(back.headers["location"]).text
     # JSON with the key: forget refuses the running job, forgets a done one; unknown paths say so.
@@ -208,8 +208,65 @@ def test_a_name_that_is_not_utf8_shows_and_retries_from_the_page(setup: Setup) -
     quoted = re.findall(r'name="qpath" value="([^"]*caf[^"]*)"', page.text)
     assert quoted and quoted[0].endswith("/caf%E9.mkv")
     back = client.post("/api/retry", data={"qpath": quoted[0]}, follow_redirects=False)
-    assert back.status_code == 303 and back.headers["location"] == "/?said=1+job+queued+again"
+    assert back.status_code == 303 and back.headers["location"] == "/?said=retried&n=1"
     assert setup.jobs.find(odd).state.value == "pending"  # type: ignore[union-attr]
     body = json_text({"path": os.fsdecode(odd)}).encode()  # as /api/jobs writes it: \udce9
     gone = client.post("/api/retry", content=body, headers={"X-Api-Key": KEY})
     assert gone.status_code == 404 and gone.json() == {"error": f"no failed job for {tv}/caf\\xe9.mkv"}
+
+
+def test_the_page_says_only_its_own_messages_for_the_codes_an_action_sends_back(setup: Setup) -> None:
+    client = setup.client
+    client.get(f"/?apikey={KEY}", follow_redirects=False)  # the cookie
+    # A link anyone can send: none of its text reaches the page, escaped or not.
+    for said in ("<script>alert(1)</script>", "Your key is wrong", "retried<b>"):
+        page = client.get("/", params={"said": said, "n": "3"})
+        assert page.status_code == 200 and 'id="said"' not in page.text
+        assert "alert(1)" not in page.text and "Your key is wrong" not in page.text
+    for count in ("x", "-1", "1e3", "9" * 12, ""):
+        assert 'id="said"' not in client.get("/", params={"said": "retried", "n": count}).text
+    assert "2 jobs queued again" in client.get("/?said=retried&n=2").text
+    # A refusal comes back as a code too: its message is the page's, not the path sent.
+    tv = setup.config.folders[0].path
+    page_headers = {"Origin": "http://subwatch.lan:9000", "Sec-Fetch-Site": "same-origin"}
+    for data, code, message in [
+            ({"path": str(tv / "<i>nope</i>.mkv")}, "no-such-job", "no such job"),
+            ({"path": "relative.mkv"}, "not-understood", "the request was not understood"),
+            ({"path": str(tv / "c.mkv")}, "being-transcribed", "being transcribed now")]:
+        action = "/api/forget" if code == "being-transcribed" else "/api/retry"
+        back = client.post(action, data=data, headers=page_headers, follow_redirects=False)
+        assert back.status_code == 303 and back.headers["location"] == f"/?said={code}", data
+        page = client.get(back.headers["location"]).text
+        assert message in page and "nope" not in page
+    back = client.post("/api/rescan", data={"path": "/elsewhere"}, headers=page_headers,
+                       follow_redirects=False)
+    assert back.headers["location"] == "/?said=not-watched"
+    assert "that path is in no watched folder" in client.get(back.headers["location"]).text
+
+
+def test_api_bodies_and_paths_that_cannot_be_taken(setup: Setup) -> None:
+    client, headers = setup.client, {"X-Api-Key": KEY, "Content-Type": "application/json"}
+    tv = setup.config.folders[0].path
+    big = b'{"path": "' + b"a" * 70_000 + b'"}'
+    answer = client.post("/api/retry", content=big, headers=headers)
+    assert answer.status_code == 413 and "larger than" in answer.json()["error"]
+    chunked = client.post("/api/retry", content=iter([b'{"path": "', b"a" * 70_000, b'"}']), headers=headers)
+    assert chunked.status_code == 413
+    assert client.post("/api/retry", content=b"[" * 60_000, headers=headers).status_code == 400
+    for raw in (f'"{tv}/a\\u0000.mkv"', f'"{tv}/\\ud800.mkv"', '"/' + "a/" * 3000 + '"'):
+        answer = client.post("/api/retry", content=b'{"path": ' + raw.encode() + b"}", headers=headers)
+        assert answer.status_code == 400, (raw[:40], answer.text)
+        answer = client.post("/api/rescan", content=b'{"path": ' + raw.encode() + b"}", headers=headers)
+        assert answer.status_code == 400, (raw[:40], answer.text)
+    assert state_of(setup, "b.mkv") == "failed"  # nothing above retried anything
+
+
+def test_the_key_form_is_read_under_a_cap(setup: Setup) -> None:
+    client = setup.client
+    big = client.post("/key", content=b"apikey=" + b"k" * 10_000, follow_redirects=False,
+                      headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert big.status_code == 413 and "subwatch_key=" not in big.headers.get("set-cookie", "")
+    many = client.post("/key", data={f"f{n}": "x" for n in range(20)}, follow_redirects=False)
+    assert many.status_code == 400
+    right = client.post("/key", data={"apikey": KEY}, follow_redirects=False)
+    assert right.status_code == 303 and "subwatch_key=" in right.headers["set-cookie"]

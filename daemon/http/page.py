@@ -7,7 +7,9 @@ x realtime of recent jobs. While work runs it reloads itself every few seconds (
 
 Its buttons are plain HTML forms posting to /api/* (daemon.http.api); the key travels in the
 page's cookie (daemon.http.app). Opened without the key, the page asks for it (`key_prompt`),
-and `POST /key` checks it and sets the cookie.
+and `POST /key` checks it and sets the cookie. An action comes back as `/?said=CODE&n=N`: the
+page shows the message its own table (`Said`) has for the code, and nothing for any other text,
+so a link cannot make the page say what its sender wants.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from __future__ import annotations
 import hmac
 import math
 import os
+import re
 import time
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -24,12 +28,13 @@ from urllib.parse import quote
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from daemon import __version__
 from daemon.datatypes import Job, JobState
 from daemon.http.app import COOKIE, DaemonView, HttpContext, page_cookie
+from daemon.http.body import BodyRefused, read_form
 from daemon.http.snapshot import gpu_memory, model_name, working
 from daemon.queue.stats import realtime_factors
 from daemon.text import format_duration, format_speed, printable
@@ -41,6 +46,53 @@ RECENT_DONE = 15
 FAILURES_SHOWN = 50
 NEXT_SHOWN = 10
 COOKIE_MAX_AGE = 400 * 24 * 3600  # the longest browsers keep one
+MAX_KEY_FORM = 4096  # the key prompt's form: one field
+
+_COUNT = re.compile(r"[0-9]{1,9}")  # n in /?said=: a larger one is no count of ours
+
+
+class Said(str, Enum):
+    """What an action of the page did, as its redirect back says it (`/?said=CODE&n=N`)."""
+
+    RETRIED = "retried"
+    FORGOT = "forgot"
+    RESCANNED = "rescanned"
+    NO_SUCH_JOB = "no-such-job"
+    BEING_TRANSCRIBED = "being-transcribed"
+    NOT_WATCHED = "not-watched"
+    NOT_UNDERSTOOD = "not-understood"
+    TRY_AGAIN = "try-again"
+    FAILED = "failed"
+
+
+_SAID: dict[Said, str] = {  # {n}: the count the redirect carries
+    Said.RETRIED: "{n} job{s} queued again",
+    Said.FORGOT: "the job was forgotten",
+    Said.RESCANNED: "rescan queued {n} file{s}",
+    Said.NO_SUCH_JOB: "no such job (it may have finished or been forgotten meanwhile)",
+    Said.BEING_TRANSCRIBED: "that file is being transcribed now; forget it once it is done",
+    Said.NOT_WATCHED: "that path is in no watched folder",
+    Said.NOT_UNDERSTOOD: "the request was not understood",
+    Said.TRY_AGAIN: "the job queue cannot be used now; try again in a moment",
+    Said.FAILED: "that could not be done; the daemon's log says why",
+}
+
+
+def said_text(code: str | None, count: str | None) -> str | None:
+    """Given the `said` and `n` of the page's address, return the message for the code, or None for a
+    code that is not one of ours (or a message that needs a count without a valid one)."""
+    try:
+        said = Said(code)
+    except ValueError:
+        return None
+    message = _SAID[said]
+    if "{n}" not in message:
+        return message
+    if count is None or not _COUNT.fullmatch(count):
+        return None
+    n = int(count)
+    return message.format(n=n, s="" if n == 1 else "s")
+
 
 _env = Environment(loader=PackageLoader("daemon.http", "templates"), autoescape=select_autoescape(["html"]),
                    trim_blocks=True, lstrip_blocks=True)
@@ -57,7 +109,13 @@ def key_routes(context: HttpContext) -> list[BaseRoute]:
 
     async def key(request: Request) -> Response:
         http = context.config().http
-        given = str((await request.form()).get("apikey") or "")
+        try:
+            form = await read_form(request, MAX_KEY_FORM, max_fields=4, max_files=0,
+                                   max_part_size=MAX_KEY_FORM)
+        except BodyRefused as exc:
+            return JSONResponse({"error": str(exc)}, status_code=exc.status)
+        given = form.get("apikey")
+        given = given if isinstance(given, str) else ""
         if http is None or http.api_key is None:
             return RedirectResponse("/", status_code=303)
         secret = http.api_key.reveal()
@@ -83,7 +141,7 @@ def page_routes(context: HttpContext, daemon: DaemonView) -> list[BaseRoute]:
             # Opened as /?apikey=KEY (the gate checked it): keep it in the cookie, off the address bar.
             return _with_cookie(RedirectResponse("/", status_code=303), request, http.api_key.reveal())
         view = await run_in_threadpool(build_view, context, daemon)
-        view["said"] = request.query_params.get("said")
+        view["said"] = said_text(request.query_params.get("said"), request.query_params.get("n"))
         html = _env.get_template("page.html").render(**view)
         return HTMLResponse(html, headers=_NO_STORE)
 

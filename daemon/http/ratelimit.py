@@ -1,31 +1,71 @@
-"""Log lines that a stranger's requests cause, limited: one per kind per minute, with a count of the rest."""
+"""Log lines about what outsiders send, bounded: one line per kind of thing per window.
+
+A client that sends the same bad request a thousand times a second must not write a thousand
+lines a second to the journal. `RateLimitedLog.warning(key, msg, *args)` logs the first line of
+each `key` per window, counts the rest, and says how many were left out on the next line of that
+key ("... (and 312 more like it since the last such line)").
+
+The key is the kind of line (a sender and a reason, never a path or anything else the sender
+chooses freely); at most `MAX_KEYS` keys are remembered, the oldest forgotten first, so a sender
+that varies it cannot grow the memory either.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+
+MAX_KEYS = 1_024
+
+
+@dataclass
+class _Window:
+    started: float  # when the line that opened it was logged
+    suppressed: int = 0  # lines of this key left out since
 
 
 class RateLimitedLog:
-    """Logs the first line of each `key` in a window of `per_seconds`, and counts the rest into the next."""
+    """Logs through `logger` at most one line per key per `per_seconds`; thread-safe."""
 
-    def __init__(self, logger: logging.Logger, per_seconds: float = 60.0) -> None:
-        self._log = logger
-        self._per = per_seconds
+    def __init__(self, logger: logging.Logger, per_seconds: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic, max_keys: int = MAX_KEYS) -> None:
+        self._logger = logger
+        self._per_seconds = per_seconds
+        self._clock = clock
+        self._max_keys = max_keys
         self._lock = threading.Lock()
-        self._last: dict[str, float] = {}
-        self._held: dict[str, int] = {}
+        self._windows: OrderedDict[Hashable, _Window] = OrderedDict()
 
-    def warning(self, key: str, message: str, *args: object) -> None:
-        now = time.monotonic()
+    def warning(self, key: Hashable, msg: str, *args: object) -> bool:
+        """Given the kind of line and its text, log it at WARNING unless one of its kind was logged
+        within the window; return whether it was logged."""
+        return self.log(logging.WARNING, key, msg, *args)
+
+    def info(self, key: Hashable, msg: str, *args: object) -> bool:
+        """As `warning`, at INFO."""
+        return self.log(logging.INFO, key, msg, *args)
+
+    def log(self, level: int, key: Hashable, msg: str, *args: object) -> bool:
+        """Given a level, the kind of line and its text, log it unless one of its kind was logged
+        within the window (then count it); return whether it was logged."""
+        if not self._logger.isEnabledFor(level):
+            return False
+        now = self._clock()
         with self._lock:
-            last = self._last.get(key)
-            if last is not None and now - last < self._per:
-                self._held[key] = self._held.get(key, 0) + 1
-                return
-            self._last[key] = now
-            held = self._held.pop(key, 0)
-        if held:
-            message += f" (and {held} more like it since the last such line)"
-        self._log.warning(message, *args)
+            window = self._windows.get(key)
+            if window is not None and now - window.started < self._per_seconds:
+                window.suppressed += 1
+                return False
+            left_out = window.suppressed if window is not None else 0
+            self._windows[key] = _Window(now)
+            self._windows.move_to_end(key)
+            while len(self._windows) > self._max_keys:
+                self._windows.popitem(last=False)
+        if left_out:
+            msg = f"{msg} (and {left_out} more like it since the last such line)"
+        self._logger.log(level, msg, *args)
+        return True

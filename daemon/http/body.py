@@ -1,0 +1,80 @@
+"""Request bodies read under a cap: a declared length over it is refused before a byte is read, and
+a body sent in chunks (or longer than it said) is cut off as soon as it passes the cap.
+
+Starlette's `request.body()` and `request.form()` read whatever comes, and its multipart parser
+spools file parts to disk without a limit; everything here reads through `read_body` first.
+"""
+
+from __future__ import annotations
+
+from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.types import Message
+
+
+class BodyRefused(Exception):
+    """The body cannot be taken: `status` 413 (too large) or 400 (a malformed length, a sender gone)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """Given a request and the most bytes its body may have, return the body.
+
+    Raise BodyRefused(413) if its Content-Length says more than `limit` (nothing is read then) or
+    if more than `limit` bytes come, and BodyRefused(400) if Content-Length is not a number or the
+    sender went away mid-body.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        declared = declared.strip()
+        if not (declared.isascii() and declared.isdigit()):
+            raise BodyRefused(400, "the Content-Length header is not a number")
+        if len(declared) > 18 or int(declared) > limit:
+            raise BodyRefused(413, _too_large(limit))
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:  # chunked, or longer than it said: stop reading now
+                raise BodyRefused(413, _too_large(limit))
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise BodyRefused(400, "the sender went away before the body was complete") from None
+    return b"".join(chunks)
+
+
+async def read_form(request: Request, limit: int, *, max_fields: int, max_files: int,
+                    max_part_size: int) -> FormData:
+    """Given a multipart or urlencoded request and the most bytes its body may have, return its
+    fields (close the form's files when done: `await form.close()`).
+
+    The whole body is read under `limit` first (see `read_body`), so the parser spools no more than
+    that to disk. Raise BodyRefused as `read_body` does, and BodyRefused(400) if the form is malformed
+    or has more fields, files or bigger parts than allowed.
+    """
+    body = await read_body(request, limit)
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        return await Request(request.scope, replay).form(
+            max_fields=max_fields, max_files=max_files, max_part_size=max_part_size)
+    except HTTPException as exc:  # Starlette's answer to a malformed or oversized form
+        raise BodyRefused(400, f"the form cannot be read: {exc.detail}") from None
+    except (ValueError, UnicodeError) as exc:
+        raise BodyRefused(400, f"the form cannot be read: {exc}") from None
+
+
+def _too_large(limit: int) -> str:
+    return f"the body is larger than the {limit // 1024} kB this endpoint takes"
