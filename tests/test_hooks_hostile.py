@@ -90,7 +90,7 @@ def radarr_rename(previous: Any, path: Any) -> str:
 
 def raw_request(world: World, sender: str, headers: str, body: bytes = b"") -> str:
     """Send a POST to a hook as bytes on a socket and return the answer's status line (10 s at most)."""
-    head = f"POST /hooks/{sender} HTTP/1.1\r\nHost: x\r\nX-Api-Key: {API_KEY}\r\n{headers}\r\n"
+    head = f"POST /hooks/{sender} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Api-Key: {API_KEY}\r\n{headers}\r\n"
     with socket.create_connection(("127.0.0.1", world.port), timeout=10) as sock:
         sock.sendall(head.encode() + body)
         answer = b""

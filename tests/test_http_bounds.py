@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from daemon.config import HttpRules, Secret
+from daemon.http import body as http_body
 from daemon.http import server as http_server
 from daemon.http import uploads
 from daemon.http.app import ApiKeyGate
@@ -39,7 +40,7 @@ def _app(rules: HttpRules, work_dir: Path):  # noqa: ANN202 - a Starlette app
             async with uploads.saved_upload(request, "audio_file", 1000, "test limit", work_dir) as saved:
                 return JSONResponse({"size": saved.size, "name": saved.filename,
                                      "content": saved.path.read_bytes().decode()})
-        except uploads.UploadRefused as exc:
+        except http_body.BodyRefused as exc:
             return JSONResponse({"detail": str(exc)}, status_code=exc.status)
 
     app = Starlette(routes=[Route("/healthz", echo), Route("/asr", upload, methods=["POST"]),
@@ -57,8 +58,8 @@ class _Config:
 def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, int]]:
     monkeypatch.setattr(http_server, "HEADER_SECONDS", 1.0)
     monkeypatch.setattr(http_server, "MAX_CONNECTIONS", 40)
-    monkeypatch.setattr(uploads, "GRACE_SECONDS", 1.0)
-    monkeypatch.setattr(uploads, "MIN_BYTES_PER_SECOND", 100)
+    monkeypatch.setattr(http_body, "GRACE_SECONDS", 1.0)
+    monkeypatch.setattr(http_body, "MIN_BYTES_PER_SECOND", 100)
     rules = HttpRules(port=0, allowed_hosts=("subwatch.lan",))
     server = HttpServer(_app(rules, tmp_path / "work"), rules)
     server.start()
@@ -242,7 +243,7 @@ def test_waiting_for_an_upload_turn_is_bounded(monkeypatch: pytest.MonkeyPatch) 
             try:
                 async with gate.turn():
                     return 200
-            except uploads.UploadRefused as exc:
+            except http_body.BodyRefused as exc:
                 assert exc.retry_after == 30
                 return exc.status
 

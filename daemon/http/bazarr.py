@@ -46,7 +46,8 @@ from daemon.asr import (
 )
 from daemon.config import Config, HttpRules
 from daemon.http.app import has_key
-from daemon.http.uploads import DecodePool, Upload, UploadGate, UploadRefused, saved_upload, unless_gone
+from daemon.http.body import BodyRefused
+from daemon.http.uploads import DecodePool, Upload, UploadGate, saved_upload, unless_gone
 from daemon.languages import LANGUAGES, WHISPER_CODES
 
 log = logging.getLogger("subwatch.http")
@@ -114,7 +115,7 @@ class RequestSide:
         async def endpoint(request: Request) -> Response:
             try:
                 return await handler(request)
-            except (BadRequest, UploadRefused) as exc:
+            except (BadRequest, BodyRefused) as exc:
                 return _problem(exc.status, str(exc), getattr(exc, "retry_after", None))
             except LaneFull as exc:
                 return _problem(503, str(exc), exc.retry_after)

@@ -1,9 +1,8 @@
 """Bodies a stranger sends, read under limits: bytes, time, how many at once, and where they go.
 
-An upload (Bazarr's audio, a file for /asr) is streamed to a temporary file on disk under a byte
-counter: never held whole in memory, never more than the limit whatever Content-Length says, and
-cut off when it arrives slower than MIN_BYTES_PER_SECOND on average after a grace of GRACE_SECONDS
-(a body dripped a byte at a time would otherwise hold its connection and slot for ever). At most
+An upload (Bazarr's audio, a file for /asr) is streamed to a temporary file on disk under
+daemon.http.body's byte counter and minimum rate: never held whole in memory, never more than the
+limit whatever Content-Length says, cut off when it comes too slowly. At most
 UPLOADS_AT_ONCE bodies are read at once; a request that waits longer than SLOT_WAIT_SECONDS for a
 turn is answered 503.
 
@@ -30,24 +29,15 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartParser
 from starlette.requests import Request
 
+from daemon.http.body import BodyRefused, limited_stream
+
 T = TypeVar("T")
 
 COPY_BYTES = 1024 * 1024
-GRACE_SECONDS = 30.0
-MIN_BYTES_PER_SECOND = 64 * 1024
 UPLOADS_AT_ONCE = 8
 SLOT_WAIT_SECONDS = 30.0
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around the audio
 WEDGED_GRACE_SECONDS = 60.0  # a decode this long past its own time limit means the pool is stuck
-
-
-class UploadRefused(Exception):
-    """The body cannot be taken; `status` is the answer's code (400, 408, 413, 503)."""
-
-    def __init__(self, message: str, status: int, retry_after: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -67,43 +57,15 @@ class UploadGate:
 
     @contextlib.asynccontextmanager
     async def turn(self) -> AsyncIterator[None]:
-        """Wait for a turn to read a body. Raise UploadRefused (503) after SLOT_WAIT_SECONDS."""
+        """Wait for a turn to read a body. Raise BodyRefused (503) after SLOT_WAIT_SECONDS."""
         try:
             await asyncio.wait_for(self._slots.acquire(), SLOT_WAIT_SECONDS)
         except TimeoutError:
-            raise UploadRefused("too many uploads at once; try again shortly", 503, retry_after=30) from None
+            raise BodyRefused(503, "too many uploads at once; try again shortly", retry_after=30) from None
         try:
             yield
         finally:
             self._slots.release()
-
-
-def check_declared_length(request: Request, limit: int, what: str) -> None:
-    """Raise UploadRefused (413) if the request's Content-Length is over `limit`, before any byte is read."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise UploadRefused(f"the body is {_size(int(declared))}, over the {_size(limit)} {what}", 413)
-
-
-async def limited_stream(request: Request, limit: int, what: str) -> AsyncIterator[bytes]:
-    """Yield the request body's chunks. Raise UploadRefused: 413 past `limit` bytes (`what` names the
-    limit), 408 when the body comes slower than MIN_BYTES_PER_SECOND on average after GRACE_SECONDS."""
-    check_declared_length(request, limit, what)
-    started = time.monotonic()
-    received = 0
-    chunks = request.stream().__aiter__()
-    while True:
-        allowed = started + GRACE_SECONDS + received / MIN_BYTES_PER_SECOND - time.monotonic()
-        try:
-            chunk = await asyncio.wait_for(chunks.__anext__(), max(allowed, 0.001))
-        except StopAsyncIteration:
-            return
-        except TimeoutError:
-            raise UploadRefused("the body arrived too slowly; send it at LAN speed", 408) from None
-        received += len(chunk)
-        if received > limit:
-            raise UploadRefused(f"the body is over the {_size(limit)} {what}", 413)
-        yield chunk
 
 
 def _size(count: int) -> str:
@@ -115,24 +77,28 @@ async def saved_upload(request: Request, field: str, limit: int, what: str,
                        work_dir: Path) -> AsyncIterator[Upload]:
     """Save the multipart file field `field` to a temporary file in `work_dir`; remove it on exit.
 
-    Raise UploadRefused: 400 for a body that is not multipart/form-data, 422 if it lacks the field,
-    and the codes of `limited_stream`.
+    Raise BodyRefused: 400 for a body that is not multipart/form-data, 422 if it lacks the field,
+    and the codes of body.limited_stream (`what` names the limit).
     """
     needed = f"the body must be multipart/form-data with the audio in field {field!r}"
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-        raise UploadRefused(needed, 400)
-    parser = MultiPartParser(request.headers, limited_stream(request, limit, what),
+        raise BodyRefused(400, needed)
+    too_large = f"the body is over the {_size(limit)} {what}"
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and len(declared) <= 18 and int(declared) > limit:
+        too_large = f"the body is {_size(int(declared))}, over the {_size(limit)} {what}"
+    parser = MultiPartParser(request.headers, limited_stream(request, limit, too_large),
                              max_files=1, max_fields=16, max_part_size=64 * 1024)
     try:
         form = await parser.parse()
-    except UploadRefused:
+    except BodyRefused:
         raise
     except Exception as exc:  # a broken body: python-multipart's and Starlette's own errors
-        raise UploadRefused(f"{needed} ({exc})", 400) from None
+        raise BodyRefused(400, f"{needed} ({exc})") from None
     try:
         upload = form.get(field)
         if not isinstance(upload, UploadFile):
-            raise UploadRefused(f"multipart field {field!r} with the audio is missing", 422)
+            raise BodyRefused(422, f"multipart field {field!r} with the audio is missing")
         work_dir.mkdir(parents=True, exist_ok=True)
         handle, name = tempfile.mkstemp(prefix="upload-", dir=work_dir)
         path = Path(name)
