@@ -47,10 +47,12 @@ from daemon.asr import (
 from daemon.config import Config, HttpRules
 from daemon.http.app import has_key
 from daemon.http.body import BodyRefused
+from daemon.http.ratelimit import RateLimitedLog
 from daemon.http.uploads import DecodePool, Upload, UploadGate, saved_upload, unless_gone
 from daemon.languages import LANGUAGES, WHISPER_CODES
 
 log = logging.getLogger("subwatch.http")
+_refusals = RateLimitedLog(log)
 
 FIELD = "audio_file"
 ENGINE = "subwatch"  # whisper-asr-webservice's Asr-Engine header names its backend
@@ -258,7 +260,8 @@ def _gone() -> Response:
 
 
 def _problem(status: int, message: str, retry_after: int | None = None) -> Response:
-    """An error answer: whisper-asr-webservice's (FastAPI's) shape, {"detail": "..."}."""
-    log.info("HTTP %d: %s", status, message)
+    """An error answer: whisper-asr-webservice's (FastAPI's) shape, {"detail": "..."}; logged once a
+    minute per status, since anyone may send these."""
+    _refusals.info(status, "HTTP %d: %s", status, message)
     headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
     return JSONResponse({"detail": message}, status_code=status, headers=headers)
