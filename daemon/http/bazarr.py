@@ -48,7 +48,14 @@ from daemon.config import Config, HttpRules
 from daemon.http.app import has_key
 from daemon.http.body import BodyRefused
 from daemon.http.ratelimit import RateLimitedLog
-from daemon.http.uploads import DecodePool, Upload, UploadGate, saved_upload, unless_gone
+from daemon.http.uploads import (
+    MULTIPART_OVERHEAD,
+    DecodePool,
+    Upload,
+    UploadGate,
+    saved_upload,
+    unless_gone,
+)
 from daemon.languages import LANGUAGES, WHISPER_CODES
 
 log = logging.getLogger("subwatch.http")
@@ -85,7 +92,7 @@ class RequestLimits:
     def of(cls, http: HttpRules) -> RequestLimits:
         seconds = http.max_audio_hours * 3600
         # Raw PCM is the largest form of the audio anyone sends (Bazarr's); compressed files are smaller.
-        return cls(seconds, int(seconds * PCM_BYTES_PER_SECOND) + 64 * 1024, 120 + seconds / 10)
+        return cls(seconds, int(seconds * PCM_BYTES_PER_SECOND) + MULTIPART_OVERHEAD, 120 + seconds / 10)
 
 
 class RequestSide:

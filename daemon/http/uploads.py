@@ -8,7 +8,7 @@ turn is answered 503.
 
 Decoding (ffmpeg, or raw PCM to float32) runs in a `DecodePool` of its own threads, so a slow
 decode can hold neither the event loop nor the threads other routes use; the pool says when it is
-wedged (a decode running or waiting far past any decode's time limit) for /healthz.
+wedged (a decode running far past its time limit) for /healthz.
 """
 
 from __future__ import annotations
