@@ -92,7 +92,9 @@ class RequestLimits:
     def of(cls, http: HttpRules) -> RequestLimits:
         seconds = http.max_audio_hours * 3600
         # Raw PCM is the largest form of the audio anyone sends (Bazarr's); compressed files are smaller.
-        return cls(seconds, int(seconds * PCM_BYTES_PER_SECOND) + MULTIPART_OVERHEAD, 120 + seconds / 10)
+        return cls(seconds, int(seconds * PCM_BYTES_PER_SECOND) + MULTIPART_OVERHEAD,
+                   # Past the time limits of its probe and decode (daemon.media.tool), with room.
+                   300 + seconds / 5)
 
 
 class RequestSide:
