@@ -72,8 +72,8 @@ class GuardedH11Protocol(H11Protocol):
             self._cancel_head_timer()
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if not self.transport.is_closing():
+        super().on_response_complete()  # may already start a pipelined request: then no deadline
+        if not self.transport.is_closing() and self.waiting_for_head():
             self._arm_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
