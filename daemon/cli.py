@@ -247,6 +247,10 @@ def _transcribe_file(path: Path, rules: FolderRules, models_dir: Path, engine: s
     except (media.MediaError, ModelNotFound, DeviceUnavailable, subtitles.SidecarFolderError) as exc:
         print(f"{path}: {exc}", file=sys.stderr)
         return False
+    if result.note:  # no speech found: nothing written, which is this run's answer, not a failure
+        print(f"{path.name}: {result.note} in {format_duration(result.media_duration)}; "
+              "no subtitles written", file=sys.stderr)
+        return True
     for kept in result.kept:
         print(f"{kept}: exists and was kept (use --overwrite to replace it)", file=sys.stderr)
     for output in result.outputs:
@@ -436,6 +440,10 @@ def _rewrite_job(queue: JobQueue, config: Config, job: Job) -> _Outcome:
         prepared = pipeline.reuse(job.path, rules, transcript)
         ledger = SidecarLedger(queue)
         result = pipeline.complete(prepared, transcript, ledger.for_job(job.id))
+        if result.note:
+            # No speech found: nothing was written, and the job's sidecars, if an earlier run left
+            # any, are not removed as stale: they are subtitles, which an empty track is not.
+            return _Outcome(True, f"{result.note}; nothing to write")
         queue.set_outputs(job.id, result.outputs)
         removed, left = ledger.remove_stale(job.id, result.outputs + result.kept)
     except media.MediaGone:

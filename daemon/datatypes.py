@@ -189,6 +189,7 @@ class JobResult:
     kept: tuple[Path, ...] = field(default=())  # sidecars left alone because the user owns them
     transcript: Transcript | None = None  # what the sidecars were written from, stored by the queue
     transcript_key: TranscriptKey | None = None  # the rules that shaped it
+    note: str | None = None  # why a done job has no sidecars (pipeline.NO_SPEECH); the queue keeps it
 
 
 # File extensions (case-folded, without the dot) that are media by their name alone: the watcher

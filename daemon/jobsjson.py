@@ -34,7 +34,8 @@ def job_json(job: Job) -> dict[str, Any]:
         "attempts": job.attempts,
         "suspect": job.suspect,
         "crashes": job.crashes,
-        "error": job.error,
+        # A done job's `error` column holds its note ("no speech found"), shown as `note`, never as an error.
+        "error": None if job.state is JobState.DONE else job.error,
         "language": job.language,
         "language_probability": job.language_probability,
         "outputs": [str(p) for p in job.outputs],
@@ -45,6 +46,7 @@ def job_json(job: Job) -> dict[str, Any]:
         "size": job.size,
         "created_at": job.created_at,
         "updated_at": job.updated_at,
+        "note": job.error if job.state is JobState.DONE else None,
     }
 
 

@@ -84,6 +84,7 @@ class Event:
     elapsed: float | None = None  # seconds the job took
     model: str | None = None
     error: str | None = None
+    note: str | None = None  # a done job's note: "no speech found" (no sidecars were written)
     urls: tuple[str, ...] = ()
     key: int | None = None  # the queue's outbox row for it: reported settled once sent or given up
 
@@ -168,7 +169,10 @@ def format_done(event: Event) -> tuple[str, str]:
         speed = format_speed(event.media_duration or 0.0, event.elapsed)
         lines.append(f"Took {format_elapsed(event.elapsed)}" + (f" ({speed} realtime)" if speed else ""))
     lines.append(printable(str(event.path)))
-    return f"Subtitles ready: {printable(event.path.stem)}", "\n".join(lines)
+    if event.note:  # nothing was written: the title and the body say so first
+        lines.insert(1, f"{printable(event.note).capitalize()}; no subtitles were written")
+    title = printable(event.note).capitalize() if event.note else "Subtitles ready"
+    return f"{title}: {printable(event.path.stem)}", "\n".join(lines)
 
 
 def format_failed(event: Event) -> tuple[str, str]:
@@ -195,7 +199,7 @@ def format_digest(events: Sequence[Event]) -> tuple[str, str]:
         lines = [f"- {printable(e.path.name)}: {one_line(e.error)}" for e in failed]
         sections.append("Failed:\n" + "\n".join(_truncated(lines)))
     if done:
-        lines = [f"- {printable(e.path.name)}" for e in done]
+        lines = [f"- {printable(e.path.name)}" + (f": {printable(e.note)}" if e.note else "") for e in done]
         sections.append("Done:\n" + "\n".join(_truncated(lines)))
     return f"Subtitles: {', '.join(counts)}", "\n\n".join(sections)
 

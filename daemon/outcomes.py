@@ -21,6 +21,7 @@ from daemon.datatypes import Job, JobResult, JobState
 from daemon.logs import done_details, job_log
 from daemon.notify import Event, Notifier
 from daemon.queue import JobQueue, Notice, QueueError
+from daemon.text import format_duration
 
 log = logging.getLogger("subwatch")
 
@@ -96,11 +97,16 @@ class Outcomes:
 
     def done(self, job: Job, item: pipeline.Prepared, result: JobResult) -> None:
         done = self.jobs.finish(job.id, result)
-        details = done_details(result.language, result.media_duration, result.elapsed,
-                               done.uncovered_seconds, reused=item.transcript is not None)
+        reused = item.transcript is not None
+        if result.note:  # no speech found: nothing written, so no timing or language worth a line
+            details = f"{result.note} ({format_duration(result.media_duration)} of audio)"
+            details += "  from the stored transcript (no decoding)" if reused else ""
+        else:
+            details = done_details(result.language, result.media_duration, result.elapsed,
+                                   done.uncovered_seconds, reused=reused)
         job_log(log, "done", job.path, details, done.id)
         self.notify_owed()
-        if result.outputs:
+        if result.outputs:  # media servers are told only of sidecars written (none without speech)
             self._sidecars_written(done.id, list(result.outputs))
 
     def failed(self, job: Job, error: str, *, permanent: bool) -> None:
@@ -138,7 +144,10 @@ class Outcomes:
         return Event(
             kind=notice.kind, path=notice.path, language=notice.language,
             media_duration=notice.media_duration, elapsed=notice.elapsed,
-            model=rules.transcribe.model if rules else None, error=notice.error,
+            model=rules.transcribe.model if rules else None,
+            # A done job's `error` is its note (no speech found): see JobQueue.finish.
+            error=notice.error if notice.kind == "failed" else None,
+            note=notice.error if notice.kind == "done" else None,
             urls=self._targets(rules) if rules else (), key=notice.id,
         )
 

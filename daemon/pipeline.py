@@ -9,6 +9,10 @@ A file whose content already has a stored transcript for its folder's rules (a
 copy of a finished file) is only probed: `prepare(..., stored=…)` returns it
 without audio, and `complete` writes its sidecars from that transcript. So
 does `reuse`, for `subwatch rewrite`.
+
+A transcript with nothing to show (no speech found) gets no sidecars at all: an empty
+.srt/.vtt would be listed by media servers as a subtitle track. Its job ends done with the
+note NO_SPEECH; the transcript is still stored, so a copy is answered from it the same way.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from daemon.options import FolderRules
 from daemon.text import format_duration
 
 log = logging.getLogger("subwatch.pipeline")
+
+NO_SPEECH = "no speech found"  # the note of a done job with nothing to show (JobResult.note)
 
 
 class Skip(Exception):
@@ -145,7 +151,8 @@ def complete(prepared: Prepared, transcript: Transcript, sidecars: subtitles.Sid
     `SidecarLedger.for_job`, or `subtitles.Unrecorded`), write them and return the job's result.
 
     A sidecar path that holds a subtitle subwatch did not write (or one the user
-    edited) is left untouched and reported in `kept`. Raise
+    edited) is left untouched and reported in `kept`. A transcript with no cues to
+    show writes nothing and returns the result noted NO_SPEECH. Raise
     subtitles.SidecarFolderError if a sidecar's folder cannot be made.
     """
     layout = prepared.rules.subtitles
@@ -154,6 +161,11 @@ def complete(prepared: Prepared, transcript: Transcript, sidecars: subtitles.Sid
     cues = subtitles.build_cues(
         transcript.segments, layout.cues, media_duration=media_end(prepared), language=transcript.language,
     )
+    if not cues:
+        # Nothing is written, and nothing is removed either: a sidecar already there (the user's,
+        # or one subwatch wrote for an earlier version of the file, which the ledger still
+        # tracks) stays as it is; an empty subtitle would be worse than an old one.
+        return _result(prepared, transcript, (), (), note=NO_SPEECH)
     written, kept = [], []
     for fmt in layout.formats:
         target = subtitles.sidecar_path(prepared.path, transcript.language, fmt, layout.naming)
@@ -162,13 +174,19 @@ def complete(prepared: Prepared, transcript: Transcript, sidecars: subtitles.Sid
         else:
             log.warning("kept %s: it is not a subtitle subwatch wrote", target)
             kept.append(target)
+    return _result(prepared, transcript, tuple(written), tuple(kept))
+
+
+def _result(prepared: Prepared, transcript: Transcript, written: tuple[Path, ...], kept: tuple[Path, ...],
+            note: str | None = None) -> JobResult:
     return JobResult(
         language=transcript.language,
         language_probability=transcript.language_probability,
         media_duration=prepared.info.duration or _audio_seconds(prepared),
         elapsed=time.monotonic() - prepared.started,
-        outputs=tuple(written),
-        kept=tuple(kept),
+        outputs=written,
+        kept=kept,
         transcript=transcript,
         transcript_key=prepared.rules.transcript_key,
+        note=note,
     )

@@ -323,7 +323,8 @@ def test_rewrite_reports_what_it_cannot_do_and_exits_1(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- the host: secrets on disk, descriptors
 
-API_KEY, TOKEN, PASSWORD = "k3y-0f-the-http-side-abcdef-0123456789", "jellyfin-t0ken-123456", "s3cret-mail-pass"
+API_KEY = "k3y-0f-the-http-side-abcdef-0123456789"
+TOKEN, PASSWORD = "jellyfin-t0ken-123456", "s3cret-mail-pass"
 
 
 def secret_config(tmp_path: Path) -> Path:

@@ -270,3 +270,23 @@ def test_the_key_form_is_read_under_a_cap(setup: Setup) -> None:
     assert many.status_code == 400
     right = client.post("/key", data={"apikey": KEY}, follow_redirects=False)
     assert right.status_code == 303 and "subwatch_key=" in right.headers["set-cookie"]
+
+
+def test_a_done_job_without_speech_shows_its_note_on_the_page_and_in_the_api(setup: Setup) -> None:
+    running = setup.jobs.claim()  # d.mkv
+    assert running is not None
+    setup.jobs.finish(running.id, JobResult("de", None, 20.0, 2.0, note="no speech found"))
+    client = setup.client
+    client.get(f"/?apikey={KEY}", follow_redirects=False)
+    done = re.search(r'<section id="done"(.*?)</section>', client.get("/").text, re.S)
+    assert done is not None
+    rows = {" ".join(re.sub(r"<[^>]+>", " ", row).split())
+            for row in re.findall(r'<tr class="done-job">(.*?)</tr>', done.group(1), re.S)}
+    assert any(row.startswith("d.mkv") and row.endswith("no speech found") for row in rows), rows
+    assert any(row.startswith("a.mkv") and row.endswith("a.de.srt") for row in rows), rows  # no note
+    jobs = {Path(j["path"]).name: j for j in client.get("/api/jobs", headers={"X-Api-Key": KEY}).json()}
+    quiet = jobs["d.mkv"]
+    assert (quiet["state"], quiet["note"], quiet["error"]) == ("done", "no speech found", None)
+    assert quiet["outputs"] == []
+    assert jobs["a.mkv"]["note"] is None and jobs["b.mkv"]["note"] is None  # done with sidecars; failed
+    assert jobs["b.mkv"]["error"].startswith("not a media file")  # a failure's error is unchanged

@@ -226,6 +226,7 @@ def _done(job: Job, finished_at: float) -> dict[str, Any]:
         "duration": format_duration(media), "taken": format_duration(taken),
         "speed": format_speed(media, taken) or "?", "when": _ago(finished_at),
         "sidecars": [printable(os.fsdecode(p.name)) for p in job.outputs],
+        "note": printable(job.error or ""),  # a done job's note: "no speech found" (JobQueue.finish)
     }
 
 

@@ -52,6 +52,8 @@ class JobRuns:
 
         The result's transcript, if it has one with its key, is stored for the job's content in the
         same transaction, and the job records its seconds of speech and of speech left uncovered.
+        The result's `note` (no speech found) is kept in `error`, as a skipped job keeps its reason,
+        so the job, its `done` notification and `status` carry it without a column of their own.
         Its `done` notification is owed from the same transaction on (see `notices`).
         """
         transcript, key = result.transcript, result.transcript_key
@@ -63,7 +65,7 @@ class JobRuns:
                 conn,
                 job_id,
                 state=JobState.DONE.value,
-                error=None,
+                error=result.note,
                 language=result.language,
                 language_probability=result.language_probability,
                 outputs=outputs_json(result.outputs),
