@@ -5,7 +5,11 @@ text that stays up long after the speech). `build_cues` regroups the words into
 cues that follow broadcast practice (Netflix's timed-text style guide is the
 reference): at most two balanced lines of 42 columns, 0.8 to 7 seconds on
 screen, at most 20 characters per second, a two-frame gap between cues, breaks
-at punctuation and pauses. Loops (a sentence said again and again) are kept once.
+at punctuation and pauses. A sentence's end followed by a pause of 0.3 s or more
+always ends a cue, so the next sentence (often another speaker) is never read
+before it is said; two short lines of dialogue that must share a cue are set
+on two lines, each after a dash. Loops (a sentence said again and again) are
+kept once.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from daemon.subtitles.script import (
     _QUOTES_AND_BRACKETS,
     _SENTENCE_END,
     _WEAK_ENDINGS,
+    _is_abbreviation,
     _width,
 )
 from daemon.subtitles.tokens import _detect_script, _Token, _tokens
@@ -90,6 +95,11 @@ _HARD_PAUSE = 1.0
 # Gaps shorter than this between cues are closed to min_gap, so the text does
 # not flicker off and on (Netflix's "chaining" rule).
 _CHAIN_GAP = 0.5
+# A sentence's end followed by a silence this long always ends a cue: the
+# next sentence (often another speaker) must not be read before it is said.
+_SENTENCE_PAUSE = 0.3
+# What starts each line of a cue shared by two short lines of dialogue.
+_DIALOGUE_DASH = "- "
 # The shortest a cue is shown when the next one follows too closely for
 # min_duration; the next cue then starts a little after its first word.
 _MIN_FLASH = 0.25
@@ -100,8 +110,10 @@ def _stripped_tail(text: str) -> str:
 
 
 def _ends_sentence(text: str) -> bool:
+    """Given a token's text, return True if it ends a sentence: its last mark (quotes and
+    brackets aside) is sentence punctuation, and a full stop is not an abbreviation's ("Mr.")."""
     tail = _stripped_tail(text)
-    return bool(tail) and tail[-1] in _SENTENCE_END
+    return bool(tail) and tail[-1] in _SENTENCE_END and not _is_abbreviation(tail)
 
 
 def _break_cost(left: _Token, right: _Token) -> float:
@@ -109,14 +121,14 @@ def _break_cost(left: _Token, right: _Token) -> float:
     if right.text[0] in _CLOSING:
         return 10.0
     tail = _stripped_tail(left.text)
-    if tail and tail[-1] in _SENTENCE_END:
+    if _ends_sentence(left.text):
         cost = 0.0
     elif tail and tail[-1] in _CLAUSE_END:
         cost = 0.3
     else:
         cost = 1.0
-        if left.text.casefold() in _WEAK_ENDINGS:
-            cost += 0.6
+        if left.text.casefold() in _WEAK_ENDINGS or _is_abbreviation(tail):
+            cost += 0.6  # "the | house", "Mr. | Smith"
         if right.text.casefold() in _GOOD_STARTS:
             cost -= 0.4
         right_tail = _stripped_tail(right.text)
@@ -132,11 +144,20 @@ def _break_cost(left: _Token, right: _Token) -> float:
     return cost
 
 
+def _hard_break(left: _Token, right: _Token) -> bool:
+    """Given two consecutive tokens, return True if no cue may hold both: a long silence,
+    or a sentence's end and a pause of _SENTENCE_PAUSE or more (across segments too)."""
+    if right.text[0] in _CLOSING:
+        return False  # punctuation stays with the word it closes
+    pause = right.start - left.end
+    return pause >= _HARD_PAUSE or (pause >= _SENTENCE_PAUSE and _ends_sentence(left.text))
+
+
 def _chunks(tokens: Sequence[_Token]) -> Iterator[tuple[int, int]]:
-    """Given tokens, yield (start, stop) index ranges separated by long silences."""
+    """Given tokens, yield (start, stop) index ranges separated by hard breaks; cues never span them."""
     start = 0
     for i in range(1, len(tokens)):
-        if tokens[i].start - tokens[i - 1].end >= _HARD_PAUSE and tokens[i].text[0] not in _CLOSING:
+        if _hard_break(tokens[i - 1], tokens[i]):
             yield start, i
             start = i
     if tokens:
@@ -280,8 +301,41 @@ def _group_chunk(run: _Run, chunk: tuple[int, int], rules: CueRules,
     return cues[::-1]
 
 
+def _said_too_fast(run: _Run, a: int, b: int, rules: CueRules) -> bool:
+    """Given tokens[a:b], return True if they are said in less time than reading them alone needs."""
+    span = max(t.end for t in run.tokens[a:b]) - run.tokens[a].start
+    return span < max(rules.min_duration, run.width(a, b) / rules.max_cps)
+
+
+def _dialogue_lines(run: _Run, i: int, j: int, rules: CueRules) -> tuple[str, str] | None:
+    """Given cue tokens[i:j], return its two sentences as dashed lines if it is a short exchange, else None.
+
+    A short exchange is exactly two sentences from different segments (Whisper
+    starts a segment at a turn of speech; one segment is taken as one speaker),
+    less than _SENTENCE_PAUSE apart, each of two words or more, each said too
+    fast to be read as a cue of its own, each fitting one line with its dash,
+    and rules allowing two lines. Broadcast subtitles set such a pair as
+    "- Are you coming?" over "- In a minute.".
+    """
+    ends = [k for k in range(i + 1, j) if _ends_sentence(run.tokens[k - 1].text)]
+    if rules.max_lines < 2 or len(ends) != 1 or not _ends_sentence(run.tokens[j - 1].text):
+        return None
+    k = ends[0]
+    left, right = run.tokens[k - 1], run.tokens[k]
+    if left.segment == right.segment or right.start - left.end >= _SENTENCE_PAUSE:
+        return None
+    room = rules.max_line_chars - _width(_DIALOGUE_DASH)
+    for a, b in ((i, k), (k, j)):
+        if b - a < 2 or run.width(a, b) > room or not _said_too_fast(run, a, b, rules):
+            return None
+    return _DIALOGUE_DASH + run.text(i, k), _DIALOGUE_DASH + run.text(k, j)
+
+
 def _cue_lines(run: _Run, i: int, j: int, count: int, rules: CueRules) -> tuple[str, ...]:
-    """Given a cue's token range and line count, return its lines of text."""
+    """Given a cue's token range and line count, return its lines of text (a short exchange dashed)."""
+    dialogue = _dialogue_lines(run, i, j, rules)
+    if dialogue is not None:
+        return dialogue
     plan = _plan_lines(run, i, j, count, rules)
     cuts = plan.cuts if plan.cost < math.inf else ()
     bounds = [i, *cuts, j]
@@ -346,7 +400,9 @@ def build_cues(
     Cues start when their first word starts and end shortly after their last
     word (`rules.linger`), later if reading speed or min_duration needs it and
     the silence allows, never into the next cue. Segments without word timings
-    share their segment's time by text width. Text written without spaces
+    share their segment's time by text width. No cue holds a sentence's end
+    and the next word when 0.3 s or more of silence separates them; a cue of
+    two short sentences from different segments is set as dashed dialogue. Text written without spaces
     (Japanese, Chinese, Thai...) is recognised by its characters, cut by
     character and never given spaces; `language` (a Whisper code) only settles
     whether Hangul without spaces is cut like CJK ("ko" keeps it in words,

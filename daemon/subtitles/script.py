@@ -39,6 +39,12 @@ _UNSPACED_LANGUAGES = frozenset({"ja", "zh", "yue", "th", "lo", "km", "my", "bo"
 _LEADING_VOWELS = frozenset(chr(c) for c in (*range(0x0E40, 0x0E45), *range(0x0EC0, 0x0EC5)))
 
 _SENTENCE_END = frozenset(".!?…。！？．؟")
+# Words whose full stop marks an abbreviation, not a sentence's end (English
+# titles mostly: "Mr. | Smith" must not be cut as two sentences). Compared
+# casefolded. "etc." is left out: it ends sentences as often as not.
+_ABBREVIATIONS = frozenset(
+    "mr. mrs. ms. dr. prof. st. jr. sr. mt. no. vs. fig. gen. col. capt. lt. sgt. rev. gov. sen. rep.".split()
+)
 _CLAUSE_END = frozenset(",;:—–、，；：،؛")
 _PHRASE_END = _SENTENCE_END | _CLAUSE_END
 # Punctuation that belongs to the preceding character and must never start a line.
@@ -107,3 +113,18 @@ def _graphemes(text: str) -> list[str]:
             clusters.append(ch)
     return clusters
 
+
+
+def _is_abbreviation(word: str) -> bool:
+    """Given a word ending in a full stop, return True if the stop marks an abbreviation.
+
+    The rule is kept simple: a known title ("Mr.", "Dr."), a single letter
+    (an initial: "J." in "J. R. R. Tolkien"), or a word with another full stop
+    inside ("e.g.", "U.S.") is an abbreviation. "U.S." at a sentence's end is
+    therefore not seen as one; a missed end only costs a better break.
+    """
+    word = word.lstrip(_QUOTES_AND_BRACKETS + "\"'“‘«([{¿¡")
+    if not word.endswith("."):
+        return False
+    body = word.rstrip(".")
+    return word.casefold() in _ABBREVIATIONS or (len(body) == 1 and body.isalpha()) or "." in body
