@@ -221,7 +221,13 @@ def _stream_batch(
     warmup: int,
 ) -> torch.Tensor:
     """Return a (streams, warmup + stream) tensor: each stream with the audio before it as warm-up,
-    levelled by its gains (applied piece by piece: a whole film's worth would double its memory)."""
+    levelled by its gains (applied piece by piece: a whole film's worth would double its memory).
+
+    A file's first stream has no audio before it; its warm-up is the file's own opening played
+    backwards, so silero's state settles on the file's sound. Warmed up on digital silence, silero
+    heard the step from silence into steady room tone or mains hum as 0.5 s of speech at 0.0 s (up
+    to 0.76), which no plain silero run hears, and Whisper wrote "Thank you." there (#20).
+    """
     import numpy as np
     import torch
 
@@ -230,9 +236,19 @@ def _stream_batch(
         lead = min(warmup, start)
         piece = audio[signal][start - lead : start + stream]
         frames = np.arange(start - lead, start - lead + len(piece)) // LEVEL_FRAME
-        levelled = piece * gains[signal][np.minimum(frames, len(gains[signal]) - 1)]
-        batch[row, warmup - lead : warmup - lead + len(piece)] = np.clip(levelled, -1.0, 1.0)
+        levelled = np.clip(piece * gains[signal][np.minimum(frames, len(gains[signal]) - 1)], -1.0, 1.0)
+        batch[row, warmup - lead : warmup - lead + len(piece)] = levelled
+        if lead < warmup and len(levelled):
+            batch[row, : warmup - lead] = _mirrored(levelled[: warmup - lead], warmup - lead)
     return torch.from_numpy(batch)
+
+
+def _mirrored(opening: np.ndarray, length: int) -> np.ndarray:
+    """Return `length` samples that end where `opening` begins: it backwards, repeated if it is short."""
+    import numpy as np
+
+    backwards = opening[::-1]
+    return np.tile(backwards, -(-length // len(backwards)))[-length:]
 
 
 LEVEL_FRAME = 320  # samples per loudness frame (20 ms)
