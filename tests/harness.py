@@ -108,6 +108,12 @@ class Daemon:
         self._log.close()
 
 
+def subwatch(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run the `subwatch` command line (`python -m daemon ARGS`) and return the finished run."""
+    return subprocess.run([sys.executable, "-m", "daemon", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)
+
+
 def status_cli(config: Path) -> list[dict[str, Any]]:
     """Return `subwatch status --json` for `config`, parsed."""
     done = subprocess.run([sys.executable, "-m", "daemon", "status", "--json", "--config", str(config)],

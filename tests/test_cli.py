@@ -16,15 +16,10 @@ from daemon import __version__, pipeline, subtitles
 from daemon.config import load_config
 from daemon.datatypes import Cue, JobResult, Segment, Transcript, Word
 from daemon.queue import JobQueue
-from tests.harness import REPO, Daemon, write_config
+from tests.harness import REPO, Daemon, subwatch, write_config
 from tests.media_factory import duration_of, make_media
 from tests.said import assert_cues_on_speech, assert_says, media_speech, srt_cues
 from tests.test_subtitles_cues import assert_cues_ok
-
-
-def subwatch(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "daemon", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout)
 
 
 @pytest.fixture

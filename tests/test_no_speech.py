@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from daemon.notify import Event, format_digest, format_done
-from tests.harness import REPO, Daemon, NotificationSink, status_cli, wait_for_state, write_config
+from tests.harness import Daemon, NotificationSink, status_cli, subwatch, wait_for_state, write_config
 
 SETTLE = 0.5
 NOTE = "no speech found"
@@ -34,11 +33,6 @@ def quiet_media(path: Path, source: str, seconds: float = 20.0) -> Path:
 
 def subtitles_in(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.rglob("*") if p.suffix in (".srt", ".vtt"))
-
-
-def subwatch(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "daemon", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
 
 
 @dataclass
