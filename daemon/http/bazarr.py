@@ -145,13 +145,14 @@ class RequestSide:
         http = self._http()
         video = map_path(params["video_file"], dict(http.path_map)) if params.get("video_file") else None
         keyed = has_key(request, http)
+        limits = RequestLimits.of(http)
         self._refuse_if_full()
-        async with self._gate.turn(), self._upload(request, http) as upload:
+        async with self._gate.turn(), self._upload(request, limits) as upload:
             result = None
             if video is not None and keyed:
                 result = await asyncio.to_thread(self._asr.stored, wanted, video)
             if result is None:
-                samples = await self._decode(request, upload, encode, RequestLimits.of(http))
+                samples = await self._decode(request, upload, encode, limits)
                 if samples is None:
                     return _gone()
                 if video is not None and not keyed:
@@ -171,10 +172,10 @@ class RequestSide:
 
     async def _detect(self, request: Request) -> Response:
         encode = _flag(request.query_params, "encode", True)
-        http = self._http()
+        limits = RequestLimits.of(self._http())
         self._refuse_if_full()
-        async with self._gate.turn(), self._upload(request, http) as upload:
-            samples = await self._decode(request, upload, encode, RequestLimits.of(http))
+        async with self._gate.turn(), self._upload(request, limits) as upload:
+            samples = await self._decode(request, upload, encode, limits)
         if samples is None:
             return _gone()
         future = self._asr.submit_detect(samples)
@@ -191,8 +192,8 @@ class RequestSide:
             raise LaneFull("the request queue is full (http.max_queued_audio_hours); try again later",
                            retry_after=60)
 
-    def _upload(self, request: Request, http: HttpRules) -> Any:
-        return saved_upload(request, FIELD, RequestLimits.of(http).max_upload_bytes, UPLOAD_LIMIT,
+    def _upload(self, request: Request, limits: RequestLimits) -> Any:
+        return saved_upload(request, FIELD, limits.max_upload_bytes, UPLOAD_LIMIT,
                             self._work_dir)
 
     async def _decode(self, request: Request, upload: Upload, encode: bool, limits: RequestLimits) -> Any:
