@@ -23,6 +23,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from daemon.config import HttpRules
 from daemon.http.app import HEADER_BYTES
+from daemon.http.ratelimit import OncePerMinute
 
 log = logging.getLogger("subwatch.http")
 
@@ -166,23 +167,3 @@ class HttpServer:
         if self._socket is not None:
             self._socket.close()
 
-
-class OncePerMinute(logging.Filter):
-    """Lets a record through when no record of the same message template passed in the last minute."""
-
-    def __init__(self, per_seconds: float = 60.0) -> None:
-        super().__init__()
-        self._per = per_seconds
-        self._last: dict[str, float] = {}
-        self._lock = threading.Lock()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        now = time.monotonic()
-        key = str(record.msg)[:200]
-        with self._lock:
-            if now - self._last.get(key, -self._per) < self._per:
-                return False
-            if len(self._last) > 1000:
-                self._last.clear()
-            self._last[key] = now
-        return True
