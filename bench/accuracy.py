@@ -47,6 +47,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import accuracy_noise  # noqa: E402
+from accuracy_rows import FASTER_BATCH, IMPLEMENTATIONS, SUBWATCH_GROUP, versions  # noqa: E402
+
 from daemon.coverage import merge, subtract, total  # noqa: E402
 from tests.speech import normalise, word_error_rate  # noqa: E402
 
@@ -67,8 +70,6 @@ ROWS: dict[str, tuple[str, int]] = {
 }
 LANGUAGES = ("en", "de", "es", "fr", "pt")
 RATE = 16000
-SUBWATCH_GROUP = 16  # files per transcribe_many call, as the daemon batches a backlog
-FASTER_BATCH = 8
 VENV = ROOT / "bench" / ".venv-faster-whisper"
 FASTER_WHISPER = "faster-whisper==1.2.1"
 
@@ -92,7 +93,10 @@ def main() -> int:
         # kept as it goes: a long run on a shared machine can be cut short and still be read
         (args.workdir / "results.json").write_text(json.dumps(results), encoding="utf-8")
     print(header(args, work, results, time.time() - started))
-    print(table([score(r, work) for r in results]))
+    scored = [score(r, work) for r in results]
+    if "speech" in args.parts:
+        print(table(scored))
+    print(accuracy_noise.table(scored, ROWS, lambda r: long_across(r, work)))
     return 0
 
 
@@ -104,6 +108,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--clips", type=int, default=None, help="clips per language (default all)")
     parser.add_argument("--repeat", type=int, default=3, help="times the long file holds its sequence (3)")
     parser.add_argument("--quick", action="store_true", help="smoke run: --clips 2 --repeat 1")
+    parser.add_argument(
+        "--parts", nargs="+", choices=("speech", "noise"), default=["speech", "noise"],
+        help="speech: the clips and the long file; noise: speech under a music bed and non-speech files",
+    )
     parser.add_argument("--threads", type=int, default=None, help="CPU threads per row (default: all cores)")
     parser.add_argument(
         "--workdir", type=Path, default=Path("/tmp/subwatch-accuracy"), help="model, audio, long file"
@@ -127,7 +135,6 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
     """
     from daemon.models import resolve
     from daemon.transcribe.engines import ct2_folder
-    from tests import speech
     from tests.real_weights import assemble_base, converted
 
     folder = args.workdir / "base-ct2"
@@ -137,6 +144,20 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
     # the CTranslate2 conversion too, here: no row's peak memory holds the one-time conversion
     ct2_folder(resolve(str(pt), args.workdir / "models"), args.workdir / "models")
     audio_dir = args.workdir / "audio"
+    work: dict[str, Any] = {"ct2": str(folder), "pt": str(pt)}
+    if "speech" in args.parts:
+        work |= prepare_speech(args, audio_dir)
+    if "noise" in args.parts:
+        work |= accuracy_noise.prepare(args, clip_regions, save)
+    args.work = args.workdir / "work.json"
+    args.work.write_text(json.dumps(work, indent=1), encoding="utf-8")
+    return work
+
+
+def prepare_speech(args: argparse.Namespace, audio_dir: Path) -> dict[str, Any]:
+    """Write the clips and the long file; return their part of work.json."""
+    from tests import speech
+
     languages = {
         lang: [clip_entry(c, audio_dir) for c in speech.clips(lang)[: args.clips]] for lang in LANGUAGES
     }
@@ -146,9 +167,7 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
     long_samples = speech.load(speech.Clip(long_path, "en", ""))
     long_npy = save(long_samples, long_path.with_suffix(".npy"))
     regions = clip_regions(sequence)
-    work = {
-        "ct2": str(folder),
-        "pt": str(pt),
+    return {
         "languages": languages,
         "long": {
             "npy": str(long_npy),
@@ -164,9 +183,6 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
             ],
         },
     }
-    args.work = args.workdir / "work.json"
-    args.work.write_text(json.dumps(work, indent=1), encoding="utf-8")
-    return work
 
 
 def clip_entry(clip: Any, audio_dir: Path) -> dict[str, Any]:  # clip: tests.speech.Clip
@@ -247,13 +263,17 @@ def run_in_child(row: str, python: Path | None, args: argparse.Namespace) -> dic
 
 
 def progress(result: dict[str, Any]) -> str:
-    if "texts" not in result:
+    if "note" in result:
         return f"  {result['row']}: {result['note']}"
-    return (
-        f"  {result['row']}: {result['row_wall']:.0f} s, clips {result['short_seconds']:.0f} s of audio "
-        f"in {result['short_wall']:.0f} s, long file {result['long_seconds']:.0f} s "
-        f"in {result['long_wall']:.0f} s"
-    )
+    said = f"  {result['row']}: {result['row_wall']:.0f} s"
+    if "texts" in result:
+        said += (
+            f", clips {result['short_seconds']:.0f} s of audio in {result['short_wall']:.0f} s, "
+            f"long file {result['long_seconds']:.0f} s in {result['long_wall']:.0f} s"
+        )
+    if "beds" in result:
+        said += f", bed files {result['beds_seconds']:.0f} s in {result['beds_wall']:.0f} s"
+    return said
 
 
 # ----------------------------------------------------------------------------- one row, in the child
@@ -268,22 +288,30 @@ def run_row(args: argparse.Namespace) -> dict[str, Any]:
     probe_before = memory_probe()
     threads = args.threads or os.cpu_count() or 1
     short_file, long_file = IMPLEMENTATIONS[implementation](work, beam, threads)
-    clips = {lang: [np.load(c["npy"]) for c in entries] for lang, entries in work["languages"].items()}
-    long_audio = np.load(work["long"]["npy"])
-    first = next(iter(clips.values()))[0]
-    short_file({"en": [first[: 5 * RATE]]})  # warm-up: allocator, kernels, tokenizer
-    texts, short_wall, short_cpu = timed(short_file, clips)
-    segments, long_wall, long_cpu = timed(long_file, long_audio)
+    warm = np.load(work["battery"][0]["npy"]) if "battery" in work else None
+    if "languages" in work:
+        clips = {lang: [np.load(c["npy"]) for c in entries] for lang, entries in work["languages"].items()}
+        warm = next(iter(clips.values()))[0]
+    short_file({"en": [warm[: 5 * RATE]]})  # warm-up: allocator, kernels, tokenizer
+    done: dict[str, Any] = {"row": args.row}
+    if "languages" in work:
+        long_audio = np.load(work["long"]["npy"])
+        texts, short_wall, short_cpu = timed(short_file, clips)
+        segments, long_wall, long_cpu = timed(long_file, long_audio)
+        done |= {
+            "texts": texts,
+            "short_seconds": sum(len(a) for group in clips.values() for a in group) / RATE,
+            "short_wall": short_wall,
+            "short_cpu": short_cpu,
+            "segments": segments,
+            "long_seconds": len(long_audio) / RATE,
+            "long_wall": long_wall,
+            "long_cpu": long_cpu,
+        }
+    if "beds" in work:
+        done |= accuracy_noise.run(work, long_file)
     return {
-        "row": args.row,
-        "texts": texts,
-        "short_seconds": sum(len(a) for group in clips.values() for a in group) / RATE,
-        "short_wall": short_wall,
-        "short_cpu": short_cpu,
-        "segments": segments,
-        "long_seconds": len(long_audio) / RATE,
-        "long_wall": long_wall,
-        "long_cpu": long_cpu,
+        **done,
         "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # kilobytes on Linux
         "threads": threads,
         "versions": versions(implementation),
@@ -325,132 +353,13 @@ def timed(function: Callable[[Any], Any], argument: Any) -> tuple[Any, float, fl
     return result, time.perf_counter() - started, time.process_time() - cpu
 
 
-ShortFiles = Callable[[dict[str, list[Any]]], dict[str, list[str]]]  # language -> samples -> texts
-LongFile = Callable[[Any], list[tuple[float, float, str]]]  # samples -> (start, end, text)
-
-
-def subwatch_row(
-    work: dict[str, Any], beam: int, threads: int, engine: str = "auto"
-) -> tuple[ShortFiles, LongFile]:
-    import torch
-
-    from daemon import subtitles
-    from daemon.datatypes import Audio
-    from daemon.transcribe import TranscribeOptions, load_model, transcribe, transcribe_many
-
-    torch.set_num_threads(threads)
-    # as the daemon loads it: the CTranslate2 conversion is made once, in the workdir's models/
-    model = load_model(work["pt"], Path(work["pt"]).parents[1], "cpu", engine)
-
-    def options(lang: str) -> TranscribeOptions:
-        return TranscribeOptions(model=work["pt"], language=lang, beam_size=None if beam == 1 else beam)
-
-    def cues(transcript: Any, duration: float) -> list[tuple[float, float, str]]:
-        # what the .srt holds: the subtitle stage's cues, lines joined
-        built = subtitles.build_cues(transcript.segments, subtitles.CueRules(), duration, transcript.language)
-        return [(c.start, c.end, " ".join(c.lines)) for c in built]
-
-    def short_files(clips: dict[str, list[Any]]) -> dict[str, list[str]]:
-        texts = {}
-        for lang, samples in clips.items():
-            audios = [Audio(s, RATE) for s in samples]
-            transcripts = []
-            for i in range(0, len(audios), SUBWATCH_GROUP):
-                group = audios[i : i + SUBWATCH_GROUP]
-                transcripts += transcribe_many([(a, options(lang)) for a in group], model)
-            texts[lang] = [
-                " ".join(c[2] for c in cues(t, a.duration)) for t, a in zip(transcripts, audios, strict=True)
-            ]
-        return texts
-
-    def long_file(samples: Any) -> list[tuple[float, float, str]]:
-        audio = Audio(samples, RATE)
-        return cues(transcribe(audio, options("en"), model), audio.duration)
-
-    return short_files, long_file
-
-
-def whisper_row(work: dict[str, Any], beam: int, threads: int) -> tuple[ShortFiles, LongFile]:
-    import torch
-    import whisper
-
-    torch.set_num_threads(threads)
-    model = whisper.load_model(work["pt"], device="cpu")  # the checkpoint subwatch converted: same weights
-    decoding = {"beam_size": beam, "best_of": beam} if beam > 1 else {}
-
-    def run(samples: Any, lang: str) -> dict[str, Any]:
-        return whisper.transcribe(model, samples, language=lang, fp16=False, verbose=None, **decoding)
-
-    def short_files(clips: dict[str, list[Any]]) -> dict[str, list[str]]:
-        return {lang: [run(s, lang)["text"] for s in samples] for lang, samples in clips.items()}
-
-    def long_file(samples: Any) -> list[tuple[float, float, str]]:
-        return [(s["start"], s["end"], s["text"]) for s in run(samples, "en")["segments"]]
-
-    return short_files, long_file
-
-
-def faster_row(
-    work: dict[str, Any], beam: int, threads: int, batched: bool = False
-) -> tuple[ShortFiles, LongFile]:
-    from faster_whisper import BatchedInferencePipeline, WhisperModel
-
-    model = WhisperModel(work["ct2"], device="cpu", compute_type="int8", cpu_threads=threads)
-    pipeline = BatchedInferencePipeline(model) if batched else None
-    extra = {"batch_size": FASTER_BATCH} if batched else {}
-
-    def run(samples: Any, lang: str) -> list[tuple[float, float, str]]:
-        transcriber = pipeline or model
-        segments, _ = transcriber.transcribe(samples, language=lang, beam_size=beam, **extra)
-        return [(s.start, s.end, s.text) for s in segments]  # a generator: decoding happens here
-
-    def short_files(clips: dict[str, list[Any]]) -> dict[str, list[str]]:
-        return {lang: ["".join(s[2] for s in run(a, lang)) for a in group] for lang, group in clips.items()}
-
-    return short_files, lambda samples: run(samples, "en")
-
-
-def faster_batched_row(work: dict[str, Any], beam: int, threads: int) -> tuple[ShortFiles, LongFile]:
-    return faster_row(work, beam, threads, batched=True)
-
-
-def subwatch_int8_row(work: dict[str, Any], beam: int, threads: int) -> tuple[ShortFiles, LongFile]:
-    return subwatch_row(work, beam, threads, engine="ctranslate2-int8")
-
-
-def subwatch_torch_row(work: dict[str, Any], beam: int, threads: int) -> tuple[ShortFiles, LongFile]:
-    return subwatch_row(work, beam, threads, engine="torch")
-
-
-IMPLEMENTATIONS: dict[str, Callable[[dict[str, Any], int, int], tuple[ShortFiles, LongFile]]] = {
-    "subwatch": subwatch_row,
-    "subwatch int8": subwatch_int8_row,
-    "subwatch torch": subwatch_torch_row,
-    "openai-whisper": whisper_row,
-    "faster-whisper": faster_row,
-    "faster-whisper batched": faster_batched_row,
-}
-
-
-def versions(implementation: str) -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    faster = implementation.startswith("faster")
-    names = ("faster-whisper", "ctranslate2") if faster else ("torch", "openai-whisper", "ctranslate2")
-    found = {}
-    for name in names:
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            pass
-    return found
-
-
 # ----------------------------------------------------------------------------- scoring, in the parent
 
 
 def score(result: dict[str, Any], work: dict[str, Any]) -> dict[str, Any]:
-    """Add WER per language, the long file's coverage and WER, and x realtime to a row's result."""
+    """Add WER per language, the long file's coverage and WER, and x realtime to a row's result
+    (and the bed files' and the battery's scores: accuracy_noise.score)."""
+    result = accuracy_noise.score(result, work, long_text, spoken)
     if "texts" not in result:
         return result
     wer = {
@@ -498,6 +407,14 @@ def long_text(references: list[str], texts: list[str]) -> tuple[float, int]:
     return aligned.wer, sum(h < len(u) / 2 for h, u in zip(hits, words, strict=True))
 
 
+def long_across(result: dict[str, Any], work: dict[str, Any]) -> str:
+    """The long file's cues that join two sentences across a pause (accuracy_noise.across), or n/a."""
+    if "segments" not in result:
+        return "n/a"
+    spans = [spoken(u) for u in work["long"]["utterances"]]
+    return str(accuracy_noise.across([tuple(s) for s in result["segments"]], spans))
+
+
 def spoken(utterance: dict[str, Any]) -> Span:
     """Return where the utterance is spoken: its first speech region's start to its last one's end.
 
@@ -531,8 +448,8 @@ def header(args: argparse.Namespace, work: dict[str, Any], results: list[dict[st
     found: dict[str, str] = {"torch": version("torch"), "openai-whisper": version("openai-whisper")}
     for r in results:
         found.update(r.get("versions", {}))
-    clips = {lang: len(entries) for lang, entries in work["languages"].items()}
-    long = work["long"]
+    clips = {lang: len(entries) for lang, entries in work.get("languages", {}).items()}
+    long = work.get("long") or {"utterances": [], "seconds": 0.0}
     threads = args.threads or os.cpu_count()
     return (
         f"\nmachine: {cpu_model()}, {os.cpu_count()} cores ({threads} thread(s) per row); "

@@ -140,3 +140,35 @@ def word_error_rate(references: Sequence[str], hypotheses: Sequence[str], langua
     hyps = [normalise(text, language) for text in hypotheses]
     return jiwer.wer(refs, hyps)
 
+
+
+def bed_file(
+    path: Path, sequence: Sequence[Clip], ratio_db: float, seed: int = 0, intro: float = 8.0
+) -> list[Placed]:
+    """Write `sequence` over a continuous music bed (tests.sounds.music_bed), each clip `ratio_db`
+    over the bed, 1 to 3 s of bed alone between clips and `intro` seconds before the first, as a
+    16 kHz WAV. Return where each clip landed, in order.
+
+    The bed runs under everything, as under a film's action scene: the pauses
+    and the intro are music a subtitle must stay off.
+    """
+    import numpy as np
+
+    from tests.media_factory import write_samples
+    from tests.sounds import music_bed, under_bed
+
+    rng = np.random.default_rng(seed)
+    decoded = [load(clip) for clip in sequence]
+    gaps = [intro] + list(rng.uniform(1.0, 3.0, len(sequence)))
+    length = sum(gaps) + sum(len(s) for s in decoded) / SAMPLE_RATE
+    bed = music_bed(length + 1.0)
+    mixed, placed, at = bed.copy(), [], 0.0
+    for clip, samples, gap in zip(sequence, decoded, gaps, strict=False):
+        at += gap
+        start = round(at * SAMPLE_RATE)
+        stretch = slice(start, start + len(samples))
+        mixed[stretch] = under_bed(samples, bed[stretch], ratio_db)
+        placed.append(Placed(clip, at, at + len(samples) / SAMPLE_RATE))
+        at += len(samples) / SAMPLE_RATE
+    write_samples(path, mixed[: round((at + gaps[-1]) * SAMPLE_RATE)])
+    return placed
