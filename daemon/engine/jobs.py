@@ -33,6 +33,13 @@ class EngineOptions:
     no_speech_threshold: a chunk whose no-speech probability is above this and
         whose mean log probability is below logprob_threshold is silence: no
         retries, and its text is dropped (0.6).
+    failed_no_speech_threshold: a chunk that failed a guard at every temperature
+        is silence when its no-speech probability is above this (0.3): after
+        the hottest try, whisper keeps whatever was sampled last, and over a
+        crowd's murmur that was "Thank you very much." (no-speech 0.48, mean
+        log probability -1.45 at temperature 1.0). Real speech, even under
+        music louder than it, gave no-speech probabilities of 0.14 or less.
+        Off when no_speech_threshold is None.
     batch_size: chunks decoded at once; None picks it from free GPU memory
         (16 on the CPU, where larger batches gain nothing measurable).
     max_batch_size: the most that batch_size=None picks on a GPU (64).
@@ -49,6 +56,7 @@ class EngineOptions:
     compression_ratio_threshold: float | None = 2.4
     logprob_threshold: float | None = -1.0
     no_speech_threshold: float | None = 0.6
+    failed_no_speech_threshold: float = 0.3
     batch_size: int | None = None
     max_batch_size: int = 64
     encoder_batch_size: int = 16

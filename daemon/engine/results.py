@@ -59,7 +59,11 @@ def needs_retry(o: EngineOptions, result: ChunkDecoding) -> bool:
 
 
 def is_silence(o: EngineOptions, result: ChunkDecoding) -> bool:
-    """whisper's skip rule: likely no speech and not decoded confidently."""
-    if o.no_speech_threshold is None or result.no_speech_prob <= o.no_speech_threshold:
+    """whisper's skip rule (likely no speech and not decoded confidently), and ours: failed at every
+    temperature (the result still needs a retry once there is none left) and not surely speech."""
+    if o.no_speech_threshold is None:
         return False
-    return o.logprob_threshold is None or result.avg_logprob <= o.logprob_threshold
+    if result.no_speech_prob > o.no_speech_threshold:
+        if o.logprob_threshold is None or result.avg_logprob <= o.logprob_threshold:
+            return True
+    return result.no_speech_prob > o.failed_no_speech_threshold and needs_retry(o, result)
