@@ -118,6 +118,24 @@ class SpeechChunk:
             offset += end - start
         return self.end
 
+    def interval_to_timeline(self, a: float, b: float) -> tuple[float, float]:
+        """Given a word's start and end in window seconds, return it on the file's timeline, in one span.
+
+        A word the aligner stretched across the junction of two spans would
+        otherwise cover the music or noise cut out between them (base put
+        "Stuff" over 6 s of traffic before its sentence). It is kept in the
+        span that holds its end: the aligner stretches a word's start back over
+        whatever came before it, not its end (whisper shortens a first word
+        after a pause from its start, too).
+        """
+        offset = 0.0
+        for start, end in self.spans:
+            length = end - start
+            if b <= offset + length or (start, end) == self.spans[-1]:
+                return start + min(max(a - offset, 0.0), length), start + min(max(b - offset, 0.0), length)
+            offset += length
+        return self.end, self.end
+
     def samples(self, audio: Audio) -> np.ndarray:
         """Return the window's audio: its spans of `audio` back to back (a view when there is one span)."""
         import numpy as np
@@ -401,15 +419,59 @@ def map_speech_many(audios: Sequence[Audio], options: VadOptions = VadOptions())
     for audio in audios:
         if audio.sample_rate != SAMPLE_RATE:
             raise ValueError(f"speech detection needs {SAMPLE_RATE} Hz audio, got {audio.sample_rate} Hz")
-    probs = speech_probabilities([a.samples for a in audios], options)  # type: ignore[misc]
+    import numpy as np
+
+    signals = [a.samples for a in audios]
+    probs = speech_probabilities(signals, options)  # type: ignore[arg-type]
+    # What silero hears in the audio as it is, too: under a music bed, levelling lifts the bed
+    # between lines as much as the speech, and silero, hearing the lifted bed, lost a third of the
+    # speech under music as loud as it; the raw signal found most of it. A stretch only the raw
+    # signal hears is faint speech that a coverage round decodes if no word covers it. Stretches
+    # both hear keep the levelled bounds: a retry window that grew into the music after a line
+    # read "The cab is used to change the color" for "The cabbage juice changes color".
+    raw = probs
+    if options.level_window_s:
+        raw = speech_probabilities(signals, replace(options, level_window_s=0))  # type: ignore[arg-type]
     faint_options = replace(options, threshold=options.faint_threshold)
     maps = []
-    for p, audio in zip(probs, audios, strict=True):
+    for p, r, audio in zip(probs, raw, audios, strict=True):
         n = len(audio.samples)  # type: ignore[arg-type]
         chunks = group_regions(speech_regions(p, n, options), options)
-        faint = [*speech_regions(p, n, faint_options), *(r for c in chunks for r in c.regions)]
-        maps.append(SpeechMap(tuple(chunks), tuple(merge(faint))))
+        faint = merge([*speech_regions(p, n, faint_options), *(x for c in chunks for x in c.regions)])
+        faint += [x for x in speech_regions(r, n, faint_options) if not _touches(x, faint)]
+        maps.append(SpeechMap(tuple(chunks), tuple(_with_onsets(merge(faint), np.maximum(p, r), options))))
     return maps
+
+
+def _touches(region: tuple[float, float], others: Sequence[tuple[float, float]]) -> bool:
+    return any(a < region[1] and b > region[0] for a, b in others)
+
+
+ONSET_THRESHOLD = 0.05  # silero's probability on the rise into a sentence, before it calls it speech
+ONSET_MAX_S = 1.0  # the most a stretch's start moves back to its onset
+
+
+def _with_onsets(
+    faint: list[tuple[float, float]], probs: Any, options: VadOptions
+) -> list[tuple[float, float]]:
+    """Return the stretches with each start moved back to where silero's probability began to rise.
+
+    Under music silero calls a sentence speech up to half a second after its first
+    word; a coverage retry reaching back for that word had the aligner put it over
+    the music before it. Where the probability climbed (above ONSET_THRESHOLD,
+    without a break, at most ONSET_MAX_S) is where the word starts: the stretch
+    begins there, padded as silero pads, and words snapped onto it start no earlier.
+    """
+    pad = options.speech_pad_ms / 1000
+    step = WINDOW / SAMPLE_RATE
+    moved = []
+    for start, end in faint:
+        frame = min(int((start + pad) / step), len(probs))  # where the probability crossed, unpadded
+        first, limit = frame, max(0, frame - round(ONSET_MAX_S / step))
+        while first > limit and probs[first - 1] >= ONSET_THRESHOLD:
+            first -= 1
+        moved.append((max(0.0, min(start, first * step - pad)), end))
+    return merge(moved)
 
 
 def find_speech(audio: Audio, options: VadOptions = VadOptions()) -> list[SpeechChunk]:

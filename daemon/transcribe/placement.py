@@ -96,7 +96,7 @@ def _on_timeline(segment: Segment, chunk: SpeechChunk, duration: float) -> Segme
 
     words = []
     for word in segment.words:
-        start = at(word.start)
-        words.append(Word(start, max(start, at(word.end)), word.text, word.probability))
+        start, end = (min(max(t, 0.0), duration) for t in chunk.interval_to_timeline(word.start, word.end))
+        words.append(Word(start, max(start, end), word.text, word.probability))
     start = at(segment.start)
     return Segment(start, max(start, at(segment.end)), segment.text, tuple(words))
