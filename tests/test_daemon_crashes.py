@@ -132,14 +132,17 @@ def lines(log: str, state: str, name: str) -> list[str]:
 
 
 def assert_done_once(setup: Setup, names: list[str]) -> None:
-    """Each file is done, with one `done` line and one notification, its two sidecars and its topic."""
+    """Each file is done, with at most one `done` line and one notification, its two sidecars and its
+    topic."""
     jobs = {Path(j["path"]).name: j for j in status(setup.config)}
     everything = "".join(setup.logs)
     titles = [m["title"] for m in setup.sink.messages()]
     for name in names:
         assert jobs[name]["state"] == "done", jobs[name]
         assert not jobs[name]["suspect"] and jobs[name]["crashes"] == 0, jobs[name]
-        assert len(lines(everything, "done", name)) == 1, lines(everything, "done", name)
+        # One `done` line at most: the line follows the commit, so a SIGKILL between the two loses
+        # the line (never the job: it is done, notified once, and not transcribed again).
+        assert len(lines(everything, "done", name)) <= 1, lines(everything, "done", name)
         stem = Path(name).stem
         assert titles.count(f"Subtitles ready: {stem}") == 1, titles
         srt_path, vtt_path = setup.inbox / f"{stem}.en.srt", setup.inbox / f"{stem}.en.vtt"

@@ -325,6 +325,8 @@ def test_sonarr_download_is_transcribed_and_every_server_told(world: World) -> N
 
     # The job records who was told; the server that is down is still being retried, and held
     # nothing back: the job was done and the others told meanwhile.
+    # (recorded just after each server answers: wait for the record, not only the request)
+    wait_until(lambda: list(server_updates(world, "Show - S01E01.mkv").values()).count(("told", None)) == 3)
     told = server_updates(world, "Show - S01E01.mkv")
     assert told[f"jellyfin {world.jellyfin.url}"] == ("told", None)
     assert told[f"emby {world.emby.url}"] == ("told", None)
