@@ -95,7 +95,7 @@ def main() -> int:
     print(header(args, work, results, time.time() - started))
     scored = [score(r, work) for r in results]
     if "speech" in args.parts:
-        print(table(scored))
+        print(table(scored) + "\n")
     print(accuracy_noise.table(scored, ROWS, lambda r: long_across(r, work)))
     return 0
 

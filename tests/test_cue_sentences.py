@@ -175,3 +175,38 @@ def test_random_timings_never_join_sentences_across_a_pause(seed: int) -> None:
     for cue in cues:
         dashed = [line.startswith(DASH) for line in cue.lines]
         assert all(dashed) == any(dashed) and len(cue.lines) <= RULES.max_lines
+
+
+def placed_words(words: list[tuple[float, float, str]], faint: tuple[tuple[float, float], ...]) -> list[Word]:
+    """Place one decoded window (a single span from 0 s) holding `words` on a file whose speech
+    map is `faint`; return the words as the transcript holds them."""
+    import numpy as np
+
+    from daemon.datatypes import Audio
+    from daemon.engine import ChunkDecoding
+    from daemon.transcribe import TranscribeOptions
+    from daemon.transcribe.placement import placed
+    from daemon.transcribe.state import Decoded, File
+    from daemon.vad import SpeechChunk
+
+    seg = segment(words)
+    result = ChunkDecoding((), seg.text, "en", None, -0.2, 0.0, 0.0, 1.0, segments=(seg,))
+    chunk = SpeechChunk(((0.0, 10.0),), faint)
+    file = File(Audio(np.zeros(160_000, np.float32), 16000), TranscribeOptions("base", "en"), [chunk], faint)
+    return [w for s in placed(file, [Decoded(chunk, result)]) for w in s.words]
+
+
+def test_a_word_stretched_over_a_pause_stays_with_its_sentence() -> None:
+    # The aligner ran "longer" on to where "for" starts, and "that." on to "The": one cue held both
+    # sentences across a second of silence. Each word keeps to one stretch of speech.
+    faint = ((0.0, 2.0), (3.2, 6.0), (7.0, 9.0))
+    words = placed_words([(0.2, 0.6, "he"), (0.6, 1.2, "could"), (1.2, 3.2, "longer"), (3.2, 3.6, "for"),
+                          (3.6, 4.0, "an"), (4.0, 6.9, "that."), (6.9, 7.5, "The"), (7.5, 8.0, "end.")],
+                         faint)
+
+    spans = {w.text.strip(): (w.start, w.end) for w in words}
+    assert spans["longer"] == (1.2, 2.0)  # most of it lies in the first stretch
+    assert spans["that."] == (4.0, 6.0)  # a sentence's last word keeps the stretch it starts in
+    assert spans["The"] == (7.0, 7.5)  # the next sentence's first word the one it ends in
+    cues = build_cues([Segment(words[0].start, words[-1].end, "", tuple(words))], RULES, 10.0, "en")
+    assert [c.lines for c in cues] == [("he could longer",), ("for an that.",), ("The end.",)]

@@ -6,6 +6,7 @@ next coverage round decodes again and what the transcript reports as uncovered.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -67,13 +68,49 @@ def _snapped(segment: Segment, speech: Sequence[tuple[float, float]], ends: list
     if not segment.words:
         return segment
     words = []
-    for word in segment.words:
-        start, end = coverage.snap((word.start, word.end), speech, ends)
+    for index, word in enumerate(segment.words):
+        starts = _ends_sentence(segment.words[index - 1].text) if index else word.text.strip()[:1].isupper()
+        start, end = _one_stretch(word, speech, ends, starts)
+        start, end = coverage.snap((start, end), speech, ends)
         words.append(word if (start, end) == (word.start, word.end) else replace(word, start=start, end=end))
     was_first, was_last = segment.words[0], segment.words[-1]
     start = words[0].start if segment.start <= was_first.start else max(segment.start, words[0].start)
     end = words[-1].end if segment.end >= was_last.end else min(segment.end, words[-1].end)
     return Segment(start, max(start, end), segment.text, tuple(words))
+
+
+_SENTENCE_END = frozenset(".!?…。！？")
+
+
+def _ends_sentence(text: str) -> bool:
+    tail = text.strip().rstrip("\"'”’)]»")
+    return bool(tail) and tail[-1] in _SENTENCE_END
+
+
+def _one_stretch(
+    word: Word, speech: Sequence[tuple[float, float]], ends: list[float], starts_sentence: bool
+) -> tuple[float, float]:
+    """Return the word's times cut to one stretch of speech when the aligner stretched it over a pause
+    between two (base ran "longer" on to the next sentence's "for", and "that." on to "The", so one
+    cue held both sentences across a second of silence).
+
+    As whisper shortens long words: a sentence's last word keeps the stretch it starts in, a
+    sentence's first word the one it ends in; any other word the stretch holding most of it.
+    """
+    first = bisect.bisect_right(ends, word.start)
+    last = first
+    while last < len(speech) and speech[last][0] < word.end:
+        last += 1
+    if last - first < 2:
+        return word.start, word.end
+    held = speech[first:last]
+    if _ends_sentence(word.text):
+        stretch = held[0]
+    elif starts_sentence:
+        stretch = held[-1]
+    else:
+        stretch = max(held, key=lambda r: min(word.end, r[1]) - max(word.start, r[0]))
+    return max(word.start, stretch[0]), min(word.end, stretch[1])
 
 
 def _within(segment: Segment, window: tuple[float, float]) -> Segment | None:
