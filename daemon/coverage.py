@@ -157,11 +157,20 @@ def snap(word: Interval, speech: Sequence[Interval], ends: Sequence[float] | Non
     `ends` (the regions' ends, for bisect) may be passed in when snapping many words.
     """
     start, end = word
+    first, last = under(word, speech, ends)
+    if last == first:
+        return word
+    return max(start, speech[first][0]), min(end, speech[last - 1][1])
+
+
+def under(word: Interval, speech: Sequence[Interval], ends: Sequence[float] | None = None) -> tuple[int, int]:
+    """Given a word's time and the sorted, disjoint speech regions, return the indices (first, last)
+    of the regions it overlaps: speech[first:last], empty when the word lies outside speech.
+    `ends` (the regions' ends, for bisect) may be passed in when looking up many words."""
+    start, end = word
     ends = ends if ends is not None else [b for _, b in speech]
     first = bisect.bisect_right(ends, start)  # the first region ending after the word starts
     last = first
     while last < len(speech) and speech[last][0] < end:
         last += 1
-    if last == first:
-        return word
-    return max(start, speech[first][0]), min(end, speech[last - 1][1])
+    return first, last

@@ -26,10 +26,10 @@ from daemon.subtitles.script import (
     _GOOD_STARTS,
     _PHRASE_END,
     _QUOTES_AND_BRACKETS,
-    _SENTENCE_END,
     _WEAK_ENDINGS,
     _is_abbreviation,
     _width,
+    ends_sentence,
 )
 from daemon.subtitles.tokens import _detect_script, _Token, _tokens
 
@@ -72,7 +72,7 @@ def _sentences(tokens: Sequence[_Token]) -> list[list[_Token]]:
     """Given tokens, return them grouped in sentences (ended by punctuation or a segment's end)."""
     units: list[list[_Token]] = []
     for i, token in enumerate(tokens):
-        if not units or _ends_sentence(tokens[i - 1].text) or tokens[i - 1].segment != token.segment:
+        if not units or ends_sentence(tokens[i - 1].text) or tokens[i - 1].segment != token.segment:
             units.append([])
         units[-1].append(token)
     return units
@@ -109,19 +109,12 @@ def _stripped_tail(text: str) -> str:
     return text.rstrip(_QUOTES_AND_BRACKETS)
 
 
-def _ends_sentence(text: str) -> bool:
-    """Given a token's text, return True if it ends a sentence: its last mark (quotes and
-    brackets aside) is sentence punctuation, and a full stop is not an abbreviation's ("Mr.")."""
-    tail = _stripped_tail(text)
-    return bool(tail) and tail[-1] in _SENTENCE_END and not _is_abbreviation(tail)
-
-
 def _break_cost(left: _Token, right: _Token) -> float:
     """Given the tokens either side of a possible break, return how bad breaking there reads (0 best)."""
     if right.text[0] in _CLOSING:
         return 10.0
     tail = _stripped_tail(left.text)
-    if _ends_sentence(left.text):
+    if ends_sentence(left.text):
         cost = 0.0
     elif tail and tail[-1] in _CLAUSE_END:
         cost = 0.3
@@ -150,7 +143,7 @@ def _hard_break(left: _Token, right: _Token) -> bool:
     if right.text[0] in _CLOSING:
         return False  # punctuation stays with the word it closes
     pause = right.start - left.end
-    return pause >= _HARD_PAUSE or (pause >= _SENTENCE_PAUSE and _ends_sentence(left.text))
+    return pause >= _HARD_PAUSE or (pause >= _SENTENCE_PAUSE and ends_sentence(left.text))
 
 
 def _chunks(tokens: Sequence[_Token]) -> Iterator[tuple[int, int]]:
@@ -279,7 +272,7 @@ def _group_chunk(run: _Run, chunk: tuple[int, int], rules: CueRules,
         for j in range(i + 1, hi + 1):
             last_end = max(last_end, run.tokens[j - 1].end)
             if j > i + 1:
-                sentences += _ends_sentence(run.tokens[j - 2].text)
+                sentences += ends_sentence(run.tokens[j - 2].text)
                 if run.width(line_start, j) > rules.max_line_chars:
                     lines, line_start = lines + 1, j - 1
                 if lines > rules.max_lines or last_end - run.tokens[i].start > rules.max_duration:
@@ -317,8 +310,8 @@ def _dialogue_lines(run: _Run, i: int, j: int, rules: CueRules) -> tuple[str, st
     and rules allowing two lines. Broadcast subtitles set such a pair as
     "- Are you coming?" over "- In a minute.".
     """
-    ends = [k for k in range(i + 1, j) if _ends_sentence(run.tokens[k - 1].text)]
-    if rules.max_lines < 2 or len(ends) != 1 or not _ends_sentence(run.tokens[j - 1].text):
+    ends = [k for k in range(i + 1, j) if ends_sentence(run.tokens[k - 1].text)]
+    if rules.max_lines < 2 or len(ends) != 1 or not ends_sentence(run.tokens[j - 1].text):
         return None
     k = ends[0]
     left, right = run.tokens[k - 1], run.tokens[k]

@@ -128,3 +128,10 @@ def _is_abbreviation(word: str) -> bool:
         return False
     body = word.rstrip(".")
     return word.casefold() in _ABBREVIATIONS or (len(body) == 1 and body.isalpha()) or "." in body
+
+
+def ends_sentence(text: str) -> bool:
+    """Given a word's text, return True if it ends a sentence: its last mark (quotes and brackets
+    aside) is sentence punctuation, and a full stop is not an abbreviation's ("Mr.")."""
+    tail = text.rstrip(_QUOTES_AND_BRACKETS)
+    return bool(tail) and tail[-1] in _SENTENCE_END and not _is_abbreviation(tail)

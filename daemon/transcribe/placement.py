@@ -6,13 +6,13 @@ next coverage round decodes again and what the transcript reports as uncovered.
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Sequence
 from dataclasses import replace
 
 from daemon import coverage
 from daemon.datatypes import Segment, Transcript, Word
 from daemon.loops import collapse_repeats
+from daemon.subtitles.script import ends_sentence
 from daemon.transcribe.state import Decoded, File
 from daemon.vad import SpeechChunk
 
@@ -69,7 +69,7 @@ def _snapped(segment: Segment, speech: Sequence[tuple[float, float]], ends: list
         return segment
     words = []
     for index, word in enumerate(segment.words):
-        starts = _ends_sentence(segment.words[index - 1].text) if index else word.text.strip()[:1].isupper()
+        starts = ends_sentence(segment.words[index - 1].text) if index else word.text.strip()[:1].isupper()
         start, end = _one_stretch(word, speech, ends, starts)
         start, end = coverage.snap((start, end), speech, ends)
         words.append(word if (start, end) == (word.start, word.end) else replace(word, start=start, end=end))
@@ -77,14 +77,6 @@ def _snapped(segment: Segment, speech: Sequence[tuple[float, float]], ends: list
     start = words[0].start if segment.start <= was_first.start else max(segment.start, words[0].start)
     end = words[-1].end if segment.end >= was_last.end else min(segment.end, words[-1].end)
     return Segment(start, max(start, end), segment.text, tuple(words))
-
-
-_SENTENCE_END = frozenset(".!?…。！？")
-
-
-def _ends_sentence(text: str) -> bool:
-    tail = text.strip().rstrip("\"'”’)]»")
-    return bool(tail) and tail[-1] in _SENTENCE_END
 
 
 def _one_stretch(
@@ -97,14 +89,11 @@ def _one_stretch(
     As whisper shortens long words: a sentence's last word keeps the stretch it starts in, a
     sentence's first word the one it ends in; any other word the stretch holding most of it.
     """
-    first = bisect.bisect_right(ends, word.start)
-    last = first
-    while last < len(speech) and speech[last][0] < word.end:
-        last += 1
+    first, last = coverage.under((word.start, word.end), speech, ends)
     if last - first < 2:
         return word.start, word.end
     held = speech[first:last]
-    if _ends_sentence(word.text):
+    if ends_sentence(word.text):
         stretch = held[0]
     elif starts_sentence:
         stretch = held[-1]
