@@ -59,6 +59,17 @@ def base_model(base_checkpoint: Path):  # noqa: ANN201 - whisper.model.Whisper, 
 
 
 @pytest.fixture(scope="session")
+def base_ct2(base_model, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN001, ANN201 - Ct2Whisper
+    """The real base model converted to CTranslate2 float32: the CPU engine `subwatch transcribe` uses."""
+    import torch
+
+    from daemon.engine.ct2 import Ct2Whisper, write_ct2
+
+    folder = write_ct2(base_model, tmp_path_factory.mktemp("ct2") / "base")
+    return Ct2Whisper(folder, threads=torch.get_num_threads(), compute_type="float32")
+
+
+@pytest.fixture(scope="session")
 def tiny_en_model(tiny_en_checkpoint: Path):  # noqa: ANN201
     from daemon.models import load_checkpoint
 

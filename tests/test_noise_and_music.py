@@ -14,11 +14,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
 from daemon import subtitles
 from daemon.datatypes import Audio
-from daemon.engine.ct2 import Ct2Whisper, write_ct2
+from daemon.engine.ct2 import Ct2Whisper
 from daemon.transcribe import TranscribeOptions, transcribe
 from tests import sounds, speech
 from tests.harness import subwatch
@@ -27,12 +26,6 @@ from tests.said import Said, assert_cues_on_speech, placed_speech, word_error_ra
 
 RATE = 16000
 NOTE = "no speech found"
-
-
-@pytest.fixture(scope="module")
-def ct2_base(base_model: Any, tmp_path_factory: pytest.TempPathFactory) -> Ct2Whisper:
-    folder: Path = write_ct2(base_model, tmp_path_factory.mktemp("ct2") / "base")
-    return Ct2Whisper(folder, threads=torch.get_num_threads(), compute_type="float32")
 
 
 def cues_of(path: Path, model: Ct2Whisper) -> list[Said]:
@@ -77,7 +70,7 @@ def kinds(voices: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def test_cues_only_on_the_speech_between_stretches_of_non_speech(
-    testdata: Path, ct2_base: Ct2Whisper, tmp_path: Path
+    testdata: Path, base_ct2: Ct2Whisper, tmp_path: Path
 ) -> None:
     voices = [speech.load(clip) for clip in speech.fleurs("es")[:6]]
     lines = speech.librispeech() + [speech.jfk()] + speech.fleurs("en")[2:4]
@@ -88,7 +81,7 @@ def test_cues_only_on_the_speech_between_stretches_of_non_speech(
     placed = speech.mixed_file(tmp_path / "between.wav", parts)
     assert len(placed) == 7
 
-    cues = cues_of(tmp_path / "between.wav", ct2_base)
+    cues = cues_of(tmp_path / "between.wav", base_ct2)
 
     # Every cue on one recording (none over the non-speech, none joining two sentences), none
     # without. The recordings' bounds, not their words' (tests/test_transcribe.py holds cue edges
@@ -101,12 +94,12 @@ def test_cues_only_on_the_speech_between_stretches_of_non_speech(
 # WER here: 9.6, 6.4 and 23.4 % (2026-12-07); the bounds leave a few words for other CPUs.
 @pytest.mark.parametrize(("ratio_db", "most_wrong"), [(10.0, 0.15), (3.0, 0.15), (-2.0, 0.30)])
 def test_speech_under_a_music_bed_says_the_words(
-    testdata: Path, ct2_base: Ct2Whisper, tmp_path: Path, ratio_db: float, most_wrong: float
+    testdata: Path, base_ct2: Ct2Whisper, tmp_path: Path, ratio_db: float, most_wrong: float
 ) -> None:
     lines = [speech.jfk(), *speech.librispeech()[:2], *speech.fleurs("en")[5:7]]
     placed = speech.bed_file(tmp_path / "bed.wav", lines, ratio_db, seed=int(ratio_db) + 20)
 
-    cues = cues_of(tmp_path / "bed.wav", ct2_base)
+    cues = cues_of(tmp_path / "bed.wav", base_ct2)
 
     on = assert_cues_on_speech(cues, placed_speech(placed))
     said = [cue for its in on for cue in its]
