@@ -40,7 +40,7 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +49,10 @@ sys.path.insert(0, str(ROOT))
 
 import accuracy_noise  # noqa: E402
 from accuracy_rows import FASTER_BATCH, IMPLEMENTATIONS, SUBWATCH_GROUP, versions  # noqa: E402
+from accuracy_yardstick import clip_regions, long_text, overlapping, save, spoken  # noqa: E402
 
 from daemon.coverage import merge, subtract, total  # noqa: E402
-from tests.speech import normalise, word_error_rate  # noqa: E402
+from tests.speech import word_error_rate  # noqa: E402
 
 # row -> (implementation, beam size)
 ROWS: dict[str, tuple[str, int]] = {
@@ -73,7 +74,6 @@ RATE = 16000
 VENV = ROOT / "bench" / ".venv-faster-whisper"
 FASTER_WHISPER = "faster-whisper==1.2.1"
 
-Span = tuple[float, float]
 
 
 def main() -> int:
@@ -148,7 +148,7 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
     if "speech" in args.parts:
         work |= prepare_speech(args, audio_dir)
     if "noise" in args.parts:
-        work |= accuracy_noise.prepare(args, clip_regions, save)
+        work |= accuracy_noise.prepare(args)
     args.work = args.workdir / "work.json"
     args.work.write_text(json.dumps(work, indent=1), encoding="utf-8")
     return work
@@ -192,32 +192,6 @@ def clip_entry(clip: Any, audio_dir: Path) -> dict[str, Any]:  # clip: tests.spe
     samples = speech.load(clip)
     save(samples, npy)
     return {"name": clip.path.name, "npy": str(npy), "seconds": len(samples) / RATE, "text": clip.text}
-
-
-def save(samples: Any, path: Path) -> Path:
-    import numpy as np
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, np.asarray(samples, dtype=np.float32))
-    return path
-
-
-def clip_regions(clips: Iterable[Any]) -> dict[Path, list[Span]]:
-    """Return silero's speech regions (daemon.vad on each clip alone), in clip seconds.
-
-    Found per clip, not on the long file, so that what counts as speech does
-    not depend on subwatch's own detection of the long file.
-    """
-    from daemon.datatypes import Audio
-    from daemon.vad import find_speech
-    from tests import speech
-
-    regions = {}
-    for clip in clips:
-        if clip.path not in regions:
-            chunks = find_speech(Audio(speech.load(clip), RATE))
-            regions[clip.path] = [r for chunk in chunks for r in chunk.regions]
-    return regions
 
 
 def faster_whisper_python() -> Path | None:
@@ -359,7 +333,7 @@ def timed(function: Callable[[Any], Any], argument: Any) -> tuple[Any, float, fl
 def score(result: dict[str, Any], work: dict[str, Any]) -> dict[str, Any]:
     """Add WER per language, the long file's coverage and WER, and x realtime to a row's result
     (and the bed files' and the battery's scores: accuracy_noise.score)."""
-    result = accuracy_noise.score(result, work, long_text, spoken)
+    result = accuracy_noise.score(result, work)
     if "texts" not in result:
         return result
     wer = {
@@ -386,47 +360,12 @@ def score(result: dict[str, Any], work: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def long_text(references: list[str], texts: list[str]) -> tuple[float, int]:
-    """Return the long file's WER (all references joined against all text) and the utterances lost.
-
-    An utterance is lost when fewer than half of its words are hits in the
-    alignment of the whole text to the joined references. Unlike coverage by
-    time, this does not favour coarse segments: a 30 s segment overlaps every
-    utterance in it, whether or not its text says them.
-    """
-    import jiwer
-
-    words = [normalise(r, "en").split() for r in references]
-    owner = [i for i, utterance in enumerate(words) for _ in utterance]
-    aligned = jiwer.process_words(" ".join(w for u in words for w in u), normalise(" ".join(texts), "en"))
-    hits = [0] * len(words)
-    for chunk in aligned.alignments[0]:
-        if chunk.type == "equal":
-            for k in range(chunk.ref_start_idx, chunk.ref_end_idx):
-                hits[owner[k]] += 1
-    return aligned.wer, sum(h < len(u) / 2 for h, u in zip(hits, words, strict=True))
-
-
 def long_across(result: dict[str, Any], work: dict[str, Any]) -> str:
     """The long file's cues that join two sentences across a pause (accuracy_noise.across), or n/a."""
     if "segments" not in result:
         return "n/a"
     spans = [spoken(u) for u in work["long"]["utterances"]]
     return str(accuracy_noise.across([tuple(s) for s in result["segments"]], spans))
-
-
-def spoken(utterance: dict[str, Any]) -> Span:
-    """Return where the utterance is spoken: its first speech region's start to its last one's end.
-
-    Not the clip's bounds: FLEURS clips open with up to a second of silence,
-    where the previous utterance's cue may linger without covering anything.
-    """
-    regions = utterance["speech"] or [(utterance["start"], utterance["end"])]
-    return regions[0][0], regions[-1][1]
-
-
-def overlapping(span: Span, segments: list[Span]) -> bool:
-    return any(start < span[1] and end > span[0] for start, end in segments)
 
 
 # ----------------------------------------------------------------------------- report

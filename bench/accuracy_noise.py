@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
+
+from accuracy_yardstick import clip_regions, long_text, overlapping, save, spoken
 
 BED_RATIOS = (10.0, 3.0, -2.0)
 MIN_PAUSE = 0.3  # a cue must not join two sentences across a pause this long
@@ -27,17 +28,15 @@ HOLDS = 0.2  # seconds of a sentence's speech a cue must overlap to hold part of
 Cues = list[tuple[float, float, str]]
 
 
-def prepare(args: argparse.Namespace, regions: Callable[[Any], dict[Path, list[tuple[float, float]]]],
-            save: Callable[[Any, Path], Path]) -> dict[str, Any]:
+def prepare(args: argparse.Namespace) -> dict[str, Any]:
     """Write the bed files and the battery as 16 kHz float32 .npy; return their part of work.json.
 
-    `regions(clips)` gives each clip's speech regions found on the clip alone (the
-    yardstick of the long file), `save(samples, path)` writes an .npy.
+    Each utterance's speech is where silero finds it in the clip alone, as for the long file.
     """
     from tests import sounds, speech
 
     sequence = speech.clips("en")
-    found = regions(sequence)
+    found = clip_regions(sequence)
     beds = []
     for ratio in BED_RATIOS:
         wav = args.workdir / "noise" / f"bed-{ratio:+.0f}dB.wav"
@@ -88,9 +87,7 @@ def run(work: dict[str, Any], long_file: Callable[[Any], Cues]) -> dict[str, Any
 # ----------------------------------------------------------------------------- scoring, in the parent
 
 
-def score(result: dict[str, Any], work: dict[str, Any],
-          long_text: Callable[[list[str], list[str]], tuple[float, int]],
-          spoken: Callable[[dict[str, Any]], tuple[float, float]]) -> dict[str, Any]:
+def score(result: dict[str, Any], work: dict[str, Any]) -> dict[str, Any]:
     """Add each bed's WER, sentences without a cue and cues across sentences, and the battery's count."""
     if "beds" not in result:
         return result
@@ -104,7 +101,7 @@ def score(result: dict[str, Any], work: dict[str, Any],
             "ratio": bed["ratio"],
             "wer": wer,
             "lost": lost,
-            "without_cue": sum(not any(a < s[1] and b > s[0] for a, b, _ in said) for s in spans),
+            "without_cue": sum(not overlapping(s, [(a, b) for a, b, _ in said]) for s in spans),
             "across": across(cues, spans),
             "over_bed": sum(not any(min(b, y) - max(a, x) > 0 for x, y in spans) for a, b, _ in said),
         })
