@@ -10,7 +10,9 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -161,3 +163,38 @@ def wait_until(condition: Callable[[], bool], timeout: float = 15.0) -> bool:
             return True
         time.sleep(0.05)
     return condition()
+
+
+@dataclass
+class DaemonWorld:
+    """A `subwatch run` under test: its folder, config, process, notification sink, and a staging
+    folder outside every watched one where media is made before it is dropped in."""
+
+    root: Path
+    config: Path
+    daemon: Daemon
+    sink: NotificationSink
+    staging: Path
+
+
+@contextmanager
+def running_world(
+    tmp_path_factory: Any, name: str, folders: list[str], config: Callable[[Path, str], str],
+    world: type[DaemonWorld] = DaemonWorld,
+) -> Iterator[Any]:
+    """Start a daemon on `config(root, sink_url)` (YAML) with `folders` made under a fresh root;
+    yield it as a `world` once it watches them all; stop it (exit 0) and the sink afterwards."""
+    root = tmp_path_factory.mktemp(name)
+    for folder in folders:
+        (root / folder).mkdir()
+    sink = NotificationSink()
+    path = write_config(root / "config.yaml", config(root, sink.url))
+    daemon = Daemon(path)
+    try:
+        daemon.wait_log(f"watching {len(folders)} folder(s)", timeout=120)
+        yield world(root, path, daemon, sink, tmp_path_factory.mktemp("staging"))
+        assert daemon.stop() == 0, daemon.log()
+    finally:
+        if daemon.process.poll() is None:  # a start or a test that failed: leave nothing running
+            daemon.kill()
+        sink.close()

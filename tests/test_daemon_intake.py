@@ -23,7 +23,16 @@ from pathlib import Path
 import pytest
 
 from tests import speech
-from tests.harness import REPO, Daemon, NotificationSink, status, wait_for_state, write_config
+from tests.harness import (
+    REPO,
+    Daemon,
+    DaemonWorld,
+    NotificationSink,
+    running_world,
+    status,
+    wait_for_state,
+    write_config,
+)
 from tests.media_factory import duration_of, make_media, write_distinct_wav, write_odd_wav
 from tests.said import LATE, assert_cues_on_speech, assert_says, media_speech, placed_speech, srt_cues
 from tests.test_daemon_e2e import assert_cues_valid
@@ -35,14 +44,7 @@ _serial = itertools.count()
 TINY_LATE = 1.2
 
 
-@dataclass
-class World:
-    root: Path
-    config: Path
-    daemon: Daemon
-    sink: NotificationSink
-    staging: Path
-
+class World(DaemonWorld):
     def folder(self, name: str) -> Path:
         return self.root / name
 
@@ -52,31 +54,27 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, tiny_en_checkpoint: Path) -> Iterator[World]:
-    root = tmp_path_factory.mktemp("intake")
-    for name in ("matrix", "phoenix", "turns", "polled", "mnt"):
-        (root / name).mkdir()
-    sink = NotificationSink()
-    config = write_config(root / "config.yaml", f"""
-        state_dir: {root / "state"}
-        log_level: info
-        defaults: {{model: {tiny_en_checkpoint}, beam_size: 1, device: cpu, settle_seconds: {SETTLE},
-                    language: en}}
-        notify: {{urls: ["{sink.url}"], burst: 100}}
-        folders:
-          - path: {root / "matrix"}
-          - path: {root / "phoenix"}
-          - path: {root / "turns"}
-          # A polled folder: watchdog's PollingObserver only, as on an SMB/NFS share.
-          - path: {root / "polled"}
-            poll: true
-            poll_interval: 0.5
-          - path: {root / "mnt"}
-    """)
-    daemon = Daemon(config)
-    daemon.wait_log("watching 5 folder(s)", timeout=120)
-    yield World(root, config, daemon, sink, tmp_path_factory.mktemp("staging"))
-    assert daemon.stop() == 0, daemon.log()
-    sink.close()
+    def config(root: Path, sink_url: str) -> str:
+        return f"""
+            state_dir: {root / "state"}
+            log_level: info
+            defaults: {{model: {tiny_en_checkpoint}, beam_size: 1, device: cpu, settle_seconds: {SETTLE},
+                        language: en}}
+            notify: {{urls: ["{sink_url}"], burst: 100}}
+            folders:
+              - path: {root / "matrix"}
+              - path: {root / "phoenix"}
+              - path: {root / "turns"}
+              # A polled folder: watchdog's PollingObserver only, as on an SMB/NFS share.
+              - path: {root / "polled"}
+                poll: true
+                poll_interval: 0.5
+              - path: {root / "mnt"}
+        """
+
+    folders = ["matrix", "phoenix", "turns", "polled", "mnt"]
+    with running_world(tmp_path_factory, "intake", folders, config, World) as world:
+        yield world
 
 
 def spoken(world: World, words: str, seconds: float = 3.0, suffix: str = ".mkv") -> Path:

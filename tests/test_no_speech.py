@@ -11,13 +11,12 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from daemon.notify import Event, format_digest, format_done
-from tests.harness import Daemon, NotificationSink, status_cli, subwatch, wait_for_state, write_config
+from tests.harness import DaemonWorld, running_world, status_cli, subwatch, wait_for_state
 
 SETTLE = 0.5
 NOTE = "no speech found"
@@ -35,14 +34,7 @@ def subtitles_in(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.rglob("*") if p.suffix in (".srt", ".vtt"))
 
 
-@dataclass
-class World:
-    root: Path
-    config: Path
-    daemon: Daemon
-    sink: NotificationSink
-    staging: Path
-
+class World(DaemonWorld):
     def done(self, path: Path) -> dict:
         job = wait_for_state(self.config, f"{path.parent.name}/{path.name}", {"done", "failed", "skipped"})
         assert job["path"] == str(path)
@@ -59,29 +51,22 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, tiny_en_checkpoint: Path) -> Iterator[World]:
-    root = tmp_path_factory.mktemp("nospeech")
-    for name in ("movies", "nogpu"):
-        (root / name).mkdir()
-    sink = NotificationSink()
-    config = write_config(root / "config.yaml", f"""
-        state_dir: {root / "state"}
-        log_level: info
-        defaults: {{model: {tiny_en_checkpoint}, device: cpu, settle_seconds: {SETTLE}, language: en,
-                    beam_size: 1}}
-        notify: {{urls: ["{sink.url}"], burst: 50}}
-        folders:
-          - path: {root / "movies"}
-          # No GPU there: a file in it can be done only from a stored transcript.
-          - path: {root / "nogpu"}
-            device: cuda:99
-    """)
-    daemon = Daemon(config)
-    daemon.wait_log("watching 2 folder(s)", timeout=120)
-    yield World(root, config, daemon, sink, tmp_path_factory.mktemp("staging"))
-    try:
-        assert daemon.stop() == 0, daemon.log()
-    finally:
-        sink.close()
+    def config(root: Path, sink_url: str) -> str:
+        return f"""
+            state_dir: {root / "state"}
+            log_level: info
+            defaults: {{model: {tiny_en_checkpoint}, device: cpu, settle_seconds: {SETTLE}, language: en,
+                        beam_size: 1}}
+            notify: {{urls: ["{sink_url}"], burst: 50}}
+            folders:
+              - path: {root / "movies"}
+              # No GPU there: a file in it can be done only from a stored transcript.
+              - path: {root / "nogpu"}
+                device: cuda:99
+        """
+
+    with running_world(tmp_path_factory, "nospeech", ["movies", "nogpu"], config, World) as world:
+        yield world
 
 
 def drop(source: Path, target: Path) -> Path:
