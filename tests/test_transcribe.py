@@ -166,20 +166,30 @@ def test_no_text_over_noise_or_music_and_cue_edges_near_the_speech(model) -> Non
         assert any(a <= word.start <= word.end <= b for a, b in stretches), word  # not over noise, music
 
 
-def test_every_utterance_of_a_long_file_gets_its_words(model, tmp_path: Path) -> None:
+def test_every_utterance_of_a_long_file_gets_its_words_as_well_read_as_alone(model, tmp_path: Path) -> None:
     # 15 utterances 1 s apart share Whisper's windows: the model ends some windows early and skips
-    # utterances inside others (4 of these 15 had no words before the coverage rounds)
-    placed = speech.long_file(tmp_path / "long.wav", speech.clips("en"), repeat=1)
+    # utterances inside others (4 of these 15 had no words before the coverage rounds), and what
+    # comes before a line in its window led it astray on two ("two fold of genetic variation, didn't
+    # expect" for "two pools of genetic variation hidden and expressed") before the rechecks
+    clips = speech.clips("en")
+    placed = speech.long_file(tmp_path / "long.wav", clips, repeat=1)
     audio = Audio(speech.load(speech.Clip(tmp_path / "long.wav", "en", "")), RATE)
+    options = TranscribeOptions(model="base", language="en", beam_size=None)
 
-    result = transcribe(audio, TranscribeOptions(model="base", language="en", beam_size=None), model)
+    result = transcribe(audio, options, model)
+    alone = transcribe_many([(Audio(speech.load(clip), RATE), options) for clip in clips], model)
 
+    by_clip = {clip.path: text_of(t) for clip, t in zip(clips, alone, strict=True)}
     for p in placed:
         said = "".join(w.text for w in words_in(result, p.start, p.end))
         assert said.strip(), f"no words for {p.clip.path.name} at {p.start:.1f}-{p.end:.1f} s"
-        assert speech.word_error_rate([p.clip.text], [said], "en") <= 0.5, (p.clip.path.name, said)
-    everything = speech.word_error_rate([" ".join(p.clip.text for p in placed)], [text_of(result)], "en")
-    assert everything <= 0.2
+        alone_said = by_clip[p.clip.path]
+        wrong, wrong_alone = (speech.word_error_rate([p.clip.text], [t], "en") for t in (said, alone_said))
+        assert wrong <= wrong_alone + 0.15, (p.clip.path.name, said, alone_said)
+    reference = [" ".join(p.clip.text for p in placed)]
+    everything = speech.word_error_rate(reference, [text_of(result)], "en")
+    everything_alone = speech.word_error_rate([c.text for c in clips], [text_of(t) for t in alone], "en")
+    assert everything <= 1.2 * everything_alone + 0.01, (everything, everything_alone)
     assert result.uncovered_seconds <= 1.0 and result.speech_seconds > 100
 
 

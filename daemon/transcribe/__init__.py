@@ -45,6 +45,7 @@ from daemon.models import ModelNotFound
 from daemon.transcribe.options import TranscribeOptions
 from daemon.transcribe.placement import transcript_of
 from daemon.transcribe.progress import Progress
+from daemon.transcribe.recheck import better, recheck_round
 from daemon.transcribe.rounds import chunk_request, coverage_round, engine_options_for
 from daemon.transcribe.speech import speech_maps, speech_seconds, voter_chunks
 from daemon.transcribe.state import Decoded, File, Work
@@ -174,6 +175,7 @@ def _transcribe(
         first: list[Work] = [(f, chunk, None) for f, file in enumerate(files) for chunk in file.chunks]
         _decode_round(model, files, first, features, tracker, decoded)
         features.clear()
+        _recheck(model, files, tracker, decoded)
         tried: list[list[tuple[float, float]]] = [[] for _ in files]
         for _ in range(max((file.options.coverage.max_rounds for file in files), default=0)):
             retries = coverage_round(files, decoded, tried)
@@ -214,6 +216,23 @@ def _decode_round(
         for i, result in zip(indices, results, strict=True):
             f, chunk, stretch = work[i]
             decoded[f].append(Decoded(chunk, result, stretch))
+
+
+def _recheck(model: Whisper, files: list[File], tracker: Progress, decoded: list[list[Decoded]]) -> None:
+    """Decode again alone each line the first round read with little confidence (see
+    transcribe.recheck); keep a new reading where the model is surer of it."""
+    work = recheck_round(files, decoded)
+    if not work:
+        return
+    again: list[list[Decoded]] = [[] for _ in files]
+    _decode_round(model, files, work, {}, tracker, again)
+    kept = 0
+    for f, earlier in enumerate(decoded):
+        mine = [w for w in work if w[0] == f]
+        winners = [better(files[f], earlier, w, d) for w, d in zip(mine, again[f], strict=True)]
+        earlier += [w for w in winners if w is not None]
+        kept += sum(w is not None for w in winners)
+    log.debug("rechecked %d line(s) read with little confidence; %d read better alone", len(work), kept)
 
 
 def _detect_languages(model: Whisper, files: list[File]) -> dict[tuple[int, SpeechChunk], Any]:

@@ -11,6 +11,32 @@ from daemon.vad import VadOptions
 
 
 @dataclass(frozen=True)
+class RecheckOptions:
+    """Which lines read with little confidence are decoded again alone (see transcribe.recheck).
+
+    below_logprob: a line whose words' mean log-probability is under this is
+        decoded again alone (-0.25); None never rechecks.
+    min_words: lines with fewer words are left as they are (3): a word or two
+        carries too little evidence either way.
+    join_s: speech regions closer than this are one line (0.5): a pause that short
+        is inside a sentence, and half a sentence alone reads worse than whole.
+    min_gain: the new reading is kept only if its mean word log-probability is
+        this much higher (0.15). Lines misread for their window gained 0.18 to
+        0.4 alone; under a loud music bed two readings of a line differ by less
+        than 0.1 and neither is the better one more often.
+    pad_s: the line's window reaches this far either side of it (0.5), short of
+        the speech next to it: silero's region can end before a word's last sound
+        ("hidden in express" for "hidden and expressed").
+    """
+
+    below_logprob: float | None = -0.25
+    min_words: int = 3
+    join_s: float = 0.5
+    min_gain: float = 0.15
+    pad_s: float = 0.5
+
+
+@dataclass(frozen=True)
 class TranscribeOptions:
     """The per-folder rules that shape decoding.
 
@@ -31,6 +57,8 @@ class TranscribeOptions:
     vad: how speech is found and cut into chunks (see vad.VadOptions).
     coverage: how speech that no decoded word covers is decoded again (see
         coverage.CoverageOptions).
+    recheck: which lines read with little confidence are decoded again alone
+        (see RecheckOptions).
     """
 
     model: str
@@ -49,3 +77,4 @@ class TranscribeOptions:
     language_windows: int = 5
     vad: VadOptions = field(default_factory=VadOptions)
     coverage: CoverageOptions = field(default_factory=CoverageOptions)
+    recheck: RecheckOptions = field(default_factory=RecheckOptions)

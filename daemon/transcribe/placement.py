@@ -47,15 +47,20 @@ def placed(file: File, decoded: list[Decoded]) -> list[Segment]:
 
     A coverage retry keeps only the words inside its window (by their middle):
     the window lies between words of earlier rounds, so every one of them is new.
+    A recheck that won its line keeps its words there, and every other window loses its own.
     """
     duration = file.audio.duration
+    replaced = [item.replaces for item in decoded if item.replaces is not None]
     segments: list[Segment] = []
     for item in decoded:
         if item.result.silent or (item.retry and not coverage.confident(item.result, file.options.coverage)):
             continue
         placed = [_on_timeline(segment, item.chunk, duration) for segment in item.result.segments]
-        if item.retry is not None:
-            placed = [s for s in (_within(segment, item.retry) for segment in placed) if s is not None]
+        keep = item.retry or item.replaces
+        if keep is not None:
+            placed = [s for s in (_within(segment, keep) for segment in placed) if s is not None]
+        else:
+            placed = [part for segment in placed for part in _outside(segment, replaced)]
         segments += placed
     ends = [end for _, end in file.faint]
     segments = [_snapped(segment, file.faint, ends) for segment in segments]
@@ -112,6 +117,26 @@ def _within(segment: Segment, window: tuple[float, float]) -> Segment | None:
     if len(words) == len(segment.words):
         return segment
     return Segment(words[0].start, words[-1].end, "".join(w.text for w in words), words)
+
+
+def _outside(segment: Segment, lines: Sequence[tuple[float, float]]) -> list[Segment]:
+    """Return the parts of a segment outside every line in `lines` (by its words' middles): the words
+    before a line, and those after it, each part a segment of its own."""
+    if not lines:
+        return [segment]
+    if not segment.words:
+        inner = any(coverage.inside((segment.start, segment.end), line) for line in lines)
+        return [] if inner else [segment]
+    parts: list[list[Word]] = [[]]
+    for word in segment.words:
+        if any(coverage.inside((word.start, word.end), line) for line in lines):
+            if parts[-1]:
+                parts.append([])
+        else:
+            parts[-1].append(word)
+    if len(parts) == 1 and len(parts[0]) == len(segment.words):
+        return [segment]
+    return [Segment(p[0].start, p[-1].end, "".join(w.text for w in p), tuple(p)) for p in parts if p]
 
 
 def _on_timeline(segment: Segment, chunk: SpeechChunk, duration: float) -> Segment:

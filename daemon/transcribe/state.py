@@ -24,11 +24,13 @@ class File:
 
 @dataclass(frozen=True)
 class Decoded:
-    """One decoded window of a file; `retry` is the stretch a coverage round decoded it for."""
+    """One decoded window of a file; `retry` is the stretch a coverage round decoded it for, `replaces`
+    the line a recheck read again with more confidence (its words there replace all others)."""
 
     chunk: SpeechChunk
     result: ChunkDecoding
     retry: tuple[float, float] | None = None
+    replaces: tuple[float, float] | None = None
 
 
 # A window to decode: (file index, the window, the uncovered stretch it retries or None).
