@@ -2,4 +2,5 @@ import sys
 
 from daemon.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # not when a decoder child (spawned) imports this module
+    sys.exit(main())

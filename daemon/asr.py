@@ -200,15 +200,14 @@ def describe(batch: Sequence[Pending]) -> str:
 
 
 def run_batch(
-    batch: Sequence[Pending], model: Whisper, progress: Callable[[float], None] | None = None
+    batch: Sequence[Pending], decoder: Any, progress: Callable[[float], None] | None = None
 ) -> None:
-    """Given a worker's batch of requests and their model, answer each: transcriptions decoded together
-    (if that fails, one at a time, so the error lands on the request that causes it), then detections.
+    """Given a worker's batch of requests and its decoder (daemon.decoders.Decoder, its model loaded),
+    answer each: transcriptions decoded together (if that fails, one at a time, so the error lands on
+    the request that causes it), then detections.
 
     Errors become each request's AsrError; only an exception from `progress` (a shutdown) escapes.
     """
-    from daemon.transcribe import transcribe_many
-
     stopped: list[BaseException] = []  # what `progress` raised: it escapes, it is no request's error
 
     def report(fraction: float) -> None:
@@ -224,8 +223,9 @@ def run_batch(
         log.info("transcribing %d HTTP requests together", len(asked))
     if asked:
         try:
-            transcripts = transcribe_many(
-                [(Audio(p.request.samples, SAMPLE_RATE), p.options) for p in asked], model, report
+            transcripts = decoder.transcribe_many(
+                [(Audio(p.request.samples, SAMPLE_RATE), p.options) for p in asked],
+                [f"request {i + 1}" for i in range(len(asked))], report,
             )
         except Exception as exc:  # out of memory, audio the model cannot take, bugs
             if stopped:
@@ -236,7 +236,7 @@ def run_batch(
                 log.warning("a batch of %d HTTP requests failed (%s); transcribing them one at a time",
                             len(asked), _one_line(exc))
                 for p in asked:
-                    run_batch([p], model, progress)
+                    run_batch([p], decoder, progress)
         else:
             for p, transcript in zip(asked, transcripts, strict=True):
                 log.info("answered an HTTP request: %.1f s of audio, %s, %d segment(s)", p.request.seconds,
@@ -245,7 +245,7 @@ def run_batch(
     detect = [p for p in batch if p.kind == "detect" and not p.future.done()]
     if detect:
         try:
-            found = detect_languages(model, [(p.request.samples, p.options) for p in detect])
+            found = decoder.detect_languages([(p.request.samples, p.options) for p in detect])
         except Exception as exc:  # out of memory, audio the model cannot take, bugs
             for p in detect:
                 p.fail(f"language detection failed: {_one_line(exc)}")

@@ -13,6 +13,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from daemon import __version__
 from daemon.config import Config, ConfigError, RulesError, load_config, validate_rules
 from daemon.datatypes import Job
 from daemon.hostcheck import config_exposure, raise_nofile_limit
-from daemon.jobsjson import job_json, jobs_json, json_text
+from daemon.jobsjson import decoders_json, job_json, jobs_json, json_text
 from daemon.models import is_model_path
 from daemon.options import FolderNotify, FolderRules, build_rules
 from daemon.queue import JobQueue, QueueError
@@ -91,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="show the queue", description="List the jobs in the queue.")
     _config_arg(status)
     status.add_argument("--json", action="store_true", help="print a JSON array of jobs")
+    status.add_argument("--decoders", action="store_true",
+                        help="with --json: print each transcriber's decoder child (restarts, last death)")
     status.add_argument("--state", choices=("pending", "running", "done", "failed", "skipped"),
                         help="only jobs in this state")
     status.set_defaults(handler=cmd_status)
@@ -279,16 +282,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     queue = _open_queue(config) if config.db_path.exists() else None
     states = [JobState(args.state)] if args.state else None
     if args.json:
-        print(json_text(jobs_json(queue, states)))
+        print(json_text(decoders_json(queue) if args.decoders else jobs_json(queue, states)))
         return EXIT_OK
     jobs = queue.jobs(states) if queue else []
     if not jobs:
         print("no jobs")
-        return EXIT_OK
     for job in jobs:
         detail = job.error or (", ".join(p.name for p in job.outputs) if job.outputs else "")
         line = f"{job.state.value:<8} {job.attempts:>2}  {printable(os.fsdecode(job.path))}"
         print(line + (f"  — {printable(detail)}" if detail else "") + _speech(job))
+    for decoder in queue.decoders.all() if queue else []:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(decoder.last_death_at or 0))
+        print(f"decoder {decoder.name}: {decoder.restarts} restart(s); "
+              f"last died {when} ({decoder.last_death})")
     return EXIT_OK
 
 

@@ -68,3 +68,12 @@ def json_text(value: object) -> str:
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def decoders_json(queue: Any) -> list[dict[str, Any]]:
+    """Each transcriber's decoder child as `subwatch status --json --decoders` and GET /api/decoders
+    show it: restarts since the daemon started and the last death's cause and time."""
+    if queue is None:
+        return []
+    return [{"name": d.name, "restarts": d.restarts, "last_death": d.last_death,
+             "last_death_at": d.last_death_at} for d in queue.decoders.all()]

@@ -98,6 +98,10 @@ class DiskSamples:
             done += got
         return out
 
+    def fileno(self) -> int:
+        """The descriptor of the samples' file (a decoder child is handed it; see daemon.decoders)."""
+        return self._fd
+
     def close(self) -> None:
         """Free the file (its disk space). Reading afterwards raises OSError."""
         self._fd = -1  # never read a descriptor number the system may have given to another file

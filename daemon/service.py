@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 from daemon import subtitles
 from daemon.config import Config, ConfigError, HttpRules, load_config
 from daemon.datatypes import JobState
+from daemon.decoders import Death, Decoder, DecoderPool, Settings
 from daemon.intake import Intake
 from daemon.logs import job_log
 from daemon.mediaservers import MediaServers
@@ -40,7 +41,6 @@ from daemon.outcomes import Outcomes
 from daemon.queue import JobQueue, Recovered
 from daemon.sdnotify import SystemdNotifier, WatchdogLoop, percent, status_line
 from daemon.text import printable
-from daemon.transcribe import ModelStore
 from daemon.transcribers import Transcribers
 
 if TYPE_CHECKING:
@@ -60,16 +60,16 @@ class Service:
         self.config = config
         self.jobs = JobQueue(config.db_path)
         self.ledger = subtitles.SidecarLedger(self.jobs)
-        self.models = ModelStore(
-            config.models_dir, config.unload_after_seconds, config.gpu_memory_limit, config.engine
-        )
+        self._stopping = threading.Event()
+        settings = Settings(config.models_dir, config.unload_after_seconds, config.gpu_memory_limit,
+                            config.engine, config.log_level)
+        self.models = DecoderPool(settings, self._stopping, on_death=self._decoder_died)
         self.notifier = Notifier(config.notify, settled=self.jobs.notices_settled)
         self.systemd = SystemdNotifier()
         self._wake = threading.Event()  # new work for the loader
         self.media_servers = MediaServers(lambda: self.config.media_servers, self.jobs, self.notifier)
         self.intake = Intake(config, self.jobs, wake=self._wake.set,
                              sidecars_moved=self.media_servers.sidecars_changed)
-        self._stopping = threading.Event()
         self._reload_requested = threading.Event()
         self._threads: list[threading.Thread] = []
         self.outcomes = Outcomes(self.jobs, self.ledger, self.notifier, lambda: self.config, self._wake.set,
@@ -158,20 +158,15 @@ class Service:
 
     def _recover(self) -> None:
         """Put back the jobs the last daemon left running (see JobQueue.recover_running), each with its
-        journal line; one failed for crashing the daemon is notified like any other failure. A job
-        killed while its sidecars were written may have left a temp file beside them: it goes."""
-        recovered = self.jobs.recover_running(self.config.max_attempts)
+        journal line; the daemon's death charges no file. A job killed while its sidecars were
+        written may have left a temp file beside them: it goes."""
+        recovered = self.jobs.recover_running()
         folders = {f for back in recovered for f in self.ledger.folders_of(back.job.id, back.job.path)}
         for folder in sorted(folders):
             for temp in subtitles.remove_stale_temps(folder):
                 log.info("removed %s, left by a daemon killed while it wrote subtitles", printable(str(temp)))
         for back in recovered:
-            job = back.job
-            if job.state == JobState.FAILED:
-                self.outcomes.report_failure(job, job.error or "")
-                continue
-            level = logging.WARNING if back.cause == "crashed_alone" else logging.INFO
-            job_log(log, "requeued", job.path, _recovery_note(back, self.config.max_attempts), job.id, level)
+            job_log(log, "requeued", back.job.path, _recovery_note(back), back.job.id)
 
     def _clear_work_dir(self) -> None:
         """Make the folder where decoded audio and uploads wait, and empty it: what is there was left
@@ -216,6 +211,7 @@ class Service:
         _join_all([w.thread for w in workers], STOP_GRACE_SECONDS)
         if any(w.thread.is_alive() for w in workers):
             self._abandon.set()  # progress callbacks raise Cancelled; the batches go back to pending
+            self.models.kill()  # and a child that reports no progress (loading, hung) is ended
             _join_all([w.thread for w in workers], 5.0)
         for worker in workers:
             job_ids, current = worker.activity.job_ids, worker.activity.current
@@ -228,12 +224,18 @@ class Service:
         for thread in self._threads:
             thread.join(2.0)
         self.pool.release_prefetched()
+        self.models.close()
         self.notifier.stop(timeout=5.0)
         self.jobs.close()
         log.info("stopped")
 
     def _loader_loop(self) -> None:
         self.pool.loader_loop()
+
+    def _decoder_died(self, decoder: Decoder, death: Death) -> None:
+        """Keep a decoder child's death where `subwatch status` and the status page read it."""
+        state = decoder.state()
+        self.jobs.decoders.record(state.name, state.pid, state.restarts, death.cause, death.at)
 
     def _start_workers(self) -> None:
         self.pool.start_workers()
@@ -316,17 +318,14 @@ def release_freed_memory() -> None:
     trim(0)
 
 
-def _recovery_note(back: Recovered, max_attempts: int) -> str:
+def _recovery_note(back: Recovered) -> str:
     """Given a job put back at start-up, return the details of its `requeued` line."""
     if back.cause == "waiting":
         return "left running by a crash or stop before the model began on it; attempt not counted"
-    if back.cause == "crashed_alone":
-        return (f"left running by a crash or stop while the model transcribed it alone (crash "
-                f"{back.job.crashes} of {max_attempts}); transcribed alone again")
     others = back.together - 1
     company = f" with {others} other file{'s' if others != 1 else ''}" if others else ""
     return (f"left running by a crash or stop while the model transcribed it{company}; transcribed "
-            "alone next, to see whether it is the cause; attempt not counted")
+            "alone next; attempt not counted, and no crash: the daemon's death is no evidence against it")
 
 
 def _join_all(threads: Iterable[threading.Thread | None], timeout: float) -> None:

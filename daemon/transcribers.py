@@ -6,10 +6,10 @@
   transcript for its folder's rules (a copy) it finishes itself, undecoded;
 - one transcriber worker per configured device (`cuda:0`, `cuda:1`, …) takes
   the decoded files its device serves, as many as share a model and fit a
-  batch (workers.pick_batch), loads the model, runs them through it together
-  and hands each result to `Outcomes`; the jobs in the model are marked so in
-  the queue, so that after a crash only they are suspected, and each suspect
-  then goes through alone (SoloGate);
+  batch (workers.pick_batch), has its decoder child (daemon.decoders) load the
+  model and transcribe them together, and hands each result to `Outcomes`; the
+  jobs in the model are marked so in the queue, and when the child dies,
+  daemon.blame decides what that says about them;
 - before each batch a worker answers the HTTP requests waiting in `asr`
   (daemon.asr: Bazarr's audio), ahead of the queued files.
 """
@@ -18,34 +18,28 @@ from __future__ import annotations
 
 import logging
 import os
-import resource
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any
 
 from daemon import asr, media, pipeline, subtitles
+from daemon.blame import Blame
 from daemon.config import Config, FolderRules
 from daemon.datatypes import Job, Transcript
+from daemon.decoders import Decoder, DecoderDied, DecoderPool
 from daemon.logs import job_log
 from daemon.notify import Notifier
 from daemon.outcomes import Outcomes, one_line_error
 from daemon.queue import JobQueue, QueueError
 from daemon.text import printable
-from daemon.transcribe import DeviceUnavailable, ModelNotFound, ModelStore, resolve_device, transcribe_many
-from daemon.workers import Prefetch, SoloGate, Waiting, describe_files, worker_devices
+from daemon.transcribe import DeviceUnavailable, ModelNotFound
+from daemon.workers import Prefetch, Waiting, describe_files, worker_devices
 
 log = logging.getLogger("subwatch")
 
-# Test-only (tests/test_daemon_crashes.py): a file name whose batch makes the process abort once it
-# is in the model, as a file that crashes a decoder or driver would. Nothing in subwatch sets it.
-CRASH_ON_ENV = "SUBWATCH_TEST_CRASH_ON"
-# Before a suspect goes into the model, notifications already sent get this long to be delivered: if it
-# does crash the daemon, none is cut off mid-delivery (to be lost, or sent twice at the next start).
-NOTIFY_FLUSH_SECONDS = 10.0
 
 
 class Cancelled(Exception):
@@ -78,8 +72,6 @@ def waiting(item: pipeline.Prepared) -> Waiting:
     return Waiting(item.rules.transcribe.model, item.rules.devices, item.audio.duration, alone=item.suspect)
 
 
-
-
 class Transcribers:
     """The loader and the workers, sharing the prefetch of decoded files.
 
@@ -89,7 +81,7 @@ class Transcribers:
     """
 
     def __init__(self, config: Callable[[], Config], jobs: JobQueue, ledger: subtitles.SidecarLedger,
-                 models: ModelStore, notifier: Notifier, outcomes: Outcomes, wake: threading.Event,
+                 models: DecoderPool, notifier: Notifier, outcomes: Outcomes, wake: threading.Event,
                  stopping: threading.Event,
                  start_thread: Callable[[str, Callable[[], None]], threading.Thread]) -> None:
         self._config = config
@@ -103,7 +95,7 @@ class Transcribers:
         self._start_thread = start_thread
         self.workers: dict[str, Worker] = {}  # by device
         self.prefetch: Prefetch[pipeline.Prepared] = Prefetch(waiting)
-        self._gate = SoloGate()  # a suspect is alone in the models
+        self.blame = Blame(jobs, outcomes, config)
         self.abandon = threading.Event()
         # HTTP requests with their audio: served before the prefetch, as much as http allows to wait.
         self.asr = asr.AsrLane(lambda: asr.queued_seconds_cap(self._config()))
@@ -205,22 +197,18 @@ class Transcribers:
         if not batch:
             return False
         spec = batch[0].rules.transcribe.model
-        entered = False
+        decoder = self.models.for_worker(worker.device)
         try:
             with self._working_on(worker.activity, [asr.describe(batch)], ()):
-                with self.models.use(spec, resolve_device(worker.device)) as model:
-                    entered = self._gate.enter(False, self._stopping)
-                    if entered:
-                        asr.run_batch(batch, model, partial(self._progress, worker.activity))
+                decoder.load(spec, worker.device)
+                asr.run_batch(batch, decoder, partial(self._progress, worker.activity))
         except Cancelled:
             pass
-        except Exception as exc:  # no device, no model, out of memory: the requests say so
+        except Exception as exc:  # no device, no model, out of memory, a dead child: the requests say so
             log.debug("HTTP requests on %s failed", worker.device, exc_info=True)
             for pending in batch:
                 pending.fail(one_line_error(exc))
         finally:
-            if entered:
-                self._gate.leave()
             for pending in batch:
                 pending.fail("subwatch is stopping")  # only those not answered
         return True
@@ -234,95 +222,84 @@ class Transcribers:
         return tuple(w.device for w in others if w.usable and w is not worker)
 
     def _next_batch(self, worker: Worker, first: pipeline.Prepared) -> None:
-        """Load the model of the worker's first waiting file, then take its batch and transcribe it.
+        """Load the model of the worker's first waiting file in its decoder child, then take its batch
+        and transcribe it. Loading comes first: files decoded meanwhile (a backlog at start) join."""
+        spec, error, permanent, died = first.rules.transcribe.model, None, True, None
+        decoder = self.models.for_worker(worker.device)
+        try:
+            with self._working_on(worker.activity, [first.path.name], ()):
+                decoder.load(spec, worker.device)
+        except DeviceUnavailable as exc:
+            error = str(exc)
+            if worker.usable:
+                worker.usable = False
+                log.error("device %s: %s; its files go to their folders' other devices, if any",
+                          worker.device, error)
+        except ModelNotFound as exc:
+            error = str(exc)
+        except DecoderDied as exc:  # no file was in it: none is charged, or even counted an attempt
+            died = exc.death.cause
+        except Exception as exc:  # out of memory, bugs: retried with backoff
+            log.debug("loading %s on %s failed", spec, worker.device, exc_info=True)
+            error, permanent = f"loading {spec} failed: {one_line_error(exc)}", False
+        if self._stopping.is_set():
+            return  # stopped while the model loaded: the files wait in the prefetch, released there
+        taken = self.prefetch.take(worker.device, spec, self._leave_to(worker))
+        live = self.outcomes.still_running(taken)
+        if died is not None:
+            for _, job in live:
+                self.outcomes.release(job.id, f"its decoder on {worker.device} died loading {spec} ({died})")
+            return
+        if error is not None:
+            for _, job in live:
+                self.outcomes.failed(job, error, permanent=permanent)
+            return
+        self._transcribe(worker, decoder, live)
 
-        Loading comes first: files decoded meanwhile (a backlog at start) join the batch.
-        """
-        spec, error, permanent = first.rules.transcribe.model, None, True
-        with ExitStack() as held:
-            try:
-                with self._working_on(worker.activity, [first.path.name], ()):
-                    device = resolve_device(worker.device)
-                    model = held.enter_context(self.models.use(spec, device))
-            except DeviceUnavailable as exc:
-                error = str(exc)
-                if worker.usable:
-                    worker.usable = False
-                    log.error("device %s: %s; its files go to their folders' other devices, if any",
-                              worker.device, error)
-            except ModelNotFound as exc:
-                error = str(exc)
-            except Exception as exc:  # out of memory, bugs: retried with backoff
-                log.debug("loading %s on %s failed", spec, worker.device, exc_info=True)
-                error, permanent = one_line_error(exc), False
-            if self._stopping.is_set():
-                return  # stopped while the model loaded: the files wait in the prefetch, released there
-            taken = self.prefetch.take(worker.device, spec, self._leave_to(worker))
-            live = self.outcomes.still_running(taken)
-            if error is not None:
-                for _, job in live:
-                    self.outcomes.failed(job, error, permanent=permanent)
-                return
-            self._transcribe(worker, model, live)
+    def _transcribe(self, worker: Worker, decoder: Decoder, live: list[tuple[pipeline.Prepared, Job]],
+                    batch_size: int | None = None) -> None:
+        """Transcribe a batch in the worker's decoder child and finish each file; if the pass fails, go
+        one file at a time, so the error lands on the file that causes it and the others are done.
 
-    def _transcribe(self, worker: Worker, model: Any, live: list[tuple[pipeline.Prepared, Job]]) -> None:
-        """Transcribe a batch in one pass and finish each file; if the pass fails, go one file at a time,
-        so the error lands on the file that causes it and the others are done.
-
-        While the model has them the jobs are marked in the queue as in the model: if the daemon dies
-        then, they are the suspects (JobQueue.recover_running). A suspect comes alone (pick_batch)
-        and goes in alone (SoloGate), so a crash then is its own.
+        While the child has them the jobs are marked in the queue as in the model. If the child dies,
+        `Blame` decides what that says about them; if the daemon dies, they are suspects at the next
+        start (JobQueue.recover_running), and a suspect comes alone (pick_batch).
         """
         if not live:
             return
         names = [item.path.name for item, _ in live]
-        alone = any(item.suspect for item, _ in live)
         if len(live) > 1:
             log.info("transcribing %d files together on %s: %s", len(live), worker.device,
                      ", ".join(printable(name) for name in names))
-        elif alone:
-            log.info("transcribing %s alone on %s: it was in the model when the daemon last died",
-                     printable(names[0]), worker.device)
+        elif live[0][0].suspect:
+            log.info("transcribing %s alone on %s: it was in the model when its decoder or the daemon "
+                     "last died", printable(names[0]), worker.device)
         job_ids = [job.id for _, job in live]
-        if alone:
-            self.notifier.wait_idle(NOTIFY_FLUSH_SECONDS)
-        if not self._gate.enter(alone, self._stopping):
-            for _, job in live:
-                self.outcomes.release(job.id, "stopping: returned to the queue before its turn")
-            return
-        failure, survived = None, False
+        failure: BaseException | None = None
+        self.jobs.enter_model(job_ids)
         try:
-            self.jobs.enter_model(job_ids)
-            _crash_if_asked(names)
             seconds = sum(item.audio.duration for item, _ in live)
             with self._working_on(worker.activity, names, job_ids, seconds):
-                transcripts = transcribe_many(
-                    [(item.audio, item.rules.transcribe) for item, _ in live], model,
-                    lambda fraction: self._progress(worker.activity, fraction),
+                transcripts = decoder.transcribe_many(
+                    [(item.audio, item.rules.transcribe) for item, _ in live], names,
+                    lambda fraction: self._progress(worker.activity, fraction), batch_size,
                 )
-            survived = True
         except Cancelled:
             for _, job in live:
                 self.outcomes.release(job.id, "stopping: returned to the queue")
             return
-        except Exception as exc:  # out of memory, a file the model cannot take, bugs
-            survived = True
+        except Exception as exc:  # a dead child, out of memory, a file the model cannot take, bugs
             log.debug("transcription of %s failed", ", ".join(names), exc_info=True)
-            if len(live) == 1:
-                self.outcomes.failed(live[0][1], one_line_error(exc), permanent=False)
-                return
-            failure = one_line_error(exc)
+            failure = exc
         finally:
-            self._gate.leave()
-            self.jobs.leave_model(job_ids, survived=survived)
-        if failure is not None:  # outside the except block: its traceback holds the batch's tensors
-            log.warning("a batch of %d files failed (%s); transcribing them one at a time",
-                        len(live), failure)
-            for item, _ in live:
-                self._transcribe(worker, model, self.outcomes.still_running([item]))
+            self.jobs.leave_model(job_ids, survived=failure is None)
+        if failure is None:
+            for (item, job), transcript in zip(live, transcripts, strict=True):
+                self.outcomes.complete(job, item, transcript)
             return
-        for (item, job), transcript in zip(live, transcripts, strict=True):
-            self.outcomes.complete(job, item, transcript)
+        retry = self.blame.after(worker.device, live, failure, batch_size)
+        for batch, size in retry:
+            self._transcribe(worker, decoder, self.outcomes.still_running([item for item, _ in batch]), size)
 
     @contextmanager
     def _working_on(self, activity: Activity, names: list[str], job_ids: Iterable[int],
@@ -347,11 +324,3 @@ class Transcribers:
             self.outcomes.release(job.id, "stopping: returned to the queue before its turn")
         for pending in self.asr.drain():
             pending.fail("subwatch is stopping")
-
-
-def _crash_if_asked(names: list[str]) -> None:
-    """Abort the process if the test-only CRASH_ON_ENV names a file of the batch (see CRASH_ON_ENV)."""
-    name = os.environ.get(CRASH_ON_ENV)
-    if name and name in names:
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core file left behind
-        os.abort()

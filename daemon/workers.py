@@ -10,10 +10,9 @@ takes the first waiting file its device serves plus every other waiting file
 with the same model, up to a batch bound, and transcribes them together.
 The rules are pure functions of device strings, so they are tested without a GPU.
 
-A file that was in the model when the daemon died is a suspect (see
-`JobQueue.recover_running`): it goes before the others, alone, and while it
-is in a model no other file is in any (`SoloGate`), so if the daemon dies
-again the crash is its own.
+A file that was in the model when the daemon or its decoder child died is a
+suspect (see daemon.blame): it goes before the others, alone in its worker's
+decoder child, so if that child dies of a fault again the crash is its own.
 """
 
 from __future__ import annotations
@@ -201,42 +200,3 @@ class Prefetch(Generic[T]):
 
     def _pick(self, worker: str, model: str | None, leave_to: Sequence[str]) -> list[int]:
         return pick_batch(worker, [w for _, w in self._items], model=model, leave_to=leave_to)
-
-
-class SoloGate:
-    """Lets the workers' batches into their models side by side, but a suspect in alone.
-
-    While a suspect is in a model no other batch is in any, and a suspect
-    waiting to go in holds back batches that have not gone in yet (it is not
-    starved by a busy second GPU). With one worker there is never a wait.
-    Thread-safe.
-    """
-
-    def __init__(self) -> None:
-        self._changed = threading.Condition()
-        self._inside = 0
-        self._solo_inside = False
-        self._solo_waiting = 0
-
-    def enter(self, alone: bool, stop: threading.Event, poll: float = 0.5) -> bool:
-        """Wait until a batch (a suspect if `alone`) may go into its model and let it in; return
-        False, letting nothing in, if `stop` is set first. Each True needs one `leave`."""
-        with self._changed:
-            self._solo_waiting += alone
-            try:
-                while self._solo_inside or (self._inside if alone else self._solo_waiting):
-                    if stop.is_set():
-                        return False
-                    self._changed.wait(poll)
-                self._inside += 1
-                self._solo_inside = alone
-                return True
-            finally:
-                self._solo_waiting -= alone
-                self._changed.notify_all()
-
-    def leave(self) -> None:
-        with self._changed:
-            self._inside -= 1
-            self._solo_inside = False
-            self._changed.notify_all()

@@ -39,12 +39,12 @@ from daemon.asr import (
 )
 from daemon.config import Config, load_config
 from daemon.datatypes import JobState, Segment, Transcript, Word
+from daemon.decoders import DecoderPool, Settings
 from daemon.http.bazarr import RequestSide
 from daemon.notify import Notifier
 from daemon.options import build_rules
 from daemon.outcomes import Outcomes
 from daemon.queue import JobQueue
-from daemon.transcribe import ModelStore
 from daemon.transcribers import Transcribers
 from tests.harness import wait_until, write_config
 from tests.speech import Clip, fleurs, word_error_rate
@@ -124,9 +124,11 @@ def build_stack(root: Path, model: Path, http: str = "") -> Stack:
     config.state_dir.mkdir(parents=True, exist_ok=True)
     jobs = JobQueue(config.db_path)
     ledger = subtitles.SidecarLedger(jobs)
-    models = ModelStore(config.models_dir, config.unload_after_seconds, config.gpu_memory_limit)
-    notifier = Notifier(config.notify, settled=jobs.notices_settled)
     wake, stopping = threading.Event(), threading.Event()
+    settings = Settings(config.models_dir, config.unload_after_seconds, config.gpu_memory_limit,
+                        config.engine)
+    models = DecoderPool(settings, stopping)  # one decoder child per worker, as the daemon has
+    notifier = Notifier(config.notify, settled=jobs.notices_settled)
     outcomes = Outcomes(jobs, ledger, notifier, lambda: config, wake.set)
     pool = Transcribers(lambda: config, jobs, ledger, models, notifier, outcomes, wake, stopping, _thread)
     _thread("loader", pool.loader_loop)
@@ -143,6 +145,7 @@ def close_stack(stack: Stack) -> None:
     stack.server.should_exit = True
     stack.stopping.set()
     stack.pool.release_prefetched()
+    stack.pool.models.close()
 
 
 @pytest.fixture

@@ -1,10 +1,11 @@
-"""Crashes through a real `subwatch run` with the real tiny.en model (issue #15).
+"""Crashes through a real `subwatch run` with the real tiny.en model (issues #15 and #24).
 
 A daemon killed at random moments (a power cut, a watchdog restart, an OOM
 kill) must never fail the files it happened to be working on: every file ends
-done exactly once. A file that really does bring the process down every time
-(made so here by the test-only SUBWATCH_TEST_CRASH_ON hook) fails after
-`max_attempts` crashes while it ran alone, and the files queued with it are done.
+done exactly once. Decoding runs in a child process per worker: a file that
+really does bring its decoder down every time (made so here by the test-only
+SUBWATCH_TEST_CRASH_ON hook) fails after `max_attempts` crashes while it was alone
+in the child, the files queued with it are done, and the daemon never dies.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.transcribers import CRASH_ON_ENV
+from daemon.decoders.child import CRASH_ON_ENV
 from tests.harness import Daemon, NotificationSink, status, write_config
 from tests.media_factory import duration_of
 from tests.speech import SPEECH
@@ -153,66 +154,144 @@ def assert_done_once(setup: Setup, names: list[str]) -> None:
             assert topic in sidecar.read_text(encoding="utf-8").lower(), (sidecar, sidecar.read_text())
 
 
-# ---------------------------------------------------------------- a file that really crashes the daemon
+# ---------------------------------------------------------------- a file that really crashes its decoder
 
 
-def test_a_file_that_crashes_the_daemon_fails_alone_and_its_batch_is_done(setup: Setup, spawn) -> None:  # noqa: ANN001
+def decoder_deaths(log: str) -> list[str]:
+    """The causes of the decoder child deaths the journal tells, in order."""
+    return [line.split(" died: ")[1].split(";")[0] for line in log.splitlines() if "its child (pid" in line]
+
+
+def test_a_file_that_crashes_its_decoder_fails_alone_and_the_daemon_lives(setup: Setup, spawn) -> None:  # noqa: ANN001
     innocent = ["Cabbage.ogg", "Belly.flac", "Waiting.flac", "Hour.flac"]
     # Queued in this order, so the damaged file sits between innocent ones.
     setup.drop(innocent[:2])
     shutil.copy(SPEECH / "fleurs" / "fleurs-en-004.ogg", setup.inbox / "Damaged.ogg")
     setup.drop(innocent[2:])
     names = innocent + ["Damaged.ogg"]
-    crashes = 0
-    for _ in range(MAX_ATTEMPTS + 3):
-        daemon = spawn(setup.config, env={CRASH_ON_ENV: "Damaged.ogg"})
-        setup.wait_until(lambda: setup.all_settled(names), daemon)
-        if daemon.process.poll() is None:
-            assert daemon.stop() == 0
-            setup.logs.append(daemon.log())
-            break
-        assert daemon.process.wait() == -signal.SIGABRT, daemon.log()
-        daemon.kill()  # closes its log
-        setup.logs.append(daemon.log())
-        crashes += 1
-    # Once in a batch (or alone, if it came alone), then three times alone.
-    assert crashes == MAX_ATTEMPTS + 1, setup.logs
+    daemon = spawn(setup.config, env={CRASH_ON_ENV: "Damaged.ogg"})
+    pid = daemon.process.pid
 
-    first, *later = setup.logs
-    # The first crash took every file in the model with it: all of them are suspects, none charged.
-    # (A batch of one logs no "transcribing" line: then it was alone, though not yet suspected.)
-    together = [line for line in first.splitlines() if "files together" in line and "Damaged.ogg" in line]
-    company = int(together[0].split("transcribing ")[1].split()[0]) - 1 if together else 0
-    with_others = f" with {company} other file{'s' if company > 1 else ''}" if company else ""
-    assert lines(later[0], "requeued", "Damaged.ogg") == [
-        "requeued  Damaged.ogg  left running by a crash or stop while the model transcribed "
-        f"it{with_others}; transcribed alone next, to see whether it is the cause; attempt not counted"]
-    for crash in (1, 2):
-        assert lines(later[crash], "requeued", "Damaged.ogg") == [
-            f"requeued  Damaged.ogg  left running by a crash or stop while the model transcribed it alone "
-            f"(crash {crash} of {MAX_ATTEMPTS}); transcribed alone again"]
-    for log in later[:MAX_ATTEMPTS]:  # the crashing runs: it was the last to go in, alone
-        last_in = [line for line in log.splitlines() if "transcribing" in line][-1]
-        assert last_in.endswith("transcribing Damaged.ogg alone on cpu: it was in the model when the daemon "
-                                "last died"), log
+    setup.wait_until(lambda: setup.all_settled(names), daemon)
 
-    error = ("the daemon crashed 3 times while transcribing this file alone; it may be damaged: check it "
+    assert daemon.process.poll() is None, daemon.log()  # the daemon itself never died
+    log = daemon.log()
+    assert daemon.stop() == 0 and daemon.process.pid == pid
+    setup.logs.append(log)
+    deaths = decoder_deaths(log)
+    together = [line for line in log.splitlines() if "files together" in line and "Damaged.ogg" in line]
+    # Once in a batch (if it was in one: then nobody is charged), then three times alone.
+    assert deaths == ["SIGABRT"] * (MAX_ATTEMPTS + (1 if together else 0)), log
+    if together:
+        company = int(together[0].split("transcribing ")[1].split()[0]) - 1
+        assert lines(log, "requeued", "Damaged.ogg")[0] == (
+            f"requeued  Damaged.ogg  in its decoder on cpu when it died (SIGABRT) with {company} other "
+            "file(s); transcribed alone next, nothing charged")
+    charged = [line for line in lines(log, "requeued", "Damaged.ogg") if "crash" in line]
+    assert charged == [f"requeued  Damaged.ogg  its decoder on cpu died with it alone (SIGABRT): crash {n} "
+                       f"of {MAX_ATTEMPTS}; transcribed alone again" for n in (1, 2)]
+    error = ("the decoder crashed (SIGABRT) 3 times on this file alone; it may be damaged: check it "
              f"with ffprobe, then `subwatch retry {setup.inbox / 'Damaged.ogg'}`")
-    last = later[MAX_ATTEMPTS]
-    assert lines(last, "failed", "Damaged.ogg") == [f"failed  Damaged.ogg  {error}"]
-    assert lines(last, "requeued", "Damaged.ogg") == []
+    assert lines(log, "failed", "Damaged.ogg") == [f"failed  Damaged.ogg  {error}"]
     [damaged] = [j for j in status(setup.config) if j["path"].endswith("Damaged.ogg")]
     assert (damaged["state"], damaged["error"], damaged["crashes"]) == ("failed", error, MAX_ATTEMPTS)
     failures = [m for m in setup.sink.messages() if m["title"].startswith("Subtitles failed")]
     assert [(m["title"], m["message"]) for m in failures] == [(
         "Subtitles failed: Damaged", f"Damaged.ogg\n{error}\n{setup.inbox / 'Damaged.ogg'}")]
     assert not (setup.inbox / "Damaged.en.srt").exists()
-
     assert_done_once(setup, innocent)
     for name in innocent:  # never charged: no crash counted, no failure
-        for log in setup.logs:
-            assert "crash 1 of" not in "".join(lines(log, "requeued", name))
-            assert lines(log, "failed", name) == []
+        assert "crash 1 of" not in "".join(lines(log, "requeued", name))
+        assert lines(log, "failed", name) == []
+    [decoder] = decoders(setup.config)
+    assert (decoder["name"], decoder["restarts"], decoder["last_death"]) == ("cpu", len(deaths), "SIGABRT")
+
+
+def decoders(config: Path) -> list[dict]:
+    """`subwatch status --json --decoders`, as a user would run it."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "daemon", "status", "--json", "--decoders", "--config",
+                          str(config)], capture_output=True, text=True, check=True).stdout
+    return json.loads(out)
+
+
+def child_pid(log_of: Callable[[], str], after: int = 0) -> int:
+    """The pid of the decoder child the daemon started last (its debug line), waiting for one."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        started = [int(line.rsplit("pid ", 1)[1]) for line in log_of().splitlines()
+                   if "child started, pid" in line]
+        if len(started) > after:
+            return started[-1]
+        time.sleep(0.05)
+    raise AssertionError("no decoder child started")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSEGV])
+def test_a_child_killed_mid_batch_costs_the_daemon_nothing(setup: Setup, spawn, sig: int) -> None:  # noqa: ANN001
+    names = ["Cabbage.ogg", "Belly.flac", "Waiting.flac"]
+    text = setup.config.read_text().replace("log_level: info", "log_level: debug")
+    setup.config.write_text(text)
+    setup.drop(names)
+    spawned = time.time()
+    daemon = spawn(setup.config)
+    pid = daemon.process.pid
+    setup.wait_until(lambda: len(setup.in_model(spawned)) > 1, daemon)
+    os.kill(child_pid(daemon.log), sig)
+
+    setup.wait_until(lambda: setup.all_settled(names), daemon)
+    setup.drop(["Hour.flac"])  # still watching
+    setup.wait_until(lambda: setup.all_settled(names + ["Hour.flac"]), daemon)
+
+    log = daemon.log()
+    assert daemon.process.poll() is None and daemon.stop() == 0 and daemon.process.pid == pid
+    setup.logs.append(log)
+    name = signal.Signals(sig).name
+    assert decoder_deaths(log) == [name], log
+    in_batch = [n for n in names if lines(log, "requeued", n) or lines(log, "released", n)]
+    assert in_batch, log
+    for n in in_batch:  # retried; a SIGSEGV makes suspects, a SIGKILL from outside nothing at all
+        said = " ".join(lines(log, "requeued", n) + lines(log, "released", n))
+        assert ("nothing charged" in said) and ("crash" not in said.replace("nothing charged", "")), said
+        if sig == signal.SIGKILL:
+            assert f"its decoder on cpu was stopped ({name})" in said, said
+    assert_done_once(setup, names + ["Hour.flac"])
+
+
+def test_a_hung_decoder_is_killed_and_the_file_charged_alone(setup: Setup, spawn) -> None:  # noqa: ANN001
+    from daemon.decoders.supervisor import STALL_ENV
+
+    setup.drop(["Cabbage.ogg"])
+    shutil.copy(SPEECH / "fleurs" / "fleurs-en-004.ogg", setup.inbox / "Stuck.ogg")
+    daemon = spawn(setup.config, env={CRASH_ON_ENV: "Stuck.ogg:hang", STALL_ENV: "3"})
+    setup.wait_until(lambda: setup.all_settled(["Cabbage.ogg", "Stuck.ogg"]), daemon)
+    log = daemon.log()
+    assert daemon.stop() == 0
+    setup.logs.append(log)
+    assert set(decoder_deaths(log)) == {"no progress for 3 s"}, log
+    [stuck] = [j for j in status(setup.config) if j["path"].endswith("Stuck.ogg")]
+    assert stuck["state"] == "failed" and stuck["error"].startswith(
+        "the decoder stopped making progress on this file alone 3 times (no progress for 3 s)"), stuck
+    assert_done_once(setup, ["Cabbage.ogg"])
+
+
+def test_out_of_memory_alone_is_tried_with_smaller_batches_first(setup: Setup, spawn) -> None:  # noqa: ANN001
+    # The hook raises MemoryError in the child while batches are above one window, as a card or a
+    # memory cap would: the file is done with one window at a time, and the journal says so.
+    shutil.copy(SPEECH / "fleurs" / "fleurs-en-004.ogg", setup.inbox / "Huge.ogg")
+    daemon = spawn(setup.config, env={CRASH_ON_ENV: "Huge.ogg:memory"})
+    setup.wait_until(lambda: setup.all_settled(["Huge.ogg"]), daemon)
+    log = daemon.log()
+    assert daemon.stop() == 0
+    [retry] = lines(log, "retrying", "Huge.ogg")
+    assert retry.startswith(
+        "retrying  Huge.ogg  ran out of memory alone on cpu (out of memory: test: Huge.ogg needs more "
+        "memory than the decoder may use); trying again with one window"), retry
+    [huge] = [j for j in status(setup.config) if j["path"].endswith("Huge.ogg")]
+    assert huge["state"] == "done" and huge["crashes"] == 0, huge
 
 
 # ---------------------------------------------------------------- killed at random moments
@@ -248,13 +327,10 @@ def recovery_lines(before: dict[str, sqlite3.Row]) -> dict[str, list[str]]:
     for name, row in running.items():
         if row["in_model_since"] is None:
             note = "before the model began on it; attempt not counted"
-        elif row["suspect"] and together == 1:
-            note = (f"while the model transcribed it alone (crash {row['crashes'] + 1} of {MAX_ATTEMPTS}); "
-                    "transcribed alone again")
-        else:
+        else:  # the daemon's death charges nobody, alone or not
             company = f" with {together - 1} other file{'s' if together > 2 else ''}" if together > 1 else ""
-            note = (f"while the model transcribed it{company}; transcribed alone next, to see whether it is "
-                    "the cause; attempt not counted")
+            note = (f"while the model transcribed it{company}; transcribed alone next; attempt not counted, "
+                    "and no crash: the daemon's death is no evidence against it")
         expected[name] = [f"requeued  {name}  left running by a crash or stop {note}"]
     return expected
 

@@ -420,7 +420,7 @@ def test_a_kill_before_the_model_began_never_counts(q: JobQueue, media: Path) ->
     job = q.enqueue(write(media / "Film.mkv", b"film"), media).job
     for _ in range(10):  # killed at start-up, while decoding, while the model loaded, ...
         assert q.claim().id == job.id
-        [back] = q.recover_running(max_attempts=3)
+        [back] = q.recover_running()
         assert (back.cause, back.job.state, back.job.attempts, back.job.suspect, back.job.crashes) == (
             "waiting", JobState.PENDING, 0, False, 0)
 
@@ -431,35 +431,58 @@ def test_files_in_the_model_at_a_crash_become_suspects_and_go_first(q: JobQueue,
         q.claim()  # a, b, c claimed; d still pending
     q.enter_model([a.id, b.id])  # c waits for a worker
     backs = {r.job.id: (r.cause, r.together, r.job.suspect, r.job.attempts, r.job.crashes)
-             for r in q.recover_running(max_attempts=3)}
+             for r in q.recover_running()}
     assert backs == {a.id: ("in_model", 2, True, 0, 0), b.id: ("in_model", 2, True, 0, 0),
                      c.id: ("waiting", 2, False, 0, 0)}
     # The suspects are claimed before older and newer pending files alike.
     assert [q.claim().id for _ in range(4)] == [a.id, b.id, c.id, d.id]
 
 
-def test_only_a_suspect_alone_in_the_model_has_crashes_counted(q: JobQueue, media: Path) -> None:
-    job = q.enqueue(write(media / "huge.mkv", b"out of memory"), media).job
-    q.claim()
-    q.enter_model([job.id])  # alone, but not suspected yet: it becomes a suspect, nothing counted
-    [back] = q.recover_running(max_attempts=3)
-    assert (back.cause, back.job.suspect, back.job.crashes, back.job.attempts) == ("in_model", True, 0, 0)
+def test_the_daemons_death_never_charges_a_file_even_alone(q: JobQueue, media: Path) -> None:
+    # 40 kills while one file was alone in the model: the daemon's death is no evidence against it
+    job = q.enqueue(write(media / "Episode.mkv", b"fine"), media).job
+    for _ in range(40):
+        assert q.claim().id == job.id
+        q.enter_model([job.id])
+        [back] = q.recover_running()
+        assert (back.cause, back.job.state, back.job.suspect, back.job.crashes, back.job.attempts) == (
+            "in_model", JobState.PENDING, True, 0, 0)
+    assert q.notices() == []
+
+
+def test_a_decoder_fault_alone_is_charged_and_fails_the_file_at_max_attempts(
+    q: JobQueue, media: Path
+) -> None:
+    job = q.enqueue(write(media / "huge.mkv", b"segfaults"), media).job
     for crash in (1, 2):
         q.claim()
         q.enter_model([job.id])
-        [back] = q.recover_running(max_attempts=3)
-        assert (back.cause, back.job.state, back.job.crashes, back.job.attempts) == (
-            "crashed_alone", JobState.PENDING, crash, crash)
+        q.leave_model([job.id], survived=False)
+        charged = q.charge_crash(job.id, f"the decoder crashed (SIGSEGV) {crash} times on this file alone", 3)
+        assert (charged.state, charged.crashes, charged.suspect, charged.attempts) == (
+            JobState.PENDING, crash, True, 0)
     q.claim()
-    q.enter_model([job.id])
-    [back] = q.recover_running(max_attempts=3)
-    assert (back.cause, back.job.state, back.job.crashes) == ("crashed_alone", JobState.FAILED, 3)
-    assert back.job.error == (
-        "the daemon crashed 3 times while transcribing this file alone; it may be damaged: "
+    failed = q.charge_crash(job.id, "the decoder crashed (SIGSEGV) 3 times on this file alone", 3)
+    assert (failed.state, failed.crashes) == (JobState.FAILED, 3)
+    assert failed.error == (
+        "the decoder crashed (SIGSEGV) 3 times on this file alone; it may be damaged: "
         f"check it with ffprobe, then `subwatch retry {media / 'huge.mkv'}`")
+    [notice] = q.notices()
+    assert (notice.job_id, notice.kind, notice.error) == (job.id, "failed", failed.error)
     assert q.retry(media / "huge.mkv") == 1
     again = q.get(job.id)
     assert (again.state, again.attempts, again.suspect, again.crashes) == (JobState.PENDING, 0, False, 0)
+
+
+def test_a_decoder_fault_with_several_files_makes_suspects_and_charges_none(q: JobQueue, media: Path) -> None:
+    a, b, c = (q.enqueue(write(media / f"{n}.mkv", n.encode()), media).job for n in "abc")
+    q.claim(), q.claim()
+    q.enter_model([a.id, b.id])
+    q.leave_model([a.id, b.id], survived=False)
+    backs = q.suspect([a.id, b.id])
+    assert [(j.id, j.state, j.suspect, j.crashes, j.attempts) for j in backs] == [
+        (a.id, JobState.PENDING, True, 0, 0), (b.id, JobState.PENDING, True, 0, 0)]
+    assert [q.claim().id for _ in range(3)] == [a.id, b.id, c.id]  # suspects first
 
 
 def test_a_suspect_in_the_model_with_another_file_is_not_counted(q: JobQueue, media: Path) -> None:
@@ -482,7 +505,8 @@ def test_a_suspect_that_leaves_the_model_alive_is_cleared(q: JobQueue, media: Pa
     assert q.release(a.id).suspect
     q.claim()
     q.enter_model([a.id])
-    assert q.recover_running()[0].job.crashes == 1  # killed while it ran alone
+    q.leave_model([a.id], survived=False)
+    assert q.charge_crash(a.id, "the decoder crashed (SIGABRT) 1 times on this file alone").crashes == 1
     q.claim()
     q.enter_model([a.id])
     q.leave_model([a.id], survived=True)
@@ -516,16 +540,6 @@ def test_the_notification_of_a_job_that_ends_is_owed_until_settled(q: JobQueue, 
     q.forget(media / "c.mkv")  # told even so: the notice outlives the job
     q.notices_settled([owed[0].id])
     assert q.notices() == owed[1:]
-
-
-def test_a_job_failed_at_start_up_is_owed_its_notification(q: JobQueue, media: Path) -> None:
-    job = q.enqueue(write(media / "huge.mkv", b"out of memory"), media).job
-    for _ in range(1 + 3):  # in the model once, then alone three times
-        q.claim()
-        q.enter_model([job.id])
-        q.recover_running(max_attempts=3)
-    [notice] = q.notices()
-    assert (notice.job_id, notice.kind, notice.error) == (job.id, "failed", q.get(job.id).error)
 
 
 def test_an_old_database_gains_the_crash_columns(db: Path, media: Path) -> None:
@@ -932,7 +946,7 @@ def test_a_database_at_the_first_schema_is_migrated_with_its_jobs(db: Path, medi
     finally:
         q.close()
     raw = sqlite3.connect(db)
-    assert raw.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 5
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 6
     raw.close()
     JobQueue(db).close()  # opening a migrated database again changes nothing
 
@@ -943,7 +957,7 @@ def test_a_database_at_the_first_schema_is_migrated_with_its_jobs(db: Path, medi
 def test_the_database_uses_wal_and_a_schema_version(q: JobQueue, db: Path) -> None:
     raw = sqlite3.connect(db)
     assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert raw.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 5
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 6
     raw.close()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -20,12 +21,12 @@ from starlette.testclient import TestClient
 
 from daemon.config import Config, load_config
 from daemon.datatypes import JobResult
+from daemon.decoders import DecoderPool, Settings
 from daemon.http import DaemonView, HttpContext, build_app
 from daemon.http.page import day_chart, hours_text
 from daemon.jobsjson import json_text
 from daemon.queue import JobQueue
 from daemon.subtitles import SidecarLedger
-from daemon.transcribe import ModelStore
 from daemon.transcribers import Activity
 
 KEY = "page-" + "0123456789abcdef" * 2
@@ -66,13 +67,18 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
     activity = Activity(current="c.mkv", job_ids=(running.id,), progress=0.5, seconds=6000.0,
                         since=time.monotonic() - 100.0)
     woken: list[bool] = []
-    view = DaemonView(jobs=jobs, ledger=SidecarLedger(jobs), models=ModelStore(tmp_path, 300.0),
+    view = DaemonView(jobs=jobs, ledger=SidecarLedger(jobs), models=no_decoders(tmp_path),
                       activities=lambda: [("cpu", activity)], wake=lambda: woken.append(True))
     app = build_app(HttpContext(config=lambda: config, healthy=lambda: True, intake=None,  # type: ignore[arg-type]
                                 daemon=view))
     with TestClient(app, base_url="http://subwatch.lan:9000") as client:
         yield Setup(tmp_path, config, jobs, activity, woken, client)
     jobs.close()
+
+
+def no_decoders(root: Path) -> DecoderPool:
+    """The daemon's decoder children, none started (the page shows no model and no decoder)."""
+    return DecoderPool(Settings(root, 300.0, None, "auto"), threading.Event())
 
 
 def state_of(setup: Setup, name: str) -> str:
@@ -128,7 +134,7 @@ def test_the_key_is_not_asked_without_one_and_metrics_may_go_without_it(setup: S
 
 
 def _view(setup: Setup) -> DaemonView:
-    return DaemonView(jobs=setup.jobs, ledger=SidecarLedger(setup.jobs), models=ModelStore(setup.root, 300.0),
+    return DaemonView(jobs=setup.jobs, ledger=SidecarLedger(setup.jobs), models=no_decoders(setup.root),
                       activities=lambda: [], wake=lambda: None)
 
 

@@ -25,7 +25,7 @@ from daemon.queue import JobQueue
 from daemon.service import Service
 from daemon.transcribe import MODEL_PARAMETERS, ModelStore, choose_evictions, load_estimate, memory_limit_of
 from daemon.transcribers import Activity, Worker
-from daemon.workers import Prefetch, SoloGate, Waiting, describe_files, pick_batch, serves, worker_devices
+from daemon.workers import Prefetch, Waiting, describe_files, pick_batch, serves, worker_devices
 from tests.media_factory import duration_of, make_media
 from tests.test_daemon_e2e import assert_cues_valid
 
@@ -107,38 +107,6 @@ def test_a_suspect_goes_first_and_alone() -> None:
     others = [w for w in waiting if not w.alone or w.devices == ("cuda:0",)]
     assert pick_batch("cpu", others) == [0, 1]  # once its suspects are through, the cpu batches again
     assert pick_batch("cuda:0", waiting) == [3]
-
-
-def test_a_suspect_is_alone_in_the_models_of_all_workers() -> None:
-    gate, stop, order = SoloGate(), threading.Event(), []
-    assert gate.enter(False, stop) and gate.enter(False, stop)  # two GPUs side by side
-
-    def suspect() -> None:
-        assert gate.enter(True, stop)
-        order.append("suspect in")
-        time.sleep(0.2)
-        order.append("suspect out")
-        gate.leave()
-
-    def batch() -> None:
-        time.sleep(0.1)  # arrives while the suspect waits: it waits behind it
-        assert gate.enter(False, stop)
-        order.append("batch in")
-        gate.leave()
-
-    threads = [threading.Thread(target=suspect), threading.Thread(target=batch)]
-    for thread in threads:
-        thread.start()
-    time.sleep(0.3)
-    assert order == []  # the suspect waits for both batches to leave; the new batch waits for it
-    gate.leave()
-    gate.leave()
-    for thread in threads:
-        thread.join(10)
-    assert order == ["suspect in", "suspect out", "batch in"]
-    assert gate.enter(True, stop)
-    stop.set()
-    assert gate.enter(False, stop) is False  # a stopping daemon does not wait
 
 
 def test_status_names_a_batch() -> None:

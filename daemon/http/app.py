@@ -37,9 +37,9 @@ from daemon.intake import Intake
 from daemon.text import printable
 
 if TYPE_CHECKING:
+    from daemon.decoders import DecoderPool
     from daemon.queue import JobQueue
     from daemon.subtitles import SidecarLedger
-    from daemon.transcribe.store import ModelStore
     from daemon.transcribers import Activity
 
 log = logging.getLogger("subwatch.http")
@@ -70,7 +70,7 @@ class DaemonView:
 
     jobs: JobQueue
     ledger: SidecarLedger  # forget goes through it: it removes the folders subwatch made
-    models: ModelStore
+    models: DecoderPool  # the decoder children: what models they hold, how they died
     activities: Callable[[], list[tuple[str, Activity]]]  # (worker device, what it does now)
     wake: Callable[[], None]  # a retried job is due now: the loader looks at once
 

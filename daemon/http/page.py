@@ -193,6 +193,9 @@ def build_view(context: HttpContext, daemon: DaemonView) -> dict[str, Any]:
             "models": [{"name": model_name(m.spec), "device": m.device, "engine": m.engine,
                         "size": _bytes(m.size), "busy": m.users > 0} for m in daemon.models.loaded()],
             "gpu": [{"device": d, "used": _bytes(n)} for d, n in gpu_memory().items()],
+            "decoders": [{"name": d.name, "pid": d.pid, "restarts": d.restarts,
+                          "last_death": d.last_death.cause if d.last_death else None}
+                         for d in daemon.models.states()],
             "days_chart": day_chart(stats.media_seconds_per_day(CHART_DAYS)),
             "speed_chart": speed_chart(realtime_factors(timings)),
         }

@@ -39,7 +39,7 @@ from daemon.queue.enqueue import EnqueueAction, EnqueueOutcome
 from daemon.queue.identity import SAMPLE_BYTES, fingerprint
 from daemon.queue.jobqueue import JobQueue
 from daemon.queue.outbox import Notice
-from daemon.queue.recovery import Recovered, RecoveryCause, crashed_alone_error
+from daemon.queue.recovery import Recovered, RecoveryCause, crashed_error
 
 __all__ = [
     "BUSY_TIMEOUT_S",
@@ -52,6 +52,6 @@ __all__ = [
     "QueueError",
     "Recovered",
     "RecoveryCause",
-    "crashed_alone_error",
+    "crashed_error",
     "fingerprint",
 ]

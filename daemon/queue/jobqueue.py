@@ -12,11 +12,12 @@ from pathlib import Path
 
 from daemon.datatypes import Job, JobResult, JobState, Transcript, TranscriptKey
 from daemon.queue.database import Database
+from daemon.queue.decoders import DecoderRecords
 from daemon.queue.enqueue import EnqueueOutcome, Enqueuer
 from daemon.queue.jobs import JobStore
 from daemon.queue.lifecycle import JobRuns
 from daemon.queue.outbox import Notice, Outbox
-from daemon.queue.recovery import Recovered, recover_running
+from daemon.queue.recovery import Recovered, charge_crash, recover_running, suspect
 from daemon.queue.schema import BACKOFF_BASE_S, MAX_ATTEMPTS
 from daemon.queue.servers import ServerUpdate, ServerUpdates
 from daemon.queue.sidecars import SidecarStore
@@ -47,6 +48,7 @@ class JobQueue:
         self._outbox = Outbox(self._db)
         self._sidecars = SidecarStore(self._db)
         self.server_updates = ServerUpdates(self._db)  # media servers told of sidecars
+        self.decoders = DecoderRecords(self._db)  # each transcriber's decoder child, for the status
         self.stats = QueueStats(self._db)  # read-only sums for the status page and /metrics
 
     def close_thread(self) -> None:
@@ -104,9 +106,17 @@ class JobQueue:
         """Given jobs the model has finished with, clear their in-model mark (and suspicion if `survived`)."""
         self._runs.leave_model(job_ids, survived=survived)
 
-    def recover_running(self, max_attempts: int = MAX_ATTEMPTS) -> list[Recovered]:
-        """Return the jobs the last daemon left running, each pending again or failed, and why."""
-        return recover_running(self._db, max_attempts)
+    def recover_running(self) -> list[Recovered]:
+        """Return the jobs the last daemon left running, each pending again, and why (nothing charged)."""
+        return recover_running(self._db)
+
+    def suspect(self, job_ids: Iterable[int]) -> list[Job]:
+        """Running jobs that were in a decoder child that died of a fault together: pending, suspects."""
+        return suspect(self._db, job_ids)
+
+    def charge_crash(self, job_id: int, reason: str, max_attempts: int = MAX_ATTEMPTS) -> Job:
+        """A running job alone in a decoder child that died of a fault: a crash counted (see recovery)."""
+        return charge_crash(self._db, job_id, reason, max_attempts)
 
     # -- notifications owed (outbox.Outbox) ------------------------------------------------------
 

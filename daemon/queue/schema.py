@@ -121,6 +121,18 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX IF NOT EXISTS server_updates_job ON server_updates (job_id)",
     ),
+    (
+        # Each transcriber's decoder child (daemon.decoders), as `subwatch status` shows it: how often
+        # it was started again, and how it died last. `name` is the worker's device as configured.
+        """CREATE TABLE IF NOT EXISTS decoders (
+            name TEXT PRIMARY KEY,
+            pid INTEGER,
+            restarts INTEGER NOT NULL DEFAULT 0,
+            last_death TEXT,
+            last_death_at REAL,
+            updated_at REAL NOT NULL
+        )""",
+    ),
 )
 
 
