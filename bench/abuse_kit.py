@@ -127,8 +127,25 @@ class Figures:
     cpu: float  # user + system seconds so far
 
 
+DECODER = "subwatch-decode"  # a decoder child's name (daemon.decoders.child): part of the daemon
+
+
 def look(pid: int) -> Figures | None:
-    """Given a pid, return its Figures now; None if it is gone."""
+    """Given the daemon's pid, return its Figures now, its decoder children's added (the model lives
+    there); None if it is gone."""
+    mine = _look(pid)
+    if mine is None:
+        return None
+    for child in _children(pid, DECODER):
+        theirs = _look(child)
+        if theirs is not None:
+            mine = Figures(mine.rss + theirs.rss, mine.hwm + theirs.hwm, mine.fds + theirs.fds,
+                           mine.threads + theirs.threads, mine.cpu + theirs.cpu)
+    return mine
+
+
+def _look(pid: int) -> Figures | None:
+    """Given a pid, return its own Figures now; None if it is gone."""
     try:
         status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
                       if ":" in line)
@@ -144,8 +161,14 @@ def look(pid: int) -> Figures | None:
 
 
 def children(pid: int) -> tuple[str, ...]:
-    """Return the command names of `pid`'s child processes (ffmpeg, ffprobe, ...)."""
-    found = []
+    """Return the command names of `pid`'s child processes (ffmpeg, ffprobe, ...) but its decoder
+    children, which live as long as it does."""
+    return tuple(sorted(name for name in _children(pid, None).values() if name != DECODER))
+
+
+def _children(pid: int, named: str | None) -> dict[int, str]:
+    """The live child processes of `pid` (those called `named` only, if given): pid -> command name."""
+    found = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -154,9 +177,9 @@ def children(pid: int) -> tuple[str, ...]:
         except OSError:
             continue
         name, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
-        if int(rest[1]) == pid and rest[0] != "Z":
-            found.append(name)
-    return tuple(sorted(found))
+        if int(rest[1]) == pid and rest[0] != "Z" and named in (None, name):
+            found[int(entry)] = name
+    return found
 
 
 @dataclass

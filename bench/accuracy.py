@@ -20,6 +20,7 @@ Rows (each at beam 1 = greedy and beam 5):
                       engine on a CPU (engine: auto = CTranslate2, float32)
   subwatch int8       the same with engine: ctranslate2-int8
   subwatch torch      the same with engine: torch (openai-whisper's model, fp32)
+  subwatch child      the same in a decoder child process, as the daemon runs it (issue #24)
   openai-whisper      whisper.transcribe() per file (beam 5 with best_of 5)
   faster-whisper      WhisperModel(folder, device="cpu", compute_type="int8"), unbatched
   faster-whisper batched  BatchedInferencePipeline, batch_size 8 (its own silero VAD)
@@ -62,6 +63,8 @@ ROWS: dict[str, tuple[str, int]] = {
     "subwatch-int8-beam5": ("subwatch int8", 5),
     "subwatch-torch-greedy": ("subwatch torch", 1),
     "subwatch-torch-beam5": ("subwatch torch", 5),
+    "subwatch-child-greedy": ("subwatch child", 1),
+    "subwatch-child-beam5": ("subwatch child", 5),
     "whisper-greedy": ("openai-whisper", 1),
     "whisper-beam5": ("openai-whisper", 5),
     "faster-greedy": ("faster-whisper", 1),
@@ -284,9 +287,12 @@ def run_row(args: argparse.Namespace) -> dict[str, Any]:
         }
     if "beds" in work:
         done |= accuracy_noise.run(work, long_file)
+    getattr(long_file, "close", lambda: None)()  # a decoder child ends: its peak is the children's
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss if hasattr(long_file, "close") else 0
     return {
         **done,
-        "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # kilobytes on Linux
+        # kilobytes on Linux; with a decoder child, the row's and its child's peaks added (both live at once)
+        "peak_mib": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss + children) / 1024,
         "threads": threads,
         "versions": versions(implementation),
         "probe": (probe_before, memory_probe()),
@@ -432,6 +438,7 @@ def notes(r: dict[str, Any]) -> str:
         "word alignment on; cues",
         "subwatch int8": "CTranslate2 int8; as subwatch",
         "subwatch torch": "engine torch (fp32); as subwatch",
+        "subwatch child": "as subwatch, in a decoder child (the daemon's path; CPU s are the parent's only)",
         "openai-whisper": "transcribe() per file",
         "faster-whisper": "int8, unbatched",
         "faster-whisper batched": f"int8, batch {FASTER_BATCH}, its VAD",

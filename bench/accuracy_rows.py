@@ -60,6 +60,50 @@ def subwatch_row(
     return short_files, long_file
 
 
+def subwatch_child_row(work: dict[str, Any], beam: int, threads: int) -> tuple[ShortFiles, LongFile]:
+    """The daemon's path: the same decoding in a supervised decoder child (daemon.decoders), audio
+    handed over as file descriptors. `long_file.close` ends the child (its peak memory counts then)."""
+    import threading
+
+    from daemon import subtitles
+    from daemon.datatypes import Audio
+    from daemon.decoders import Decoder, Settings
+    from daemon.transcribe import TranscribeOptions
+
+    settings = Settings(Path(work["pt"]).parents[1], float("inf"), None, "auto", "warning", threads)
+    decoder = Decoder("cpu", settings, threading.Event())
+    decoder.load(work["pt"], "cpu")
+
+    def options(lang: str) -> TranscribeOptions:
+        return TranscribeOptions(model=work["pt"], language=lang, beam_size=None if beam == 1 else beam)
+
+    def cues(transcript: Any, duration: float) -> list[tuple[float, float, str]]:
+        built = subtitles.build_cues(transcript.segments, subtitles.CueRules(), duration, transcript.language)
+        return [(c.start, c.end, " ".join(c.lines)) for c in built]
+
+    def short_files(clips: dict[str, list[Any]]) -> dict[str, list[str]]:
+        texts = {}
+        for lang, samples in clips.items():
+            audios = [Audio(s, RATE) for s in samples]
+            transcripts = []
+            for i in range(0, len(audios), SUBWATCH_GROUP):
+                group = audios[i : i + SUBWATCH_GROUP]
+                names = [f"clip {i + n}" for n in range(len(group))]
+                transcripts += decoder.transcribe_many([(a, options(lang)) for a in group], names)
+            texts[lang] = [
+                " ".join(c[2] for c in cues(t, a.duration)) for t, a in zip(transcripts, audios, strict=True)
+            ]
+        return texts
+
+    def long_file(samples: Any) -> list[tuple[float, float, str]]:
+        audio = Audio(samples, RATE)
+        [transcript] = decoder.transcribe_many([(audio, options("en"))], ["long file"])
+        return cues(transcript, audio.duration)
+
+    long_file.close = decoder.close  # type: ignore[attr-defined]
+    return short_files, long_file
+
+
 def whisper_row(work: dict[str, Any], beam: int, threads: int) -> tuple[ShortFiles, LongFile]:
     import torch
     import whisper
@@ -116,6 +160,7 @@ IMPLEMENTATIONS: dict[str, Callable[[dict[str, Any], int, int], tuple[ShortFiles
     "subwatch": subwatch_row,
     "subwatch int8": subwatch_int8_row,
     "subwatch torch": subwatch_torch_row,
+    "subwatch child": subwatch_child_row,
     "openai-whisper": whisper_row,
     "faster-whisper": faster_row,
     "faster-whisper batched": faster_batched_row,
