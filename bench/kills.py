@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import shutil
 import sys
 import tempfile
 import time
@@ -32,15 +31,15 @@ from tests.harness import Daemon, NotificationSink, status, write_config  # noqa
 from tests.real_weights import converted, tiny_en_folder  # noqa: E402
 from tests.speech import SPEECH  # noqa: E402
 
-CLIPS = {  # name -> (recording, a word tiny.en writes for it)
-    "Cabbage.ogg": ("fleurs/fleurs-en-003.ogg", "cabbage"),
-    "Genetics.ogg": ("fleurs/fleurs-en-007.ogg", "genetic"),
-    "Belly.flac": ("librispeech/1089-134686-0001.flac", "belly"),
-    "Waiting.flac": ("librispeech/1089-134691-0000.flac", "longer"),
-    "Hour.flac": ("librispeech/1089-134691-0001.flac", "hour"),
-    "Capitals.ogg": ("fleurs/fleurs-en-001.ogg", "capital"),
-    "Hospital.ogg": ("fleurs/fleurs-en-005.ogg", "hospital"),
-    "Emergency.ogg": ("fleurs/fleurs-en-006.ogg", "emergency"),
+CLIPS = {  # file name -> (its first recording, a word tiny.en writes for it)
+    "Cabbage.wav": ("fleurs/fleurs-en-003.ogg", "cabbage"),
+    "Genetics.wav": ("fleurs/fleurs-en-007.ogg", "genetic"),
+    "Belly.wav": ("librispeech/1089-134686-0001.flac", "belly"),
+    "Waiting.wav": ("librispeech/1089-134691-0000.flac", "longer"),
+    "Hour.wav": ("librispeech/1089-134691-0001.flac", "hour"),
+    "Capitals.wav": ("fleurs/fleurs-en-001.ogg", "capital"),
+    "Hospital.wav": ("fleurs/fleurs-en-005.ogg", "hospital"),
+    "Emergency.wav": ("fleurs/fleurs-en-006.ogg", "emergency"),
 }
 
 
@@ -51,6 +50,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=24)
     parser.add_argument("--files", type=int, default=len(CLIPS),
                         help=f"clips in the backlog (at most {len(CLIPS)})")
+    parser.add_argument("--clips-per-file", type=int, default=3,
+                        help="recordings one after another in each file (3: 20 to 40 s of speech, several "
+                             "kills' worth of decoding alone, more in a batch)")
     parser.add_argument("--min-s", type=float, default=0.5, help="shortest run before a kill")
     parser.add_argument("--max-s", type=float, default=6.0, help="longest run before a kill")
     args = parser.parse_args()
@@ -69,9 +71,8 @@ def main() -> int:
             notify: {{urls: ["{sink.url}"], burst: 1000}}
             folders: [{{path: {inbox}}}]
         """)
-        for name in names:
-            shutil.copy(SPEECH / CLIPS[name][0], inbox / f".{name}.part")
-            (inbox / f".{name}.part").rename(inbox / name)
+        for index, name in enumerate(names):
+            _write(inbox / name, [list(CLIPS)[(index + k) % len(CLIPS)] for k in range(args.clips_per_file)])
         started = time.monotonic()
         moments: Counter[str] = Counter()
         for kill in range(args.kills):
@@ -82,6 +83,7 @@ def main() -> int:
             if kill % 10 == 9:
                 print(f"{kill + 1} kills, {time.monotonic() - started:.0f} s: {_states(config)}", flush=True)
         daemon = Daemon(config)
+        daemon.wait_log(" watching 1 folder(s)", 120)  # its signal handlers are in place: stop() is clean
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline and not _settled(config, names):
             time.sleep(0.5)
@@ -96,10 +98,22 @@ def main() -> int:
     return 0 if all(line.startswith("PASS") for line in verdict) else 1
 
 
+def _write(path: Path, clips: list[str]) -> None:
+    """Write the recordings of `clips` one after another, 1 s apart, as one WAV at `path`, moved in
+    whole (as a download client does)."""
+    from tests.speech import Clip, long_file
+
+    part = path.with_name(f".{path.stem}.part.wav")
+    long_file(part, [Clip(SPEECH / CLIPS[name][0], "en", "") for name in clips], repeat=1)
+    part.rename(path)
+
+
 def _moment(log: str) -> str:
     """What the daemon was doing when it was killed, from its log."""
     if " watching 1 folder(s)" not in log:
         return "start-up"
+    if " started  " not in log:
+        return "idle (nothing left to do)"
     if "loaded model" not in log:
         return "model loading"
     last = [line for line in log.splitlines() if "transcribing" in line or " done  " in line]

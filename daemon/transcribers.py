@@ -68,6 +68,16 @@ class Worker:
     usable: bool = True  # False once its device turned out to be missing
 
 
+def stored_transcript(jobs: JobQueue, job: Job, rules: FolderRules) -> Transcript | None:
+    """Return the transcript stored for the job's content and its folder's rules, or None if there
+    is none or it cannot be read (then the file is transcribed again)."""
+    try:
+        return jobs.transcript(job.fingerprint, rules.transcript_key)
+    except QueueError as exc:
+        log.warning("%s; transcribing %s again", exc, printable(os.fsdecode(job.path)))
+        return None
+
+
 def waiting(item: pipeline.Prepared) -> Waiting:
     return Waiting(item.rules.transcribe.model, item.rules.devices, item.audio.duration, alone=item.suspect)
 
@@ -145,7 +155,7 @@ class Transcribers:
             return None
         job_log(log, "started", job.path, f"attempt {job.attempts}", job.id)
         try:
-            stored = self._stored_transcript(job, rules)
+            stored = stored_transcript(self.jobs, job, rules)
             prepared = pipeline.prepare(job.path, rules, self.ledger.owns, stored, self._config().work_dir)
             return replace(prepared, job_id=job.id, suspect=job.suspect)
         except pipeline.Skip as exc:
@@ -159,15 +169,6 @@ class Transcribers:
             log.exception("unexpected error preparing %s", job.path)
             self.outcomes.failed(job, f"internal error: {exc}", permanent=False)
         return None
-
-    def _stored_transcript(self, job: Job, rules: FolderRules) -> Transcript | None:
-        """Return the transcript stored for the job's content and its folder's rules, or None if there
-        is none or it cannot be read (then the file is transcribed again)."""
-        try:
-            return self.jobs.transcript(job.fingerprint, rules.transcript_key)
-        except QueueError as exc:
-            log.warning("%s; transcribing %s again", exc, printable(os.fsdecode(job.path)))
-            return None
 
     def start_workers(self) -> None:
         """Start a worker for each device of the config that has none yet (at start and after a reload)."""

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from daemon.decoders.child import CRASH_ON_ENV
+from tests import speech
 from tests.harness import Daemon, NotificationSink, status, write_config
 from tests.media_factory import duration_of
 from tests.speech import SPEECH
@@ -279,19 +280,23 @@ def test_a_hung_decoder_is_killed_and_the_file_charged_alone(setup: Setup, spawn
 
 
 def test_out_of_memory_alone_is_tried_with_smaller_batches_first(setup: Setup, spawn) -> None:  # noqa: ANN001
-    # The hook raises MemoryError in the child while batches are above one window, as a card or a
-    # memory cap would: the file is done with one window at a time, and the journal says so.
-    shutil.copy(SPEECH / "fleurs" / "fleurs-en-004.ogg", setup.inbox / "Huge.ogg")
-    daemon = spawn(setup.config, env={CRASH_ON_ENV: "Huge.ogg:memory"})
-    setup.wait_until(lambda: setup.all_settled(["Huge.ogg"]), daemon)
+    # The child's address space is capped (RLIMIT_AS) 300 MiB above what it has once tiny.en is loaded:
+    # a 2.5-minute file's batch of windows needs about 360 MiB more, one window at a time about 240.
+    from daemon.decoders.child import MEMORY_CAP_ENV
+
+    speech.long_file(setup.inbox / ".Long.wav.part", speech.clips("en"), repeat=1)
+    (setup.inbox / ".Long.wav.part").rename(setup.inbox / "Long.wav")
+    daemon = spawn(setup.config, env={MEMORY_CAP_ENV: "+300"})
+    setup.wait_until(lambda: setup.all_settled(["Long.wav"]), daemon)
     log = daemon.log()
     assert daemon.stop() == 0
-    [retry] = lines(log, "retrying", "Huge.ogg")
-    assert retry.startswith(
-        "retrying  Huge.ogg  ran out of memory alone on cpu (out of memory: test: Huge.ogg needs more "
-        "memory than the decoder may use); trying again with one window"), retry
-    [huge] = [j for j in status(setup.config) if j["path"].endswith("Huge.ogg")]
-    assert huge["state"] == "done" and huge["crashes"] == 0, huge
+    [retry] = lines(log, "retrying", "Long.wav")
+    assert retry.startswith("retrying  Long.wav  ran out of memory alone on cpu (out of memory: ") and \
+        retry.endswith("); trying again with one window at a time"), log
+    [long] = [j for j in status(setup.config) if j["path"].endswith("Long.wav")]
+    assert long["state"] == "done" and long["crashes"] == 0, long
+    said = (setup.inbox / "Long.en.srt").read_text().lower()
+    assert "cabbage" in said and "country" in said, said
 
 
 # ---------------------------------------------------------------- killed at random moments

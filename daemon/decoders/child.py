@@ -28,7 +28,8 @@ log = logging.getLogger("subwatch.decoder")
 # batch holding that file begins, as a file that crashes a decoder or driver would; `how` is abort
 # (the default), segv, hang or memory (a MemoryError while batches are above one window).
 CRASH_ON_ENV = "SUBWATCH_TEST_CRASH_ON"
-# Test-only: an address-space limit in bytes for the child (RLIMIT_AS), to run it out of memory.
+# Test-only: an address-space limit for the child (RLIMIT_AS), to run it out of memory: bytes from its
+# start, or "+MiB" above its address space once a model is loaded.
 MEMORY_CAP_ENV = "SUBWATCH_TEST_DECODER_MEMORY"
 IDLE_CHECK_SECONDS = 30.0  # how often an idle child drops models unused for unload_after_seconds
 
@@ -43,8 +44,8 @@ def main(fd: int) -> None:
     conn = Connection(fd)
     settings: p.Settings = conn.recv()
     setup_logging(settings.log_level)
-    cap = os.environ.get(MEMORY_CAP_ENV)
-    if cap:
+    cap = os.environ.get(MEMORY_CAP_ENV, "")
+    if cap and not cap.startswith("+"):
         resource.setrlimit(resource.RLIMIT_AS, (int(cap), int(cap)))
     if settings.threads:
         import torch
@@ -122,6 +123,7 @@ class Child:
         self.current = None
         self.store.get(message.spec, device)
         self.current = (message.spec, device)
+        _cap_above_now(os.environ.get(MEMORY_CAP_ENV, ""))
         return p.Ready(device, tuple(self.store.loaded()))
 
     def _work(self, message: p.Work) -> object:
@@ -156,6 +158,16 @@ def _open(conn: Connection) -> Any:
     return os.fdopen(recv_handle(conn), "rb", buffering=0)
 
 
+def _cap_above_now(cap: str) -> None:
+    """Apply a "+MiB" MEMORY_CAP_ENV (tests only): this much address space above what the child has now."""
+    if not cap.startswith("+") or resource.getrlimit(resource.RLIMIT_AS)[0] != resource.RLIM_INFINITY:
+        return
+    with open("/proc/self/status") as status:
+        size = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
+    limit = size + int(cap[1:]) * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
 def _crash_if_asked(names: list[str], batch_size: int | None) -> None:
     """Die as CRASH_ON_ENV asks (tests only; see there)."""
     asked = os.environ.get(CRASH_ON_ENV)
@@ -182,8 +194,10 @@ def _out_of_memory(exc: BaseException) -> bool:
     failed allocation."""
     if isinstance(exc, MemoryError):
         return True
-    text = str(exc)
-    return "out of memory" in text.lower() or "bad_alloc" in text or type(exc).__name__ == "OutOfMemoryError"
+    text = str(exc).lower()
+    said = ("out of memory", "bad_alloc", "can't allocate memory", "cannot allocate memory",
+            "failed to allocate")  # the last: MKL's mkl_malloc under a memory cap
+    return any(words in text for words in said) or type(exc).__name__ == "OutOfMemoryError"
 
 
 def _one_line(exc: BaseException) -> str:

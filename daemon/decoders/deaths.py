@@ -2,9 +2,10 @@
 
 Only a fault is: a signal the process gives itself by crashing (SIGSEGV, SIGABRT,
 SIGBUS, SIGFPE, SIGILL), the kernel's OOM kill (a SIGKILL while the cgroup's
-oom_kill count rose), running out of memory, or no progress for longer than the
-audio could need. A SIGKILL or SIGTERM from someone else, or an exit, says
-nothing about the file: it charges nobody.
+oom_kill count rose), running out of memory, an exit with an error status (the
+child never exits mid-work otherwise), or no progress for longer than the audio
+could need. A SIGKILL or SIGTERM from someone else says nothing about the file:
+it charges nobody.
 """
 
 from __future__ import annotations
@@ -40,8 +41,10 @@ class Death:
 def of_exit(exitcode: int | None, oom_kills_before: int | None, oom_kills_after: int | None) -> Death:
     """Given a dead child's exit code (negative: the signal) and the cgroup's OOM-kill counts before the
     work and after the death (None where unknown), return how it died."""
-    if exitcode is None or exitcode >= 0:
-        return Death(f"exit {exitcode}", fault=False)
+    if exitcode is None or exitcode == 0:
+        return Death("exited", fault=False)  # asked to stop
+    if exitcode > 0:  # a child exits on its own mid-work only when something in it failed for good
+        return Death(f"exit status {exitcode}", fault=True)
     number = -exitcode
     name = _signal_name(number)
     if number == signal.SIGKILL and None not in (oom_kills_before, oom_kills_after) \

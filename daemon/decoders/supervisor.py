@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.reduction import send_handle
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -178,7 +179,7 @@ class Decoder:
         if self._process is not None and self._process.is_alive() and self._conn is not None:
             return self._conn
         if self._process is not None:  # it died between requests: charges nobody, but is seen
-            self._died(None, None)
+            self._died(None, None, idle=True)
         self._forget()
         if self._deaths_in_row:
             pause = min(MAX_BACKOFF_SECONDS, 2.0 ** (self._deaths_in_row - 1))
@@ -203,7 +204,7 @@ class Decoder:
         if fresh and isinstance(message, p.Work) and self._wanted is not None:
             self.load(*self._wanted)  # a new child has no model yet: the one asked for last
         before = deaths.oom_kills()
-        files = [_on_disk(s, self._settings) for s in samples]
+        files = [_on_disk(s) for s in samples]
         try:
             conn.send(message)
             for fd in files:
@@ -247,13 +248,16 @@ class Decoder:
                 self._process.kill()
                 raise self._died(before, deaths.stalled(stall))
 
-    def _died(self, before: int | None, death: Death | None) -> DecoderDied:
+    def _died(self, before: int | None, death: Death | None, idle: bool = False) -> DecoderDied:
         process = self._process
+        assert process is not None
         process.join()
         if death is None:
             death = deaths.of_exit(process.exitcode, before, deaths.oom_kills())
             if self._killed.is_set():
                 death = Death(f"{death.cause}, killed by subwatch", fault=False)
+            elif idle:  # with no file in it, nothing can be charged for it
+                death = Death(f"{death.cause}, between batches", fault=False, at=death.at)
         self._forget()
         self._deaths_in_row += 1
         self._deaths += 1
@@ -265,7 +269,7 @@ class Decoder:
         return DecoderDied(death)
 
 
-def _on_disk(samples: Any, settings: p.Settings) -> Any:
+def _on_disk(samples: Any) -> Any:
     """Return samples whose file the child can be handed: DiskSamples as they are, an array written out."""
     if isinstance(samples, DiskSamples):
         return samples
@@ -305,10 +309,14 @@ def _spawn(settings: p.Settings) -> tuple[_Child, Connection]:
     pipe, and hand it its settings. A new interpreter, not a fork: the daemon has threads, and a fork
     would copy their locks mid-use."""
     ours, theirs = socket.socketpair()
+    # The child imports this very package, wherever it was imported from (an installed wheel, a
+    # checkout run with `python -m daemon` from its folder).
+    here = str(Path(__file__).resolve().parents[2])
+    path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH", "")) if p)
     with theirs:
         process = subprocess.Popen(
             [sys.executable, "-m", "daemon.decoders.child", str(theirs.fileno())],
-            pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+            pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": path},
         )
     conn = Connection(ours.detach())
     conn.send(settings)
