@@ -15,12 +15,15 @@ import threading
 from collections.abc import Callable
 
 from daemon.datatypes import MemoryLimit
+from daemon.decoders import deaths
 from daemon.decoders.deaths import Death
 from daemon.decoders.protocol import Settings
 from daemon.decoders.supervisor import Decoder, DecoderDied, DecoderError, DecoderState
 from daemon.transcribe.store import LoadedModel
 
-__all__ = ["Death", "Decoder", "DecoderDied", "DecoderError", "DecoderPool", "DecoderState", "Settings"]
+__all__ = [
+    "Death", "Decoder", "DecoderDied", "DecoderError", "DecoderPool", "DecoderState", "Settings", "deaths",
+]
 
 
 class DecoderPool:
