@@ -291,7 +291,7 @@ def verdict(checks: list[Check]) -> int:
 
 
 def speech_clips() -> tuple[Speech, ...]:
-    """Real English speech with transcripts (LibriSpeech and jfk.flac from ../shared/testdata)."""
+    """Real English speech with transcripts (LibriSpeech and jfk.flac from tests/data)."""
     from tests.speech import SPEECH, jfk, librispeech
 
     if not SPEECH.is_dir():

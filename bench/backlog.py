@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-SHARED = ROOT.parent / "shared" / "testdata" / "speech"
+SHARED = ROOT / "tests" / "data" / "speech"  # the recordings in the repository
 RATE = 16000
 FORMATS = [
     (".mkv", "aac", "mpeg4"),

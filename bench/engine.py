@@ -39,7 +39,7 @@ ROWS = {
     "hf-generate": "HF transformers generate(), batched",
     "subwatch": "subwatch engine",
 }
-SHARED = ROOT.parent / "shared" / "testdata" / "speech"
+SHARED = ROOT / "tests" / "data" / "speech"  # the recordings in the repository
 
 
 def main() -> int:

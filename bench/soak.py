@@ -1,7 +1,7 @@
 """Soak: hundreds of short files through one `subwatch run`, watching it for leaks and slow-down.
 
 One real daemon with real tiny.en weights (English, beam size 1) watches one
-folder; short clips of real speech (2-4 s cut from ../shared/testdata, as WAV,
+folder; short clips of real speech (2-4 s cut from tests/data, as WAV,
 Ogg Opus, MP3 and Matroska/AAC) arrive in waves of 50, each wave once the one
 before is done, with notifications going to a local HTTP endpoint. After each
 wave, with the daemon idle again, the script reads its resident memory and

@@ -9,7 +9,7 @@ import pytest
 
 from tests.harness import Daemon
 from tests.real_weights import assemble_base, converted, tiny_en_folder
-from tests.speech import SHARED_TESTDATA
+from tests.speech import TESTDATA
 from tests.whisper_checkpoint import make_checkpoint
 
 
@@ -78,10 +78,8 @@ def tiny_en_model(tiny_en_checkpoint: Path):  # noqa: ANN201
 
 @pytest.fixture(scope="session")
 def testdata() -> Path:
-    """The shared folder of real recorded speech (../shared/testdata beside the checkout)."""
-    if not SHARED_TESTDATA.is_dir():
-        pytest.skip(f"shared test data not found at {SHARED_TESTDATA}")
-    return SHARED_TESTDATA
+    """The real recorded speech in the repository (tests/data; its README says where each clip is from)."""
+    return TESTDATA
 
 
 @pytest.fixture

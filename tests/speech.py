@@ -1,4 +1,5 @@
-"""Real recorded speech from ../shared/testdata, with its transcripts, for tests and benchmarks.
+"""Real recorded speech from tests/data (its README gives origins and licences), with its transcripts,
+for tests and benchmarks.
 
 `clips(lang)` lists a language's clips with their reference text; `long_file`
 joins clips into one long recording and says where each one landed, so a test
@@ -13,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SHARED_TESTDATA = Path(__file__).resolve().parents[2] / "shared" / "testdata"
-SPEECH = SHARED_TESTDATA / "speech"
+TESTDATA = Path(__file__).resolve().parent / "data"  # in the repository: a clone tests itself
+SPEECH = TESTDATA / "speech"
 LANGUAGES = ("en", "de", "es", "fr", "pt")
 JFK_TEXT = (
     "And so my fellow Americans, ask not what your country can do for you, "
