@@ -11,7 +11,8 @@
 - `server`: uvicorn on a thread of its own, started and stopped by the service.
 """
 
-from daemon.http.app import DaemonView, HttpContext, build_app
+from daemon.http.app import build_app
+from daemon.http.context import DaemonView, HttpContext
 from daemon.http.server import HttpServer
 
 __all__ = ["DaemonView", "HttpContext", "HttpServer", "build_app"]

@@ -34,8 +34,8 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from daemon.datatypes import JobState
-from daemon.http.app import DaemonView, HttpContext
 from daemon.http.body import BodyRefused, read_body, read_form
+from daemon.http.context import DaemonView, HttpContext
 from daemon.http.page import Said
 from daemon.jobsjson import decoders_json, jobs_json, json_text
 from daemon.queue import QueueError

@@ -17,12 +17,10 @@ ask first, and nothing here answers CORS preflights).
 from __future__ import annotations
 
 import functools
-import hashlib
 import hmac
 import logging
 import socket
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
@@ -32,15 +30,12 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from daemon.config import Config, HttpRules
+from daemon.http.context import COOKIE, HttpContext, page_cookie
 from daemon.http.ratelimit import RateLimitedLog
-from daemon.intake import Intake
 from daemon.text import printable
 
 if TYPE_CHECKING:
-    from daemon.decoders import DecoderPool
-    from daemon.queue import JobQueue
-    from daemon.subtitles import SidecarLedger
-    from daemon.transcribers import Activity
+    pass
 
 log = logging.getLogger("subwatch.http")
 
@@ -48,37 +43,8 @@ log = logging.getLogger("subwatch.http")
 # one that came in one piece is answered 431 here.
 HEADER_BYTES = 16 * 1024
 OPEN_PATHS = frozenset({"/healthz", "/key"})  # /key checks the key itself
-COOKIE = "subwatch_key"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 ASR_PATHS = frozenset({"/asr", "/detect-language"})  # Bazarr's, served by daemon.http.bazarr
-
-
-@dataclass(frozen=True)
-class HttpContext:
-    """What the endpoints reach in the running daemon."""
-
-    config: Callable[[], Config]  # the config in force (a reload replaces it)
-    healthy: Callable[[], bool]  # the systemd watchdog's check: the pipeline is not wedged
-    intake: Intake  # hooked files go in as watched ones do
-    daemon: DaemonView | None = None  # the status page, /api and /metrics; without it they are not served
-    requests_healthy: Callable[[], bool] = lambda: True  # Bazarr's request decoding is not stuck
-
-
-@dataclass(frozen=True)
-class DaemonView:
-    """What the status page, /api and /metrics read and act on in the running daemon."""
-
-    jobs: JobQueue
-    ledger: SidecarLedger  # forget goes through it: it removes the folders subwatch made
-    models: DecoderPool  # the decoder children: what models they hold, how they died
-    activities: Callable[[], list[tuple[str, Activity]]]  # (worker device, what it does now)
-    wake: Callable[[], None]  # a retried job is due now: the loader looks at once
-
-
-def page_cookie(api_key: str) -> str:
-    """Given the API key, return the status page's cookie value: derived from the key, not the key
-    itself, so the cookie does not give the key away, and changing the key ends every cookie."""
-    return hmac.new(api_key.encode(), b"subwatch status page", hashlib.sha256).hexdigest()
 
 
 def build_app(context: HttpContext, extra_routes: Sequence[BaseRoute] = ()) -> Starlette:

@@ -43,8 +43,8 @@ from starlette.routing import BaseRoute, Route
 
 from daemon import mediaservers
 from daemon.config import MediaServer, map_path
-from daemon.http.app import HttpContext
 from daemon.http.body import BodyRefused, read_body, read_form
+from daemon.http.context import HttpContext
 from daemon.http.ratelimit import RateLimitedLog
 from daemon.intake import Hooked
 from daemon.jobsjson import json_text

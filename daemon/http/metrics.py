@@ -24,7 +24,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from daemon.datatypes import JobState
-from daemon.http.app import DaemonView
+from daemon.http.context import DaemonView
 from daemon.http.snapshot import gpu_memory, model_name
 from daemon.queue.stats import realtime_factors
 

@@ -33,8 +33,8 @@ from starlette.routing import BaseRoute, Route
 
 from daemon import __version__
 from daemon.datatypes import Job, JobState
-from daemon.http.app import COOKIE, DaemonView, HttpContext, page_cookie
 from daemon.http.body import BodyRefused, read_form
+from daemon.http.context import COOKIE, DaemonView, HttpContext, page_cookie
 from daemon.http.snapshot import gpu_memory, model_name, working
 from daemon.queue.stats import realtime_factors
 from daemon.text import format_duration, format_speed, printable

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from daemon.http.app import DaemonView
+from daemon.http.context import DaemonView
 
 
 def gpu_memory() -> dict[str, int]:
