@@ -25,7 +25,7 @@ from daemon.subtitles.script import (
 )
 
 if TYPE_CHECKING:
-    from daemon.subtitles.cues import CueRules
+    from daemon.subtitles.rules import CueRules
 
 
 @dataclass(frozen=True)
