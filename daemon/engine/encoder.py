@@ -31,7 +31,7 @@ def prepare_model(model: Whisper) -> Whisper:
     import torch
     from torch import nn
 
-    from daemon.engine.ct2 import is_ct2
+    from daemon.engine.kinds import is_ct2
 
     if is_ct2(model) or model.device.type != "cuda" or getattr(model, "_subwatch_fp16", False):
         return model
@@ -72,7 +72,7 @@ def encode(model: Whisper, mel: torch.Tensor, batch_size: int = 16) -> torch.Ten
     """Given (n, n_mels, 3000) log-mels, return the encoder's (n, 1500, n_state) output, in batches."""
     import torch
 
-    from daemon.engine.ct2 import is_ct2
+    from daemon.engine.kinds import is_ct2
 
     if is_ct2(model):
         return model.encode(mel)  # type: ignore[attr-defined]
@@ -124,7 +124,7 @@ def language_probabilities(model: Whisper, features: torch.Tensor) -> list[dict[
     from whisper.decoding import detect_language
     from whisper.tokenizer import get_tokenizer
 
-    from daemon.engine.ct2 import is_ct2
+    from daemon.engine.kinds import is_ct2
 
     if is_ct2(model):
         return model.language_probabilities(features)  # type: ignore[attr-defined]

@@ -41,7 +41,7 @@ def transcribe_chunks(
     """
     import torch
 
-    from daemon.engine.ct2 import is_ct2
+    from daemon.engine.kinds import is_ct2
 
     if not requests:
         return []

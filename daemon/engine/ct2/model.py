@@ -9,6 +9,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from daemon.engine.ct2.convert import DIMS_FILE
+from daemon.engine.kinds import CTRANSLATE2, is_ct2  # noqa: F401 - is_ct2 is re-exported here
 
 if TYPE_CHECKING:
     import numpy as np
@@ -31,6 +32,7 @@ class Ct2Whisper:
 
     # whisper's DecodingTask sets up a PyTorchInference that lists the decoder's blocks; it is never run
     decoder = SimpleNamespace(blocks=())
+    subwatch_engine = CTRANSLATE2  # what engine.kinds.is_ct2 asks
 
     def __init__(
         self, folder: Path, device: str = "cpu", threads: int = 0, compute_type: str = "int8"
@@ -79,6 +81,3 @@ def _storage(array: np.ndarray) -> Any:
 
     return ctranslate2.StorageView.from_array(np.ascontiguousarray(array, dtype=np.float32))
 
-
-def is_ct2(model: Any) -> bool:
-    return isinstance(model, Ct2Whisper)
