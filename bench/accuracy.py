@@ -52,7 +52,7 @@ import accuracy_noise  # noqa: E402
 from accuracy_rows import FASTER_BATCH, IMPLEMENTATIONS, SUBWATCH_GROUP, versions  # noqa: E402
 from accuracy_yardstick import clip_regions, long_text, overlapping, save, spoken  # noqa: E402
 
-from daemon.coverage import merge, subtract, total  # noqa: E402
+from daemon.transcribe.coverage import merge, subtract, total  # noqa: E402
 from tests.speech import word_error_rate  # noqa: E402
 
 # row -> (implementation, beam size)
@@ -136,8 +136,8 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
     Every row reads the same decoded samples, so audio decoding is in no row's
     timing and no implementation hears a different resampling.
     """
-    from daemon.models import resolve
     from daemon.transcribe.engines import ct2_folder
+    from daemon.transcribe.models import resolve
     from tests.real_weights import assemble_base, converted
 
     folder = args.workdir / "base-ct2"

@@ -26,13 +26,13 @@ def save(samples: Any, path: Path) -> Path:
 
 
 def clip_regions(clips: Iterable[Any]) -> dict[Path, list[Span]]:
-    """Return silero's speech regions (daemon.vad on each clip alone), in clip seconds.
+    """Return silero's speech regions (daemon.transcribe.vad on each clip alone), in clip seconds.
 
     Found per clip, not on the long file, so that what counts as speech does
     not depend on subwatch's own detection of the long file.
     """
     from daemon.datatypes import Audio
-    from daemon.vad import find_speech
+    from daemon.transcribe.vad import find_speech
     from tests import speech
 
     regions = {}

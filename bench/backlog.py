@@ -204,7 +204,8 @@ def warm_up(model, path: Path, args: argparse.Namespace) -> None:  # noqa: ANN00
     """One small pass of each pipeline, so that neither pays for first-call setup inside the timing."""
     import whisper
 
-    from daemon import engine, vad
+    from daemon import engine
+    from daemon.transcribe import vad
 
     audio = load(path)
     chunk = vad.find_speech(audio)[0]
@@ -224,7 +225,8 @@ def warm_up(model, path: Path, args: argparse.Namespace) -> None:  # noqa: ANN00
 
 def run_subwatch(paths: list[Path], model, args: argparse.Namespace) -> dict:  # noqa: ANN001
     """Time the daemon's pieces over the backlog: media stage, VAD for all files together, the engine."""
-    from daemon import engine, vad
+    from daemon import engine
+    from daemon.transcribe import vad
 
     model = engine.prepare_model(model)
     started = time.perf_counter()

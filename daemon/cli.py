@@ -23,11 +23,11 @@ from daemon.config import Config, ConfigError, RulesError, load_config, validate
 from daemon.datatypes import Job
 from daemon.hostcheck import config_exposure, raise_nofile_limit
 from daemon.jobsjson import decoders_json, job_json, jobs_json, json_text
-from daemon.models import is_model_path
 from daemon.options import FolderNotify, FolderRules, build_rules
 from daemon.queue import JobQueue, QueueError
 from daemon.text import format_duration, format_speed, printable
 from daemon.transcribe.engines import DEFAULT_ENGINE, ENGINES
+from daemon.transcribe.models import is_model_path
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 78
 DEFAULT_CONFIG = Path(os.environ.get("SUBWATCH_CONFIG", "/etc/subwatch/config.yaml"))

@@ -26,11 +26,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from daemon.datatypes import MemoryLimit
 from daemon.languages import WHISPER_CODES, from_any
-from daemon.models import is_model_path  # no torch: config stays instant
 from daemon.notify import NotifyRules
 from daemon.options import FolderRules, build_notify, build_rules
 from daemon.queue.schema import MAX_ATTEMPTS
 from daemon.transcribe.engines import DEFAULT_ENGINE
+from daemon.transcribe.models import is_model_path  # no torch: config stays instant
 
 # Whisper's own tables, copied so that loading a config does not import torch.
 # tests/test_config.py asserts they equal whisper.available_models() / tokenizer.LANGUAGES.

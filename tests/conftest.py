@@ -53,7 +53,7 @@ def tiny_en_checkpoint(tiny_en_dir: Path, tmp_path_factory: pytest.TempPathFacto
 @pytest.fixture(scope="session")
 def base_model(base_checkpoint: Path):  # noqa: ANN201 - whisper.model.Whisper, imported lazily
     """The real base model loaded on the CPU, shared by the tests that transcribe in-process."""
-    from daemon.models import load_checkpoint
+    from daemon.transcribe.models import load_checkpoint
 
     return load_checkpoint(base_checkpoint, "cpu")
 
@@ -71,7 +71,7 @@ def base_ct2(base_model, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN
 
 @pytest.fixture(scope="session")
 def tiny_en_model(tiny_en_checkpoint: Path):  # noqa: ANN201
-    from daemon.models import load_checkpoint
+    from daemon.transcribe.models import load_checkpoint
 
     return load_checkpoint(tiny_en_checkpoint, "cpu")
 

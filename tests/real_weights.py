@@ -40,6 +40,6 @@ def tiny_en_folder() -> Path:
 
 def converted(folder: Path, models_dir: Path) -> Path:
     """Return the OpenAI-format checkpoint subwatch converts `folder` into (made once per models_dir)."""
-    from daemon.models import converted_checkpoint, resolve
+    from daemon.transcribe.models import converted_checkpoint, resolve
 
     return converted_checkpoint(resolve(str(folder), models_dir), models_dir)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from daemon.coverage import (
+from daemon.transcribe.coverage import (
     CoverageOptions,
     confident,
     inside,

@@ -187,7 +187,7 @@ def placed_words(words: list[tuple[float, float, str]], faint: tuple[tuple[float
     from daemon.transcribe import TranscribeOptions
     from daemon.transcribe.placement import placed
     from daemon.transcribe.state import Decoded, File
-    from daemon.vad import SpeechChunk
+    from daemon.transcribe.vad import SpeechChunk
 
     seg = segment(words)
     result = ChunkDecoding((), seg.text, "en", None, -0.2, 0.0, 0.0, 1.0, segments=(seg,))

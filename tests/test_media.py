@@ -21,7 +21,7 @@ from daemon.media import (
 )
 from daemon.media.probing import _stream_length
 from daemon.samples import DiskSamples, from_pcm_stream
-from daemon.vad import LEVEL_BLOCK, level_gains, speech_probabilities
+from daemon.transcribe.vad import LEVEL_BLOCK, level_gains, speech_probabilities
 from tests.media_factory import cut_in_half, drop_stream_lengths, make_media, write_odd_wav
 
 

@@ -276,7 +276,8 @@ def test_file_over_max_hours_fails_naming_the_key(tmp_path: Path) -> None:
 PEAK_MEMORY = """
 import sys
 from pathlib import Path
-from daemon import media, vad
+from daemon import media
+from daemon.transcribe import vad
 path = Path(sys.argv[1])
 info = media.probe(path)
 audio = media.load_audio(path, info, media.choose_audio_stream(info), work_dir=Path(sys.argv[2]))

@@ -1,6 +1,6 @@
 """Model folders with real weights: faster-whisper (CTranslate2) and Hugging Face transformers.
 
-Each folder kind is converted by daemon.models into openai-whisper's model and
+Each folder kind is converted by daemon.transcribe.models into openai-whisper's model and
 must transcribe jfk.flac word for word. The transformers folder is made here
 with transformers itself, from the OpenAI-format base checkpoint, and proven a
 working Whisper by transformers' own forward pass before subwatch reads it;
@@ -25,8 +25,8 @@ import pytest
 import torch
 import whisper
 
-from daemon.models import ModelNotFound, ModelSource, content_hash, converted_checkpoint, resolve
 from daemon.transcribe import load_model
+from daemon.transcribe.models import ModelNotFound, ModelSource, content_hash, converted_checkpoint, resolve
 from tests.speech import JFK_TEXT, jfk
 
 # ----------------------------------------------------------------------------- helpers
@@ -150,7 +150,7 @@ def test_tiny_en_folder_is_english_only(tiny_en_dir: Path, tmp_path: Path) -> No
 # ----------------------------------------------------------------------------- Hugging Face transformers
 
 # openai-whisper's tensor names → transformers', written here from the two model
-# classes (not from daemon.models); transformers' own forward pass below proves it.
+# classes (not from daemon.transcribe.models); transformers' own forward pass below proves it.
 _TO_TRANSFORMERS = [
     (r"\.blocks\.", ".layers."),
     (r"\.mlp\.0\.", ".fc1."),

@@ -3,7 +3,7 @@ and level, room tone, mains hum, a fan, traffic, rain, music with and without a 
 murmur, silence) gets no segment from the real multilingual base model, decoded as `subwatch
 transcribe` decodes on a CPU (CTranslate2, beam 5), and no speech map but over the murmur.
 
-Before the file's first stream was warmed up on its own sound (daemon.vad._stream_batch), silero heard
+Before the file's first stream was warmed up on its own sound (transcribe.vad._stream_batch), silero heard
 the step from its digital-silence warm-up into steady hum as 0.5 s of speech at 0.0 s, and base wrote
 "Thank you." there.
 """
@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon.coverage import CoverageOptions
 from daemon.datatypes import Audio
 from daemon.engine.ct2 import Ct2Whisper
 from daemon.transcribe import TranscribeOptions, transcribe_many
-from daemon.vad import map_speech_many
+from daemon.transcribe.coverage import CoverageOptions
+from daemon.transcribe.vad import map_speech_many
 from tests import speech
 from tests.sounds import battery
 

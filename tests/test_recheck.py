@@ -10,7 +10,7 @@ from daemon.transcribe.options import RecheckOptions, TranscribeOptions
 from daemon.transcribe.placement import placed
 from daemon.transcribe.recheck import better, mean_logprob, recheck_round
 from daemon.transcribe.state import Decoded, File
-from daemon.vad import SpeechChunk
+from daemon.transcribe.vad import SpeechChunk
 
 # One window packing two spans; the second span holds two lines 1 s apart.
 WINDOW = SpeechChunk(((1.0, 4.0), (10.0, 18.0)), ((1.0, 4.0), (10.0, 13.0), (14.0, 18.0)))

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from daemon import transcribe as stage
-from daemon.coverage import CoverageOptions
 from daemon.datatypes import Audio, Segment, Transcript, Word
 from daemon.media import choose_audio_stream, load_audio, probe
 from daemon.transcribe import (
@@ -24,7 +23,8 @@ from daemon.transcribe import (
     transcribe,
     transcribe_many,
 )
-from daemon.vad import find_speech
+from daemon.transcribe.coverage import CoverageOptions
+from daemon.transcribe.vad import find_speech
 from tests import speech
 from tests.media_factory import lavfi_samples, make_media
 from tests.said import speech_extent

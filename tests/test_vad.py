@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon.coverage import CoverageOptions
 from daemon.datatypes import Audio
 from daemon.media import choose_audio_stream, load_audio, probe
-from daemon.vad import (
+from daemon.transcribe.coverage import CoverageOptions
+from daemon.transcribe.vad import (
     SpeechChunk,
     VadOptions,
     find_speech,
@@ -131,7 +131,7 @@ def test_loading_silero_keeps_torch_threads() -> None:
     # silero_vad sets torch to one thread when first imported; that would halve Whisper on CPU.
     script = (
         "import torch; torch.set_num_threads(3)\n"
-        "from daemon.vad import _silero_model; _silero_model()\n"
+        "from daemon.transcribe.vad import _silero_model; _silero_model()\n"
         "print(torch.get_num_threads())"
     )
     root = Path(__file__).resolve().parents[1]
@@ -155,7 +155,7 @@ def test_several_files_are_scored_together_with_the_same_findings(testdata: Path
 
 
 def missed(found: list[tuple[float, float]], truth: list[tuple[float, float]]) -> float:
-    from daemon.coverage import merge, subtract, total
+    from daemon.transcribe.coverage import merge, subtract, total
 
     return total(subtract(merge(truth), merge(found)))
 

@@ -3,11 +3,16 @@
 `transcribe` and `transcribe_many` run the stage here; its parts, in the order the data flows:
 
 - `options`: `TranscribeOptions`, a folder's rules for decoding.
+- `models`: where a model comes from (a name, a .pt file, a faster-whisper or Hugging Face
+  folder) and how it is read into openai-whisper's model.
 - `store`: `ModelStore` loads each model once per device and shares it, unloads
   idle ones, and keeps each CUDA card within its memory limit (load estimates,
   evictions of the least recently used idle models, `memory_limit_of`).
+- `vad`: silero's speech detection, on levelled and raw audio, and the windows it packs.
 - `speech`: where each file's speech is (voice activity detection for all files
   together), and the windows spread through a file that vote on its language.
+- `coverage`: the speech no decoded word covers, and the windows that decode it again.
+- `recheck`: the lines read with little confidence, decoded again alone.
 - `state`: what the stage carries per file (`File`) and per decoded window.
 - `rounds`: the engine request for each window, and the windows of each coverage
   round: speech that no decoded word covers, decoded again alone.
@@ -41,7 +46,7 @@ from daemon.engine import (
     vote_language,
 )
 from daemon.loops import collapse_repeats
-from daemon.models import ModelNotFound
+from daemon.transcribe.models import ModelNotFound
 from daemon.transcribe.options import TranscribeOptions
 from daemon.transcribe.placement import transcript_of
 from daemon.transcribe.progress import Progress
@@ -58,7 +63,7 @@ from daemon.transcribe.store import (
     memory_limit_of,
     model_bytes,
 )
-from daemon.vad import SpeechChunk
+from daemon.transcribe.vad import SpeechChunk
 
 __all__ = [
     "MODEL_PARAMETERS",

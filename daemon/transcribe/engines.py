@@ -19,7 +19,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from daemon import models
+from daemon.transcribe import models
 
 if TYPE_CHECKING:
     from daemon.engine.ct2 import Ct2Whisper

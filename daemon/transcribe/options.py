@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from daemon.coverage import CoverageOptions
 from daemon.engine import EngineOptions
 from daemon.loops import MAX_REPEATS
-from daemon.vad import VadOptions
+from daemon.transcribe.coverage import CoverageOptions
+from daemon.transcribe.vad import VadOptions
 
 
 @dataclass(frozen=True)

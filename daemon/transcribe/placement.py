@@ -9,12 +9,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
-from daemon import coverage
 from daemon.datatypes import Segment, Transcript, Word
 from daemon.loops import collapse_repeats
 from daemon.subtitles.script import ends_sentence
+from daemon.transcribe import coverage
 from daemon.transcribe.state import Decoded, File
-from daemon.vad import SpeechChunk
+from daemon.transcribe.vad import SpeechChunk
 
 
 def word_times(file: File, decoded: list[Decoded]) -> list[tuple[float, float]]:
@@ -25,7 +25,8 @@ def word_times(file: File, decoded: list[Decoded]) -> list[tuple[float, float]]:
 
 
 def uncovered(file: File, words: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """Return the file's stretches of possible speech that none of its words covers (see daemon.coverage)."""
+    """Return the file's stretches of possible speech that none of its words covers (see
+    transcribe.coverage)."""
     return coverage.uncovered(file.faint, words, file.options.coverage)
 
 

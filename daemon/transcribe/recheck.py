@@ -16,11 +16,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from daemon import coverage
 from daemon.datatypes import Word
+from daemon.transcribe import coverage
 from daemon.transcribe.placement import placed
 from daemon.transcribe.state import Decoded, File, Work
-from daemon.vad import SpeechChunk
+from daemon.transcribe.vad import SpeechChunk
 
 Interval = tuple[float, float]
 

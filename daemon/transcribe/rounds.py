@@ -9,12 +9,12 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from daemon import coverage
 from daemon.engine import ChunkRequest, EngineOptions
+from daemon.transcribe import coverage
 from daemon.transcribe.options import TranscribeOptions
 from daemon.transcribe.placement import uncovered, word_times
 from daemon.transcribe.state import Decoded, File, Work
-from daemon.vad import SpeechChunk
+from daemon.transcribe.vad import SpeechChunk
 
 if TYPE_CHECKING:
     from whisper.model import Whisper

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from daemon.datatypes import Audio
 from daemon.transcribe.options import TranscribeOptions
-from daemon.vad import SpeechChunk, SpeechMap, VadOptions, map_speech_many
+from daemon.transcribe.vad import SpeechChunk, SpeechMap, VadOptions, map_speech_many
 
 log = logging.getLogger("subwatch.transcribe")  # one logger for the stage: its name is in journal lines
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from daemon.datatypes import Audio
 from daemon.engine import ChunkDecoding
 from daemon.transcribe.options import TranscribeOptions
-from daemon.vad import SpeechChunk
+from daemon.transcribe.vad import SpeechChunk
 
 
 @dataclass

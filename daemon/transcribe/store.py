@@ -19,11 +19,11 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from daemon import models
 from daemon.datatypes import MemoryLimit
 from daemon.engine import cuda_index, prepare_model
-from daemon.models import ModelNotFound
+from daemon.transcribe import models
 from daemon.transcribe.engines import DEFAULT_ENGINE, engine_for, load_ct2
+from daemon.transcribe.models import ModelNotFound
 
 if TYPE_CHECKING:
     from whisper.model import Whisper

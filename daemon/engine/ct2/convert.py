@@ -1,6 +1,6 @@
 """An openai-whisper model written as a CTranslate2 Whisper folder, once per model, for the CPU engine.
 
-The tensors map one to one (the inverse of daemon.models' reading of faster-whisper
+The tensors map one to one (the inverse of daemon.transcribe.models' reading of faster-whisper
 folders): self-attention's q|k|v and cross-attention's k|v are fused, the key
 projections (which have no bias) get a zero one, and the output projection is the
 token embedding, as Whisper ties them. The vocabulary is written with the byte-level

@@ -22,8 +22,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from daemon.coverage import merge
 from daemon.datatypes import Audio
+from daemon.transcribe.coverage import merge
 
 if TYPE_CHECKING:
     import numpy as np
@@ -51,7 +51,7 @@ class VadOptions:
                       the encoder the same 30 s of work however little speech it holds.
     faint_threshold:  probability above which audio may be speech silero is unsure of (0.3).
                       Nothing is decoded for it alone, but speech there that got no words
-                      is decoded again (see daemon.coverage): silero misses the first
+                      is decoded again (see daemon.transcribe.coverage): silero misses the first
                       seconds of quiet speakers at 0.5, the very lines a viewer needs.
     level_window_s:   silero hears audio levelled over this many seconds (see
                       level_gains); 0 hears it as it is (3.0).
