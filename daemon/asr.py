@@ -34,7 +34,7 @@ from daemon.datatypes import Audio, JobState, Transcript
 from daemon.options import FolderRules, build_rules
 from daemon.text import printable
 from daemon.transcribe.options import TranscribeOptions
-from daemon.workers import Waiting, pick_batch
+from daemon.transcribers.workers import Waiting, pick_batch
 
 if TYPE_CHECKING:
     from whisper.model import Whisper

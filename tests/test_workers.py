@@ -25,7 +25,7 @@ from daemon.queue import JobQueue
 from daemon.service import Service
 from daemon.transcribe import MODEL_PARAMETERS, ModelStore, choose_evictions, load_estimate, memory_limit_of
 from daemon.transcribers import Activity, Worker
-from daemon.workers import Prefetch, Waiting, describe_files, pick_batch, serves, worker_devices
+from daemon.transcribers.workers import Prefetch, Waiting, describe_files, pick_batch, serves, worker_devices
 from tests.media_factory import duration_of, make_media
 from tests.test_daemon_e2e import assert_cues_valid
 

@@ -11,7 +11,7 @@ with the same model, up to a batch bound, and transcribes them together.
 The rules are pure functions of device strings, so they are tested without a GPU.
 
 A file that was in the model when the daemon or its decoder child died is a
-suspect (see daemon.blame): it goes before the others, alone in its worker's
+suspect (see daemon.transcribers.blame): it goes before the others, alone in its worker's
 decoder child, so if that child dies of a fault again the crash is its own.
 """
 

@@ -9,7 +9,7 @@
   batch (workers.pick_batch), has its decoder child (daemon.decoders) load the
   model and transcribe them together, and hands each result to `Outcomes`; the
   jobs in the model are marked so in the queue, and when the child dies,
-  daemon.blame decides what that says about them;
+  daemon.transcribers.blame decides what that says about them;
 - before each batch a worker answers the HTTP requests waiting in `asr`
   (daemon.asr: Bazarr's audio), ahead of the queued files.
 """
@@ -26,7 +26,6 @@ from dataclasses import dataclass, replace
 from functools import partial
 
 from daemon import asr, media, pipeline, subtitles
-from daemon.blame import Blame
 from daemon.config import Config, FolderRules
 from daemon.datatypes import Job, Transcript
 from daemon.decoders import Decoder, DecoderDied, DecoderPool
@@ -36,7 +35,8 @@ from daemon.outcomes import Outcomes, one_line_error
 from daemon.queue import JobQueue, QueueError
 from daemon.text import printable
 from daemon.transcribe import DeviceUnavailable, ModelNotFound
-from daemon.workers import Prefetch, Waiting, describe_files, worker_devices
+from daemon.transcribers.blame import Blame
+from daemon.transcribers.workers import Prefetch, Waiting, describe_files, worker_devices
 
 log = logging.getLogger("subwatch")
 
