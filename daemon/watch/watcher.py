@@ -244,25 +244,7 @@ class Watcher:
             self._wake.wait(1.0 if wait is None else min(wait, 1.0))
 
     def _deliver_notices(self) -> None:
-        # An unmounted share reads as an empty folder to a poller (and a vanished sshfs as an
-        # error), which would look like every file being deleted. A deletion is passed on only
-        # while the folder is still the one the event came from.
-        intact: dict[tuple[Path, Identity], bool] = {}
-        withheld: dict[Path, int] = {}
-        while self._notices and not self._stopping.is_set():
-            kind, spec, path, dest, identity = self._notices.popleft()
-            if kind == "moved" and self._on_moved is not None and dest is not None:
-                self._call(self._on_moved, path, dest)
-                continue
-            if self._on_deleted is None:
-                continue
-            key = (spec.path, identity)
-            if key not in intact:
-                intact[key] = folder_identity(spec.path) == identity
-            if intact[key]:
-                self._call(self._on_deleted, path)
-            else:
-                withheld[spec.path] = withheld.get(spec.path, 0) + 1
+        withheld = pass_on(self._notices, self._on_moved, self._on_deleted, self._call, self._stopping)
         for root, count in withheld.items():
             logger.warning("%s is unavailable or was replaced; %d deletion(s) under it not passed on",
                            shown(root), count)
@@ -292,3 +274,32 @@ class Watcher:
         except Exception:
             name = getattr(callback, "__name__", "callback")
             logger.exception("%s failed for %s; going on", name, shown(path))
+
+
+def pass_on(notices: deque[_Notice], on_moved: Callable[[Path, Path], None] | None,
+            on_deleted: Callable[[Path], None] | None, call: Callable[..., None],
+            stopping: threading.Event) -> dict[Path, int]:
+    """Pass the queued folder events on to the callbacks (through `call`, which logs their errors);
+    return the deletions withheld, per watched folder.
+
+    An unmounted share reads as an empty folder to a poller (and a vanished sshfs as an error),
+    which would look like every file being deleted. A deletion is passed on only while the folder
+    is still the one the event came from.
+    """
+    intact: dict[tuple[Path, Identity], bool] = {}
+    withheld: dict[Path, int] = {}
+    while notices and not stopping.is_set():
+        kind, spec, path, dest, identity = notices.popleft()
+        if kind == "moved" and on_moved is not None and dest is not None:
+            call(on_moved, path, dest)
+            continue
+        if on_deleted is None:
+            continue
+        key = (spec.path, identity)
+        if key not in intact:
+            intact[key] = folder_identity(spec.path) == identity
+        if intact[key]:
+            call(on_deleted, path)
+        else:
+            withheld[spec.path] = withheld.get(spec.path, 0) + 1
+    return withheld
