@@ -108,8 +108,6 @@ class Service:
             if self._reload_requested.is_set():
                 self._reload_requested.clear()
                 self.reload()
-            if self.models.unload_idle():  # never one a worker holds
-                release_freed_memory()
             self._release_memory_when_idle()
             self.intake.tick()
             self.systemd.status(self._status_text())

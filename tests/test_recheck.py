@@ -8,7 +8,7 @@ from daemon.datatypes import Audio, Segment, Word
 from daemon.engine import ChunkDecoding
 from daemon.transcribe.options import RecheckOptions, TranscribeOptions
 from daemon.transcribe.placement import placed
-from daemon.transcribe.recheck import better, mean_logprob, recheck_round
+from daemon.transcribe.recheck import better, mean_logprob, recheck_round, words_of
 from daemon.transcribe.state import Decoded, File
 from daemon.transcribe.vad import SpeechChunk
 
@@ -74,7 +74,7 @@ def test_a_surer_reading_replaces_the_line_and_nothing_else() -> None:
     line = SpeechChunk(((9.5, 13.5),), ((10.0, 13.0),))
     again = Decoded(line, decoding(segment(words(0.7, "As light pollution was not", 0.9))), (9.5, 13.5))
 
-    kept = better(file, earlier, work, again)
+    kept = better(file, words_of(file, earlier), work, again)
 
     assert kept is not None and kept.replaces == (9.5, 13.5)
     result = placed(file, earlier + [kept])
@@ -100,11 +100,12 @@ def test_a_reading_not_clearly_surer_or_silent_keeps_the_first() -> None:
         return Decoded(line, decoding(segment(words(0.7, text, probability))), (9.5, 13.5))
 
     silent = Decoded(line, ChunkDecoding((), "", "en", None, -2.0, 0.9, 0.0, 1.0, silent=True), (9.5, 13.5))
-    assert better(file, earlier, work, reading("As what pollution would knot", 0.4)) is None
+    first = words_of(file, earlier)
+    assert better(file, first, work, reading("As what pollution would knot", 0.4)) is None
     # surer, but by less than min_gain (log 0.55 - log 0.5 = 0.095): as likely wrong as the first
-    assert better(file, earlier, work, reading("As white pollution was not", 0.55)) is None
-    assert better(file, earlier, work, reading("As white pollution was not", 0.6)) is not None  # 0.18
-    assert better(file, earlier, work, silent) is None
+    assert better(file, first, work, reading("As white pollution was not", 0.55)) is None
+    assert better(file, first, work, reading("As white pollution was not", 0.6)) is not None  # 0.18
+    assert better(file, first, work, silent) is None
 
 
 def test_mean_logprob() -> None:

@@ -54,10 +54,6 @@ class DecoderPool:
     def states(self) -> list[DecoderState]:
         return [decoder.state() for decoder in self.all()]
 
-    def unload_idle(self) -> list[str]:
-        """Nothing to do here: each child drops its own idle models (daemon.decoders.child)."""
-        return []
-
     def set_memory_limit(self, memory_limit: MemoryLimit | None) -> None:
         from dataclasses import replace
 

@@ -93,7 +93,6 @@ class Decoder:
         self._on_death = on_death
         self._process: _Child | None = None
         self._conn: Connection | None = None
-        self._starts = 0
         self._deaths_in_row = 0
         self._deaths = 0
         self.last_death: Death | None = None
@@ -187,7 +186,7 @@ class Decoder:
             if self._stopping.wait(pause):
                 raise DecoderDied(Death("stopping", fault=False))
         process, ours = _spawn(self._settings)
-        self._process, self._conn, self._starts = process, ours, self._starts + 1
+        self._process, self._conn = process, ours
         self._killed.clear()
         log.debug("decoder %s: child started, pid %d", self.name, process.pid)
         return ours

@@ -50,7 +50,7 @@ from daemon.transcribe.models import ModelNotFound
 from daemon.transcribe.options import TranscribeOptions
 from daemon.transcribe.placement import transcript_of
 from daemon.transcribe.progress import Progress
-from daemon.transcribe.recheck import better, recheck_round
+from daemon.transcribe.recheck import better, recheck_round, words_of
 from daemon.transcribe.rounds import chunk_request, coverage_round, engine_options_for
 from daemon.transcribe.speech import speech_maps, speech_seconds, voter_chunks
 from daemon.transcribe.state import Decoded, File, Work
@@ -234,7 +234,10 @@ def _recheck(model: Whisper, files: list[File], tracker: Progress, decoded: list
     kept = 0
     for f, earlier in enumerate(decoded):
         mine = [w for w in work if w[0] == f]
-        winners = [better(files[f], earlier, w, d) for w, d in zip(mine, again[f], strict=True)]
+        if not mine:
+            continue
+        placed = words_of(files[f], earlier)  # once per file: placing every word is the costly part
+        winners = [better(files[f], placed, w, d) for w, d in zip(mine, again[f], strict=True)]
         earlier += [w for w in winners if w is not None]
         kept += sum(w is not None for w in winners)
     log.debug("rechecked %d line(s) read with little confidence; %d read better alone", len(work), kept)

@@ -36,7 +36,7 @@ def recheck_round(files: list[File], decoded: list[list[Decoded]]) -> list[Work]
         options = file.options.recheck
         if options.below_logprob is None:
             continue
-        words = _words(file, decoded[f])
+        words = words_of(file, decoded[f])
         speech = coverage.merge(file.faint)
         for chunk in file.chunks:
             for line in _lines(chunk, options.join_s):
@@ -50,15 +50,16 @@ def recheck_round(files: list[File], decoded: list[list[Decoded]]) -> list[Work]
     return work
 
 
-def better(file: File, earlier: list[Decoded], work: Work, again: Decoded) -> Decoded | None:
+def better(file: File, earlier: Sequence[Word], work: Work, again: Decoded) -> Decoded | None:
     """Return the recheck of a line as a replacement when it reads the line with clearly more
-    confidence than the earlier rounds did (by RecheckOptions.min_gain); None keeps the earlier reading."""
+    confidence than the earlier rounds' words (`words_of` them, placed once per file) did (by
+    RecheckOptions.min_gain); None keeps the earlier reading."""
     _, _, line = work
     assert line is not None
     if again.result.silent:
         return None
-    new = _inside(_words(file, [again]), line)
-    old = _inside(_words(file, earlier), line)
+    new = _inside(words_of(file, [again]), line)
+    old = _inside(earlier, line)
     if not new or mean_logprob(new) < mean_logprob(old) + file.options.recheck.min_gain:
         return None
     return Decoded(again.chunk, again.result, replaces=line)
@@ -98,7 +99,8 @@ def _same_span(chunk: SpeechChunk, a: float, b: float) -> bool:
     return any(start <= a and b <= end for start, end in chunk.spans)
 
 
-def _words(file: File, decoded: list[Decoded]) -> list[Word]:
+def words_of(file: File, decoded: list[Decoded]) -> list[Word]:
+    """Every word of `decoded` placed on the file's timeline."""
     return [w for segment in placed(file, decoded) for w in segment.words]
 
 
