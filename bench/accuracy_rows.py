@@ -24,13 +24,37 @@ def subwatch_row(
 ) -> tuple[ShortFiles, LongFile]:
     import torch
 
-    from daemon import subtitles
-    from daemon.datatypes import Audio
-    from daemon.transcribe import TranscribeOptions, load_model, transcribe, transcribe_many
+    from daemon.transcribe import load_model, transcribe_many
 
     torch.set_num_threads(threads)
     # as the daemon loads it: the CTranslate2 conversion is made once, in the workdir's models/
     model = load_model(work["pt"], Path(work["pt"]).parents[1], "cpu", engine)
+    return _subwatch_rows(work, beam, lambda items, names: transcribe_many(items, model))
+
+
+def subwatch_child_row(work: dict[str, Any], beam: int, threads: int) -> tuple[ShortFiles, LongFile]:
+    """The daemon's path: the same decoding in a supervised decoder child (daemon.decoders), audio
+    handed over as file descriptors. `long_file.close` ends the child (its peak memory counts then)."""
+    import threading
+
+    from daemon.decoders import Decoder, Settings
+
+    settings = Settings(Path(work["pt"]).parents[1], float("inf"), None, "auto", "warning", threads)
+    decoder = Decoder("cpu", settings, threading.Event())
+    decoder.load(work["pt"], "cpu")
+    short_files, long_file = _subwatch_rows(work, beam, decoder.transcribe_many)
+    long_file.close = decoder.close  # type: ignore[attr-defined]
+    return short_files, long_file
+
+
+def _subwatch_rows(
+    work: dict[str, Any], beam: int, transcribe_group: Callable[[list[Any], list[str]], list[Any]]
+) -> tuple[ShortFiles, LongFile]:
+    """The subwatch rows' clips and long file, each group of (audio, options) transcribed by
+    `transcribe_group(items, names)`: in this process, or in a decoder child."""
+    from daemon import subtitles
+    from daemon.datatypes import Audio
+    from daemon.transcribe import TranscribeOptions
 
     def options(lang: str) -> TranscribeOptions:
         return TranscribeOptions(model=work["pt"], language=lang, beam_size=None if beam == 1 else beam)
@@ -47,49 +71,8 @@ def subwatch_row(
             transcripts = []
             for i in range(0, len(audios), SUBWATCH_GROUP):
                 group = audios[i : i + SUBWATCH_GROUP]
-                transcripts += transcribe_many([(a, options(lang)) for a in group], model)
-            texts[lang] = [
-                " ".join(c[2] for c in cues(t, a.duration)) for t, a in zip(transcripts, audios, strict=True)
-            ]
-        return texts
-
-    def long_file(samples: Any) -> list[tuple[float, float, str]]:
-        audio = Audio(samples, RATE)
-        return cues(transcribe(audio, options("en"), model), audio.duration)
-
-    return short_files, long_file
-
-
-def subwatch_child_row(work: dict[str, Any], beam: int, threads: int) -> tuple[ShortFiles, LongFile]:
-    """The daemon's path: the same decoding in a supervised decoder child (daemon.decoders), audio
-    handed over as file descriptors. `long_file.close` ends the child (its peak memory counts then)."""
-    import threading
-
-    from daemon import subtitles
-    from daemon.datatypes import Audio
-    from daemon.decoders import Decoder, Settings
-    from daemon.transcribe import TranscribeOptions
-
-    settings = Settings(Path(work["pt"]).parents[1], float("inf"), None, "auto", "warning", threads)
-    decoder = Decoder("cpu", settings, threading.Event())
-    decoder.load(work["pt"], "cpu")
-
-    def options(lang: str) -> TranscribeOptions:
-        return TranscribeOptions(model=work["pt"], language=lang, beam_size=None if beam == 1 else beam)
-
-    def cues(transcript: Any, duration: float) -> list[tuple[float, float, str]]:
-        built = subtitles.build_cues(transcript.segments, subtitles.CueRules(), duration, transcript.language)
-        return [(c.start, c.end, " ".join(c.lines)) for c in built]
-
-    def short_files(clips: dict[str, list[Any]]) -> dict[str, list[str]]:
-        texts = {}
-        for lang, samples in clips.items():
-            audios = [Audio(s, RATE) for s in samples]
-            transcripts = []
-            for i in range(0, len(audios), SUBWATCH_GROUP):
-                group = audios[i : i + SUBWATCH_GROUP]
                 names = [f"clip {i + n}" for n in range(len(group))]
-                transcripts += decoder.transcribe_many([(a, options(lang)) for a in group], names)
+                transcripts += transcribe_group([(a, options(lang)) for a in group], names)
             texts[lang] = [
                 " ".join(c[2] for c in cues(t, a.duration)) for t, a in zip(transcripts, audios, strict=True)
             ]
@@ -97,10 +80,9 @@ def subwatch_child_row(work: dict[str, Any], beam: int, threads: int) -> tuple[S
 
     def long_file(samples: Any) -> list[tuple[float, float, str]]:
         audio = Audio(samples, RATE)
-        [transcript] = decoder.transcribe_many([(audio, options("en"))], ["long file"])
+        [transcript] = transcribe_group([(audio, options("en"))], ["long file"])
         return cues(transcript, audio.duration)
 
-    long_file.close = decoder.close  # type: ignore[attr-defined]
     return short_files, long_file
 
 
