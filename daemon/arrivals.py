@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import errno
 import logging
-import sqlite3
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
+from daemon.queue import QueueBusy
 from daemon.watch import shown
 
 log = logging.getLogger("subwatch.intake")
@@ -31,7 +31,7 @@ _PASSING_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENO
 def passing_trouble(exc: BaseException) -> str | None:
     """Given an error from recording an arrival in the queue, return what kind of passing trouble it
     is ("database is locked", "Too many open files"), or None if trying again cannot help."""
-    if isinstance(exc, sqlite3.OperationalError):  # locked, busy, cannot open the file, disk full
+    if isinstance(exc, QueueBusy):  # locked, busy, cannot open the file, disk full, server gone
         return str(exc) or "the job database cannot be used now"
     if isinstance(exc, OSError) and exc.errno in _PASSING_ERRNOS:
         return exc.strerror or errno.errorcode.get(exc.errno or 0, "an OS error")

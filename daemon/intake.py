@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sqlite3
 import stat
 import threading
 import time
@@ -41,7 +40,7 @@ from daemon.config import Config, FolderRules
 from daemon.datatypes import JobState
 from daemon.hooked import OUTSIDE, Hooked, hooked_file, rename_refused
 from daemon.logs import job_log
-from daemon.queue import EnqueueOutcome, JobQueue, QueueError
+from daemon.queue import EnqueueOutcome, JobQueue, QueueBusy, QueueError
 from daemon.text import printable
 from daemon.watch import Watcher, WatchSpec, name_verdict, shown
 from daemon.watch.walk import scan as files_in
@@ -276,7 +275,7 @@ class Intake:
         held = self._held.moved(old, new)
         try:
             job = self._jobs.move(old, new, rules.path if rules else None)
-        except sqlite3.OperationalError:
+        except QueueBusy:
             if held:
                 return  # never recorded, the queue cannot be asked now: it is held under its new name
             raise
@@ -376,7 +375,7 @@ class Intake:
             return None
         try:
             outcome = self._record(path, folder)
-        except (sqlite3.OperationalError, OSError) as exc:
+        except (QueueBusy, OSError) as exc:
             trouble = passing_trouble(exc)
             if trouble is None:
                 raise

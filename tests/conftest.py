@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from tests.harness import Daemon
+from tests.postgres import PostgresServer
+from tests.postgres import bin_dir as postgres_bin_dir
 from tests.real_weights import assemble_base, converted, tiny_en_folder
 from tests.speech import TESTDATA
 from tests.whisper_checkpoint import make_checkpoint
@@ -80,6 +82,17 @@ def tiny_en_model(tiny_en_checkpoint: Path):  # noqa: ANN201
 def testdata() -> Path:
     """The real recorded speech in the repository (tests/data; its README says where each clip is from)."""
     return TESTDATA
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """A real PostgreSQL server for this test process (see tests/postgres.py); skipped, saying how to
+    install it, where Debian's postgresql package is missing."""
+    if postgres_bin_dir() is None:
+        pytest.skip("PostgreSQL is not installed: apt-get install postgresql")
+    server = PostgresServer(tmp_path_factory.mktemp("postgres"))
+    yield server
+    server.stop()
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ import pytest
 from daemon.datatypes import JobResult, JobState, Segment, Transcript, TranscriptKey, Word
 from daemon.queue import SAMPLE_BYTES, JobQueue, QueueError, fingerprint
 from daemon.queue import enqueue as enqueue_module
+from daemon.queue.engines import ddl
 from daemon.queue.schema import MIGRATIONS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,8 +30,24 @@ def db(tmp_path: Path) -> Path:
     return tmp_path / "state" / "jobs.sqlite"
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def target(request: pytest.FixtureRequest, db: Path) -> Path | str:
+    """Where the queue lives: a SQLite file, or a fresh database on a real PostgreSQL server."""
+    if request.param == "sqlite":
+        return db
+    return request.getfixturevalue("postgres_server").fresh_url()
+
+
 @pytest.fixture
-def q(db: Path):
+def q(target: Path | str):
+    queue = JobQueue(target)
+    yield queue
+    queue.close()
+
+
+@pytest.fixture
+def sq(db: Path):
+    """A queue in a SQLite file, for what only SQLite has (WAL, descriptors, the file itself)."""
     queue = JobQueue(db)
     yield queue
     queue.close()
@@ -367,13 +384,13 @@ def test_finish_of_a_forgotten_job_raises_key_error(q: JobQueue) -> None:
 # -- crash recovery -------------------------------------------------------------------------------
 
 
-def test_recover_running_after_a_dropped_connection(db: Path, media: Path) -> None:
-    daemon = JobQueue(db)
+def test_recover_running_after_a_dropped_connection(target: Path | str, media: Path) -> None:
+    daemon = JobQueue(target)
     job = daemon.enqueue(write(media / "Film.mkv", b"film"), media).job
     assert daemon.claim().id == job.id
     daemon.close()  # the daemon dies without finishing or releasing
 
-    restarted = JobQueue(db)
+    restarted = JobQueue(target)
     recovered = restarted.recover_running()
     # Claimed but never in the model: the attempt does not count.
     assert [(r.job.id, r.job.state, r.job.attempts, r.cause) for r in recovered] == [
@@ -388,16 +405,16 @@ CLAIM_AND_HANG = """
 import sys, time
 from pathlib import Path
 from daemon.queue import JobQueue
-job = JobQueue(Path(sys.argv[1])).claim()
+job = JobQueue(sys.argv[1] if "://" in sys.argv[1] else Path(sys.argv[1])).claim()
 print(job.id, flush=True)
 time.sleep(60)
 """
 
 
-def test_a_job_claimed_by_a_killed_process_is_done_exactly_once(db: Path, media: Path) -> None:
-    q = JobQueue(db)
+def test_a_job_claimed_by_a_killed_process_is_done_exactly_once(target: Path | str, media: Path) -> None:
+    q = JobQueue(target)
     job = q.enqueue(write(media / "Film.mkv", b"film"), media).job
-    worker = run_python(CLAIM_AND_HANG, str(db))
+    worker = run_python(CLAIM_AND_HANG, str(target))
     try:
         assert worker.stdout.readline().strip() == str(job.id)
     finally:
@@ -406,7 +423,7 @@ def test_a_job_claimed_by_a_killed_process_is_done_exactly_once(db: Path, media:
     assert q.get(job.id).state is JobState.RUNNING  # the claim was committed before the kill
     q.close()
 
-    restarted = JobQueue(db)
+    restarted = JobQueue(target)
     assert [r.job.state for r in restarted.recover_running()] == [JobState.PENDING]
     done = []
     while (claimed := restarted.claim()) is not None:
@@ -546,7 +563,7 @@ def test_an_old_database_gains_the_crash_columns(db: Path, media: Path) -> None:
     conn = sqlite3.connect(db.parent.mkdir(parents=True) or db)
     for statements in MIGRATIONS[:2]:
         for sql in statements:
-            conn.execute(sql)
+            conn.execute(ddl(sql, "sqlite"))
     conn.execute("PRAGMA user_version = 2")
     now = time.time()
     conn.execute("INSERT INTO jobs (path, folder, state, size, mtime, fingerprint, attempts, created_at, "
@@ -561,7 +578,8 @@ def test_an_old_database_gains_the_crash_columns(db: Path, media: Path) -> None:
     q.close()
 
 
-def test_a_short_lived_thread_leaves_no_connection_open(q: JobQueue, db: Path, media: Path) -> None:
+def test_a_short_lived_thread_leaves_no_connection_open(sq: JobQueue, db: Path, media: Path) -> None:
+    q = sq
     def open_on_db() -> int:
         return sum(os.readlink(f"/proc/self/fd/{fd}").startswith(str(db))
                    for fd in os.listdir("/proc/self/fd") if os.path.exists(f"/proc/self/fd/{fd}"))
@@ -623,7 +641,7 @@ import json, sys, time
 from pathlib import Path
 from daemon.datatypes import JobResult
 from daemon.queue import JobQueue
-q = JobQueue(Path(sys.argv[1]))
+q = JobQueue(sys.argv[1] if "://" in sys.argv[1] else Path(sys.argv[1]))
 go = Path(sys.argv[2])
 while not go.exists():
     time.sleep(0.005)
@@ -639,7 +657,7 @@ print(json.dumps(ids))
 def test_processes_claiming_at_once_never_share_a_job(q: JobQueue, media: Path, tmp_path: Path) -> None:
     ids = enqueue_many(q, media, 50)
     go = tmp_path / "go"
-    workers = [run_python(CLAIM_ALL, str(q.path), str(go)) for _ in range(2)]
+    workers = [run_python(CLAIM_ALL, str(q.target), str(go)) for _ in range(2)]
     time.sleep(0.5)  # let both start and open the database before the race
     go.touch()
     outputs = [json.loads(w.communicate(timeout=30)[0]) for w in workers]
@@ -649,8 +667,8 @@ def test_processes_claiming_at_once_never_share_a_job(q: JobQueue, media: Path, 
     assert q.counts()[JobState.DONE] == 50
 
 
-def test_a_second_queue_on_the_same_file_sees_the_daemons_writes(db: Path, media: Path) -> None:
-    daemon, cli = JobQueue(db), JobQueue(db)
+def test_a_second_queue_on_the_same_file_sees_the_daemons_writes(target: Path | str, media: Path) -> None:
+    daemon, cli = JobQueue(target), JobQueue(target)
     job = daemon.enqueue(write(media / "Film.mkv", b"film"), media).job
     assert cli.find(media / "Film.mkv") == job
     daemon.claim()
@@ -836,19 +854,19 @@ def awkward_transcript() -> Transcript:
     )
 
 
-def test_a_stored_transcript_round_trips_exactly(db: Path, media: Path) -> None:
+def test_a_stored_transcript_round_trips_exactly(target: Path | str, media: Path) -> None:
     transcript = awkward_transcript()
-    writer = JobQueue(db)
+    writer = JobQueue(target)
     writer.store_transcript("123:abc", KEY, transcript)
     writer.close()
-    reader = JobQueue(db)  # another connection: nothing comes from memory
+    reader = JobQueue(target)  # another connection: nothing comes from memory
     back = reader.transcript("123:abc", KEY)
     reader.close()
     assert back == transcript
     assert isinstance(back.segments, tuple) and isinstance(back.segments[0].words, tuple)
     assert [type(w.probability) for w in back.segments[0].words] == [float, float, float]
     given = Transcript((), "de", None, 3.0)  # language given, not detected; nothing said
-    q = JobQueue(db)
+    q = JobQueue(target)
     q.store_transcript("123:abc", KEY, given)  # the same key again: replaced
     assert q.transcript("123:abc", KEY) == given
     q.close()
@@ -902,7 +920,8 @@ def test_forget_drops_the_transcript_unless_a_copy_uses_it(q: JobQueue, media: P
     assert q.transcript(copied.fingerprint, KEY) is None  # queued fresh means transcribed anew
 
 
-def test_an_unreadable_stored_transcript_is_a_queue_error_naming_the_way_out(q: JobQueue, db: Path) -> None:
+def test_an_unreadable_stored_transcript_is_a_queue_error_naming_the_way_out(sq: JobQueue, db: Path) -> None:
+    q = sq
     q.store_transcript("9:ff", KEY, awkward_transcript())
     raw = sqlite3.connect(db)
     raw.execute("UPDATE transcripts SET transcript = '{\"segments\": 3}'")
@@ -921,7 +940,7 @@ def test_a_database_at_the_first_schema_is_migrated_with_its_jobs(db: Path, medi
     db.parent.mkdir(parents=True)
     raw = sqlite3.connect(db)
     for sql in MIGRATIONS[0]:
-        raw.execute(sql)
+        raw.execute(ddl(sql, "sqlite"))
     raw.execute("INSERT INTO jobs (path, folder, state, size, mtime, fingerprint, language, outputs, "
                 "created_at, updated_at) VALUES (?, ?, 'done', ?, ?, ?, 'en', ?, 1.0, 2.0)",
                 (os.fsencode(film), os.fsencode(media), size, mtime, content,
@@ -954,7 +973,7 @@ def test_a_database_at_the_first_schema_is_migrated_with_its_jobs(db: Path, medi
 # -- opening the database -------------------------------------------------------------------------
 
 
-def test_the_database_uses_wal_and_a_schema_version(q: JobQueue, db: Path) -> None:
+def test_the_database_uses_wal_and_a_schema_version(sq: JobQueue, db: Path) -> None:
     raw = sqlite3.connect(db)
     assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert raw.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 6
@@ -995,8 +1014,8 @@ def test_a_database_from_a_newer_subwatch_is_refused(db: Path) -> None:
         JobQueue(db)
 
 
-def test_a_closed_queue_refuses_use(db: Path) -> None:
-    q = JobQueue(db)
+def test_a_closed_queue_refuses_use(target: Path | str) -> None:
+    q = JobQueue(target)
     q.close()
     with pytest.raises(QueueError, match="closed"):
         q.counts()

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -151,7 +150,7 @@ def _guard(do: Callable[[dict[str, Any]], Done], fields: dict[str, Any]) -> Done
     """Run an action; an error of the queue or the filesystem becomes a refusal, not a 500."""
     try:
         return do(fields)
-    except (QueueError, sqlite3.Error) as exc:
+    except QueueError as exc:
         log.warning("http: the job queue cannot be used now: %s", exc)
         raise _Refused(503, "the job queue cannot be used now; try again later") from None
     except (OSError, ValueError) as exc:

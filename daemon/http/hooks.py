@@ -31,7 +31,6 @@ import json
 import logging
 import os
 import re
-import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -235,7 +234,7 @@ class _Hooks:
             what = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
             return Hooked("refused", f"cannot look at {_shown(os.fsdecode(path))} here ({what}); check "
                           "the path the other program sends", what)
-        except (QueueError, sqlite3.Error) as exc:
+        except QueueError as exc:
             refusals.warning((sender, "queue"), "%s hook: the job queue cannot be used now: %s", sender, exc)
             return _json({"error": "the job queue cannot be used now; send it again later"}, 503)
         except Exception:  # a fault of ours: said in full, once a minute

@@ -1,4 +1,4 @@
-"""The job queue: one SQLite file that is the only source of truth.
+"""The job queue: one SQLite file, or one PostgreSQL database, that is the only source of truth.
 
 The watcher thread enqueues files that finished arriving, worker threads claim
 and finish jobs, and CLI processes (`subwatch status/retry/forget`) read and
@@ -11,10 +11,14 @@ write not fsynced is enqueue's, which the startup scan redoes; see
 
 The modules, in the order the data flows through them:
 
-- `schema`: the tables and their migrations (append-only, `PRAGMA
-  user_version`), and how paths (`os.fsencode` bytes) and job rows are stored.
-- `database`: `Database`, one connection per thread, `BEGIN IMMEDIATE`
-  transactions, the schema brought up to date on open; `QueueError`.
+- `schema`: the tables and their migrations (append-only, column types as
+  tokens each engine spells), and how paths (`os.fsencode` bytes) and job rows
+  are stored.
+- `engines`: what differs between SQLite (one connection per thread,
+  `BEGIN IMMEDIATE`) and PostgreSQL (a pool, writes under one advisory lock,
+  claims by `FOR UPDATE SKIP LOCKED`); `QueueError` and `QueueBusy`.
+- `database`: `Database`, the transactions the stores use, the schema brought
+  up to date on open.
 - `identity`: a file's size, mtime and content `fingerprint`.
 - `enqueue`: the rules that turn an arrived file into a job, or match it to
   the job of the same content (`EnqueueOutcome`: queued, copied, moved...).
@@ -34,7 +38,7 @@ The modules, in the order the data flows through them:
 - `jobqueue`: `JobQueue`, the one object callers hold, a thin front over the above.
 """
 
-from daemon.queue.database import BUSY_TIMEOUT_S, Database, QueueError
+from daemon.queue.database import BUSY_TIMEOUT_S, Database, QueueBusy, QueueError
 from daemon.queue.enqueue import EnqueueAction, EnqueueOutcome
 from daemon.queue.identity import SAMPLE_BYTES, fingerprint
 from daemon.queue.jobqueue import JobQueue
@@ -49,6 +53,7 @@ __all__ = [
     "EnqueueOutcome",
     "JobQueue",
     "Notice",
+    "QueueBusy",
     "QueueError",
     "Recovered",
     "RecoveryCause",

@@ -38,7 +38,7 @@ class DecoderRecords:
             )
 
     def all(self) -> list[DecoderRecord]:
-        rows = self._db.conn().execute(
+        rows = self._db.query(
             "SELECT name, pid, restarts, last_death, last_death_at FROM decoders ORDER BY name"
         ).fetchall()
         return [DecoderRecord(r["name"], r["pid"], r["restarts"], r["last_death"], r["last_death_at"])

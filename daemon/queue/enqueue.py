@@ -8,7 +8,6 @@ and a file already done, failed or in the works is reported as such.
 from __future__ import annotations
 
 import os
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Literal
 
 from daemon.datatypes import Job, JobState
 from daemon.queue.database import Database
+from daemon.queue.engines import Connection
 from daemon.queue.identity import fingerprint
 from daemon.queue.schema import JOB_COLUMNS, job_of, key
 
@@ -82,7 +82,7 @@ class Enqueuer:
         Raise FileNotFoundError/PermissionError if the file cannot be read.
         """
         st = os.stat(path)
-        known = self._db.row_by_path(self._db.conn(), path)
+        known = self._db.read_job(path=path)
         if known is not None and (known.size, known.mtime) == (st.st_size, st.st_mtime):
             size, mtime, content = known.size, known.mtime, known.fingerprint
         else:
@@ -94,7 +94,7 @@ class Enqueuer:
             return self._enqueue_new(conn, path, folder, size, mtime, content)
 
     def _enqueue_known(
-        self, conn: sqlite3.Connection, job: Job, folder: Path, size: int, mtime: float, content: str
+        self, conn: Connection, job: Job, folder: Path, size: int, mtime: float, content: str
     ) -> EnqueueOutcome:
         """Given the job already at the path and the file's current identity, apply the path rules."""
         if job.fingerprint != content and job.state is JobState.PENDING:
@@ -111,7 +111,7 @@ class Enqueuer:
         return EnqueueOutcome(job, _action_for_existing(job.state))
 
     def _enqueue_new(
-        self, conn: sqlite3.Connection, path: Path, folder: Path, size: int, mtime: float, content: str
+        self, conn: Connection, path: Path, folder: Path, size: int, mtime: float, content: str
     ) -> EnqueueOutcome:
         """Given a path without a job, move a job for the same content here, or give this copy its
         own job, or report the job it waits for, or insert a new one."""
@@ -119,7 +119,8 @@ class Enqueuer:
             job_of(row)
             for row in conn.execute(
                 f"SELECT {JOB_COLUMNS} FROM jobs WHERE fingerprint = ? ORDER BY "
-                "CASE state WHEN 'done' THEN 0 WHEN 'skipped' THEN 0 WHEN 'failed' THEN 2 ELSE 1 END, id",
+                "CASE state WHEN 'done' THEN 0 WHEN 'skipped' THEN 0 WHEN 'failed' THEN 2 ELSE 1 END, id"
+                + self._db.lock_rows,  # PostgreSQL: a claim cannot take a twin this decides about
                 (content,),
             )
         ]
@@ -139,19 +140,19 @@ class Enqueuer:
         return EnqueueOutcome(twin, _action_for_existing(twin.state))
 
     def _insert(
-        self, conn: sqlite3.Connection, path: Path, folder: Path, size: int, mtime: float, content: str
+        self, conn: Connection, path: Path, folder: Path, size: int, mtime: float, content: str
     ) -> Job:
         """Given a path without a job and its identity, return a new pending job for it."""
         now = time.time()
-        cursor = conn.execute(
+        row = conn.execute(
             "INSERT INTO jobs (path, folder, state, size, mtime, fingerprint, created_at, updated_at) "
-            "VALUES (?, ?, 'pending', ?, ?, ?, ?, ?)",
+            "VALUES (?, ?, 'pending', ?, ?, ?, ?, ?) RETURNING id",
             (key(path), key(folder), size, mtime, content, now, now),
-        )
-        return self._db.require(conn, cursor.lastrowid or 0)
+        ).fetchone()
+        return self._db.require(conn, row[0])
 
     def _requeue(
-        self, conn: sqlite3.Connection, job_id: int, folder: Path, size: int, mtime: float, content: str
+        self, conn: Connection, job_id: int, folder: Path, size: int, mtime: float, content: str
     ) -> Job:
         """Given a finished job whose file was replaced, return it pending again with the new identity."""
         return self._db.set(

@@ -26,21 +26,24 @@ from daemon.queue.transcripts import TranscriptStore
 
 
 class JobQueue:
-    """The job table, stored transcripts, owed notifications and sidecar records in one SQLite file.
+    """The job table, stored transcripts, owed notifications and sidecar records, in one SQLite file
+    or one PostgreSQL database (`engines`).
 
     Safe to use from many threads (each gets its own connection) and from many
     processes at once (SQLite locking; every read-then-write is one
     `BEGIN IMMEDIATE` transaction).
     """
 
-    def __init__(self, db_path: Path) -> None:
-        """Given the database path, open (creating if needed) the queue.
+    def __init__(self, target: Path | str) -> None:
+        """Given a SQLite file's path or a postgresql:// URL, open the queue (creating a file if needed).
 
-        Raise QueueError if the file or its folder cannot be created or opened,
-        or if it holds a schema newer than this code.
+        Raise QueueError if the database cannot be created, opened or reached, or if it holds a
+        schema newer than this code.
         """
-        self._db = Database(db_path)
-        self.path = self._db.path
+        self._db = Database(target)
+        self.target = target  # as given: a URL keeps its password, so never print it (see `where`)
+        self.path = self._db.path  # the SQLite file; None on PostgreSQL
+        self.where = self._db.where  # the file, or the URL without its password, for messages
         self._enqueuer = Enqueuer(self._db)
         self._runs = JobRuns(self._db)
         self._jobs = JobStore(self._db)

@@ -23,25 +23,27 @@ class JobStore:
     def next_wakeup(self) -> float | None:
         """Return the earliest next_attempt_at of pending jobs (may be in the past), or None if none."""
         sql = "SELECT MIN(next_attempt_at) FROM jobs WHERE state = 'pending'"
-        row = self._db.conn().execute(sql).fetchone()
+        row = self._db.query(sql).fetchone()
         return row[0]
 
     def get(self, job_id: int) -> Job | None:
         """Given a job id, return the job, or None if there is none."""
-        return self._db.row_by_id(self._db.conn(), job_id)
+        return self._db.read_job(job_id=job_id)
 
     def find(self, path: Path) -> Job | None:
         """Given a media path, return its job, or None if there is none."""
-        return self._db.row_by_path(self._db.conn(), path)
+        return self._db.read_job(path=path)
 
     def jobs(self, states: Iterable[JobState] | None = None) -> list[Job]:
         """Return the jobs in `states` (all jobs if None), oldest first."""
         if states is None:
-            rows = self._db.conn().execute(f"SELECT {JOB_COLUMNS} FROM jobs ORDER BY id")
+            rows = self._db.query(f"SELECT {JOB_COLUMNS} FROM jobs ORDER BY id")
         else:
             wanted = [JobState(s).value for s in states]
+            if not wanted:
+                return []
             marks = ", ".join("?" * len(wanted))
-            rows = self._db.conn().execute(
+            rows = self._db.query(
                 f"SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ({marks}) ORDER BY id", wanted
             )
         return [job_of(row) for row in rows]
@@ -49,7 +51,7 @@ class JobStore:
     def counts(self) -> dict[JobState, int]:
         """Return how many jobs are in each state (every state present, zero if none)."""
         counts = dict.fromkeys(JobState, 0)
-        for state, n in self._db.conn().execute("SELECT state, COUNT(*) FROM jobs GROUP BY state"):
+        for state, n in self._db.query("SELECT state, COUNT(*) FROM jobs GROUP BY state"):
             counts[JobState(state)] = n
         return counts
 

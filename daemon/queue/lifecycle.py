@@ -30,22 +30,20 @@ class JobRuns:
         Atomic across threads and processes: no two callers get the same job.
         """
         now = time.time() if now is None else now
-        with self._db.write() as conn:
-            # Suspects first: each is transcribed alone (see recover_running), and the sooner the
-            # better, before a backlog piles up behind it.
+        # Suspects first: each is transcribed alone (see recover_running), and the sooner the
+        # better, before a backlog piles up behind it. The CTE picks one row and the UPDATE takes
+        # only it (Oban's note: without the CTE a planner may update more rows than the LIMIT). On
+        # PostgreSQL a row another claim or write holds is skipped, not waited for.
+        skip = " FOR UPDATE SKIP LOCKED" if self._db.dialect == "postgresql" else ""
+        with self._db.claim() as conn:
             row = conn.execute(
-                "SELECT id FROM jobs WHERE state = 'pending' AND next_attempt_at <= ? "
-                "ORDER BY suspect DESC, id LIMIT 1",
-                (now,),
-            ).fetchone()
-            if row is None:
-                return None
-            conn.execute(
+                "WITH next AS (SELECT id FROM jobs WHERE state = 'pending' AND next_attempt_at <= ? "
+                f"ORDER BY suspect DESC, id LIMIT 1{skip}) "
                 "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = ?, "
-                "finished_at = NULL, updated_at = ? WHERE id = ?",
-                (now, now, row["id"]),
-            )
-            return self._db.require(conn, row["id"])
+                "finished_at = NULL, updated_at = ? FROM next WHERE jobs.id = next.id RETURNING jobs.id",
+                (now, now, now),
+            ).fetchone()
+            return None if row is None else self._db.require(conn, row[0])
 
     def finish(self, job_id: int, result: JobResult) -> Job:
         """Given a job id and the pipeline's result, return the job marked done. Raise KeyError if gone.

@@ -5,7 +5,6 @@ A daemon killed before delivering one sends it at its next start.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from typing import Literal
 
 from daemon.datatypes import Job
 from daemon.queue.database import Database
+from daemon.queue.engines import Connection
 from daemon.queue.schema import key, path_of
 
 
@@ -31,7 +31,7 @@ class Notice:
     error: str | None
 
 
-def owe(conn: sqlite3.Connection, job: Job, kind: str) -> None:
+def owe(conn: Connection, job: Job, kind: str) -> None:
     """Given a job that just ended and how (`done`, `failed`), owe its notification, inside the
     caller's transaction."""
     conn.execute(
@@ -50,7 +50,7 @@ class Outbox:
 
     def notices(self, after: int = 0) -> list[Notice]:
         """Return the notifications owed whose id is above `after`, oldest first."""
-        rows = self._db.conn().execute(
+        rows = self._db.query(
             "SELECT id, job_id, kind, path, language, media_duration, elapsed, error FROM outbox "
             "WHERE id > ? ORDER BY id", (after,),
         )

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from daemon.datatypes import Job, JobState
 
@@ -23,38 +23,39 @@ JOB_COLUMNS = (
     "created_at, updated_at, next_attempt_at, in_model_since, suspect, crashes"
 )
 
-# Each entry moves the schema from version i to i + 1; append, never edit.
+# Each entry moves the schema from version i to i + 1; append, never edit. Column types are tokens
+# ({id}, {blob}, {real}, {int}) that `engines.ddl` spells for SQLite or PostgreSQL.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
         """CREATE TABLE IF NOT EXISTS jobs (
             -- AUTOINCREMENT: a forgotten job's id is never reused by a new one
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            path BLOB NOT NULL UNIQUE,
-            folder BLOB NOT NULL,
+            id {id},
+            path {blob} NOT NULL UNIQUE,
+            folder {blob} NOT NULL,
             state TEXT NOT NULL
                 CHECK (state IN ('pending', 'running', 'done', 'failed', 'skipped')),
-            size INTEGER NOT NULL,
-            mtime REAL NOT NULL,
+            size {int} NOT NULL,
+            mtime {real} NOT NULL,
             fingerprint TEXT NOT NULL,
-            attempts INTEGER NOT NULL DEFAULT 0,
+            attempts {int} NOT NULL DEFAULT 0,
             error TEXT,
             language TEXT,
-            language_probability REAL,
+            language_probability {real},
             outputs TEXT NOT NULL DEFAULT '[]',
-            media_duration REAL,
-            elapsed REAL,
-            created_at REAL NOT NULL,
-            updated_at REAL NOT NULL,
-            started_at REAL,
-            finished_at REAL,
-            next_attempt_at REAL NOT NULL DEFAULT 0
+            media_duration {real},
+            elapsed {real},
+            created_at {real} NOT NULL,
+            updated_at {real} NOT NULL,
+            started_at {real},
+            finished_at {real},
+            next_attempt_at {real} NOT NULL DEFAULT 0
         )""",
         "CREATE INDEX IF NOT EXISTS jobs_fingerprint ON jobs (fingerprint)",
         "CREATE INDEX IF NOT EXISTS jobs_due ON jobs (state, next_attempt_at, id)",
         """CREATE TABLE IF NOT EXISTS sidecars (
-            path BLOB PRIMARY KEY,
+            path {blob} PRIMARY KEY,
             sha256 TEXT NOT NULL,
-            job_id INTEGER NOT NULL REFERENCES jobs (id) ON DELETE CASCADE
+            job_id {int} NOT NULL REFERENCES jobs (id) ON DELETE CASCADE
         )""",
         "CREATE INDEX IF NOT EXISTS sidecars_job ON sidecars (job_id)",
     ),
@@ -65,43 +66,43 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             fingerprint TEXT NOT NULL,
             rules TEXT NOT NULL,
             transcript TEXT NOT NULL,
-            created_at REAL NOT NULL,
+            created_at {real} NOT NULL,
             PRIMARY KEY (fingerprint, rules)
         )""",
         # The rules of the transcript a done job's sidecars were written from (NULL: none stored).
         "ALTER TABLE jobs ADD COLUMN transcript_rules TEXT",
-        "ALTER TABLE jobs ADD COLUMN speech_seconds REAL",
-        "ALTER TABLE jobs ADD COLUMN uncovered_seconds REAL",
+        "ALTER TABLE jobs ADD COLUMN speech_seconds {real}",
+        "ALTER TABLE jobs ADD COLUMN uncovered_seconds {real}",
     ),
     (
         # Crashes are blamed on a file only when it is the likely cause (see recover_running).
         # When the model began transcribing the job; NULL while it is queued, claimed, decoded or
         # waiting for a worker, so a crash then never counts against it.
-        "ALTER TABLE jobs ADD COLUMN in_model_since REAL",
+        "ALTER TABLE jobs ADD COLUMN in_model_since {real}",
         # 1: the job was in the model when the daemon died; it is transcribed alone until it has
         # been through the model once without the daemon dying.
-        "ALTER TABLE jobs ADD COLUMN suspect INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE jobs ADD COLUMN suspect {int} NOT NULL DEFAULT 0",
         # How often the daemon died while this job, a suspect, was the only one in the model.
-        "ALTER TABLE jobs ADD COLUMN crashes INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE jobs ADD COLUMN crashes {int} NOT NULL DEFAULT 0",
         # Notifications owed: written in the transaction that ends the job (done, failed), deleted
         # once delivered or given up, so a daemon killed before delivering sends them at its next start.
         # No foreign key: a failure is still told after `subwatch forget` removed its job.
         """CREATE TABLE IF NOT EXISTS outbox (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            job_id INTEGER NOT NULL,
+            id {id},
+            job_id {int} NOT NULL,
             kind TEXT NOT NULL CHECK (kind IN ('done', 'failed')),
-            path BLOB NOT NULL,
+            path {blob} NOT NULL,
             language TEXT,
-            media_duration REAL,
-            elapsed REAL,
+            media_duration {real},
+            elapsed {real},
             error TEXT,
-            created_at REAL NOT NULL
+            created_at {real} NOT NULL
         )""",
     ),
     (
         # Folders subwatch made for sidecars (a name_template's "Subs/"): removed once empty. Not
         # tied to a job: one folder holds the sidecars of many.
-        "CREATE TABLE IF NOT EXISTS sidecar_folders (path BLOB PRIMARY KEY)",
+        "CREATE TABLE IF NOT EXISTS sidecar_folders (path {blob} PRIMARY KEY)",
     ),
     (
         # Media servers (Jellyfin, Emby, Plex) told of a job's new or moved sidecars: one row per
@@ -110,14 +111,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # `server` is the server's kind and URL (never its token); `paths` a JSON list of the
         # sidecars as this machine sees them.
         """CREATE TABLE IF NOT EXISTS server_updates (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            job_id INTEGER NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+            id {id},
+            job_id {int} NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
             server TEXT NOT NULL,
             paths TEXT NOT NULL,
             state TEXT NOT NULL CHECK (state IN ('owed', 'told', 'failed')),
             error TEXT,
-            created_at REAL NOT NULL,
-            updated_at REAL NOT NULL
+            created_at {real} NOT NULL,
+            updated_at {real} NOT NULL
         )""",
         "CREATE INDEX IF NOT EXISTS server_updates_job ON server_updates (job_id)",
     ),
@@ -126,11 +127,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # it was started again, and how it died last. `name` is the worker's device as configured.
         """CREATE TABLE IF NOT EXISTS decoders (
             name TEXT PRIMARY KEY,
-            pid INTEGER,
-            restarts INTEGER NOT NULL DEFAULT 0,
+            pid {int},
+            restarts {int} NOT NULL DEFAULT 0,
             last_death TEXT,
-            last_death_at REAL,
-            updated_at REAL NOT NULL
+            last_death_at {real},
+            updated_at {real} NOT NULL
         )""",
     ),
 )
@@ -146,7 +147,7 @@ def path_of(blob: bytes) -> Path:
     return Path(os.fsdecode(blob))
 
 
-def job_of(row: sqlite3.Row) -> Job:
+def job_of(row: Any) -> Job:  # noqa: ANN401 - a row by column name, of either engine
     """Given a row selected with JOB_COLUMNS, return it as a Job."""
     return Job(
         id=row["id"],

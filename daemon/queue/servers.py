@@ -43,8 +43,8 @@ class ServerUpdates:
             ids = [
                 conn.execute(
                     "INSERT INTO server_updates (job_id, server, paths, state, created_at, updated_at) "
-                    "VALUES (?, ?, ?, 'owed', ?, ?)", (job_id, server, text, now, now),
-                ).lastrowid
+                    "VALUES (?, ?, ?, 'owed', ?, ?) RETURNING id", (job_id, server, text, now, now),
+                ).fetchone()[0]
                 for server in servers
             ]
         return [ServerUpdate(i, job_id, server, tuple(paths), "owed", None)
@@ -65,7 +65,7 @@ class ServerUpdates:
         return self._select("WHERE state = 'owed' ORDER BY id", ())
 
     def _select(self, where: str, args: tuple[object, ...]) -> list[ServerUpdate]:
-        rows = self._db.conn().execute(
+        rows = self._db.query(
             f"SELECT id, job_id, server, paths, state, error FROM server_updates {where}", args)
         return [ServerUpdate(r["id"], r["job_id"], r["server"],
                              tuple(Path(p) for p in json.loads(r["paths"])), r["state"], r["error"])

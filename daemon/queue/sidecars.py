@@ -33,7 +33,7 @@ class SidecarStore:
 
     def hash(self, path: Path) -> str | None:
         """Given a sidecar path, return the sha256 subwatch recorded for it, or None if it is not ours."""
-        row = self._db.conn().execute("SELECT sha256 FROM sidecars WHERE path = ?", (key(path),)).fetchone()
+        row = self._db.query("SELECT sha256 FROM sidecars WHERE path = ?", (key(path),)).fetchone()
         return None if row is None else row["sha256"]
 
     def move(self, old: Path, new: Path) -> bool:
@@ -60,7 +60,7 @@ class SidecarStore:
 
     def of_job(self, job_id: int) -> list[Path]:
         """Given a job id, return the sidecar paths recorded for it, sorted."""
-        rows = self._db.conn().execute(
+        rows = self._db.query(
             "SELECT path FROM sidecars WHERE job_id = ? ORDER BY path", (job_id,)
         )
         return [path_of(row["path"]) for row in rows]
@@ -68,11 +68,11 @@ class SidecarStore:
     def record_folder(self, path: Path) -> None:
         """Record that subwatch made the folder `path` for sidecars."""
         with self._db.write() as conn:
-            conn.execute("INSERT OR IGNORE INTO sidecar_folders (path) VALUES (?)", (key(path),))
+            conn.execute("INSERT INTO sidecar_folders (path) VALUES (?) ON CONFLICT DO NOTHING", (key(path),))
 
     def is_folder(self, path: Path) -> bool:
         """Given a folder, return True if subwatch recorded making it for sidecars."""
-        row = self._db.conn().execute("SELECT 1 FROM sidecar_folders WHERE path = ?", (key(path),)).fetchone()
+        row = self._db.query("SELECT 1 FROM sidecar_folders WHERE path = ?", (key(path),)).fetchone()
         return row is not None
 
     def forget_folder(self, path: Path) -> bool:

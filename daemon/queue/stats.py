@@ -36,6 +36,12 @@ class Finished:
     finished_at: float
 
 
+def _count(condition: str) -> str:
+    """Given a condition on a row, return SQL counting the rows that meet it (a boolean sum in
+    SQLite, which PostgreSQL refuses)."""
+    return f"SUM(CASE WHEN {condition} THEN 1 ELSE 0 END)"
+
+
 class QueueStats:
     """Sums over the `jobs` and `server_updates` tables."""
 
@@ -44,11 +50,12 @@ class QueueStats:
 
     def by_folder(self) -> list[FolderCounts]:
         """Return each folder's counts, by folder path."""
-        rows = self._db.conn().execute(
+        rows = self._db.query(
             "SELECT folder, "
-            "SUM(state = 'done') AS done, SUM(state = 'failed') AS failed, "
-            "SUM(state IN ('pending', 'running')) AS pending, SUM(state = 'skipped') AS skipped, "
-            "TOTAL(CASE WHEN state = 'done' THEN speech_seconds END) AS speech "
+            + _count("state = 'done'") + " AS done, " + _count("state = 'failed'") + " AS failed, "
+            + _count("state IN ('pending', 'running')") + " AS pending, "
+            + _count("state = 'skipped'") + " AS skipped, "
+            + "COALESCE(SUM(CASE WHEN state = 'done' THEN speech_seconds END), 0.0) AS speech "
             "FROM jobs GROUP BY folder")
         counts = [FolderCounts(path_of(r["folder"]), r["done"], r["failed"], r["pending"], r["skipped"],
                                r["speech"]) for r in rows]
@@ -56,13 +63,14 @@ class QueueStats:
 
     def totals(self) -> tuple[float, float]:
         """Return the seconds of media and of speech the done jobs held."""
-        row = self._db.conn().execute(
-            "SELECT TOTAL(media_duration), TOTAL(speech_seconds) FROM jobs WHERE state = 'done'").fetchone()
+        row = self._db.query(
+            "SELECT COALESCE(SUM(media_duration), 0.0), COALESCE(SUM(speech_seconds), 0.0) FROM jobs "
+            "WHERE state = 'done'").fetchone()
         return row[0], row[1]
 
     def done_timings(self) -> list[tuple[float, float]]:
         """Return (media seconds, seconds it took) of each done job that recorded both."""
-        rows = self._db.conn().execute(
+        rows = self._db.query(
             "SELECT media_duration, elapsed FROM jobs WHERE state = 'done' "
             "AND media_duration IS NOT NULL AND elapsed IS NOT NULL")
         return [(r[0], r[1]) for r in rows]
@@ -70,18 +78,18 @@ class QueueStats:
     def oldest_pending_since(self) -> float | None:
         """Return when the oldest pending job was queued (epoch seconds), or None if none is pending."""
         sql = "SELECT MIN(created_at) FROM jobs WHERE state = 'pending'"
-        return self._db.conn().execute(sql).fetchone()[0]
+        return self._db.query(sql).fetchone()[0]
 
     def recent(self, state: str, limit: int) -> list[Finished]:
         """Return the jobs in `state` (done or failed) that ended last, newest first, at most `limit`."""
-        rows = self._db.conn().execute(
+        rows = self._db.query(
             f"SELECT {JOB_COLUMNS}, finished_at FROM jobs WHERE state = ? "
             "ORDER BY COALESCE(finished_at, updated_at) DESC, id DESC LIMIT ?", (state, limit))
         return [Finished(job_of(r), r["finished_at"] or r["updated_at"]) for r in rows]
 
     def next_pending(self, limit: int) -> list[Job]:
         """Return the pending jobs in the order they are claimed (suspects first), at most `limit`."""
-        rows = self._db.conn().execute(
+        rows = self._db.query(
             f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'pending' "
             "ORDER BY suspect DESC, next_attempt_at > ?, id LIMIT ?", (time.time(), limit))
         return [job_of(r) for r in rows]
@@ -92,10 +100,13 @@ class QueueStats:
         now = time.time() if now is None else now
         today = time.localtime(now)
         start = time.mktime((today.tm_year, today.tm_mon, today.tm_mday - (days - 1), 0, 0, 0, 0, 0, -1))
-        rows = self._db.conn().execute(
-            "SELECT date(finished_at, 'unixepoch', 'localtime') AS day, TOTAL(media_duration) "
-            "FROM jobs WHERE state = 'done' AND finished_at >= ? GROUP BY day", (start,))
-        done = {r[0]: r[1] for r in rows}
+        rows = self._db.query(
+            "SELECT finished_at, media_duration FROM jobs WHERE state = 'done' AND finished_at >= ? "
+            "AND media_duration IS NOT NULL", (start,))
+        done: dict[str, float] = {}
+        for finished_at, seconds in rows:  # by local day here: the two engines' date functions differ
+            day = time.strftime("%Y-%m-%d", time.localtime(finished_at))
+            done[day] = done.get(day, 0.0) + seconds
         out = []
         for offset in range(days):
             t = time.localtime(time.mktime((today.tm_year, today.tm_mon, today.tm_mday - (days - 1) + offset,
@@ -106,7 +117,7 @@ class QueueStats:
 
     def server_outcomes(self) -> list[tuple[str, str, int]]:
         """Return (media server kind, told or failed, how many) of the media server notifications settled."""
-        rows = self._db.conn().execute(
+        rows = self._db.query(
             "SELECT server, state, COUNT(*) FROM server_updates WHERE state IN ('told', 'failed') "
             "GROUP BY server, state")
         counts: dict[tuple[str, str], int] = {}

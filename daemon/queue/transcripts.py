@@ -8,12 +8,12 @@ rewrite` after a layout change, write sidecars from it without decoding.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from dataclasses import asdict
 
 from daemon.datatypes import Segment, Transcript, TranscriptKey, Word
 from daemon.queue.database import Database, QueueError
+from daemon.queue.engines import Connection
 
 
 def key_text(key: TranscriptKey) -> str:
@@ -57,7 +57,7 @@ def transcript_from_json(text: str) -> Transcript:
         raise ValueError(f"not a stored transcript: {err!r}") from err
 
 
-def store(conn: sqlite3.Connection, content: str, key: TranscriptKey, transcript: Transcript) -> None:
+def store(conn: Connection, content: str, key: TranscriptKey, transcript: Transcript) -> None:
     """Given a content fingerprint, the rules that shaped a transcript of it and the transcript,
     store it (replacing one stored under the same fingerprint and rules), inside the caller's transaction."""
     conn.execute(
@@ -68,7 +68,7 @@ def store(conn: sqlite3.Connection, content: str, key: TranscriptKey, transcript
     )
 
 
-def drop_unused(conn: sqlite3.Connection, content: str) -> None:
+def drop_unused(conn: Connection, content: str) -> None:
     """Given a content fingerprint, delete the transcripts stored for it unless a job still has it."""
     conn.execute(
         "DELETE FROM transcripts WHERE fingerprint = ? "
@@ -92,7 +92,7 @@ class TranscriptStore:
     def get(self, content: str, key: TranscriptKey) -> Transcript | None:
         """Given a content fingerprint and the rules that shape a transcript, return the stored
         transcript, or None if there is none. Raise QueueError if the stored one cannot be read."""
-        row = self._db.conn().execute(
+        row = self._db.query(
             "SELECT transcript FROM transcripts WHERE fingerprint = ? AND rules = ?",
             (content, key_text(key)),
         ).fetchone()
@@ -102,7 +102,7 @@ class TranscriptStore:
         """Given a job id, return the stored transcript its sidecars were written from, or None if
         there is none (not done, or done before transcripts were stored). Raise QueueError if the
         stored one cannot be read."""
-        row = self._db.conn().execute(
+        row = self._db.query(
             "SELECT t.transcript, t.fingerprint FROM jobs j JOIN transcripts t "
             "ON t.fingerprint = j.fingerprint AND t.rules = j.transcript_rules WHERE j.id = ?",
             (job_id,),
