@@ -272,14 +272,23 @@ def _transcribe_file(path: Path, rules: FolderRules, models_dir: Path, engine: s
 def _open_queue(config: Config):  # type: ignore[no-untyped-def]
     from daemon.queue import JobQueue
 
-    return JobQueue(config.db_path)
+    return JobQueue(config.queue_at)
+
+
+def _shown_database(config: Config) -> str:
+    if config.database is None:
+        return f"SQLite file {config.db_path}"
+    from urllib.parse import urlsplit
+
+    password = urlsplit(config.database.reveal()).password is not None
+    return config.queue_shown + ("; password set (not shown)" if password else "")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     from daemon.datatypes import JobState
 
     config = load_config(args.config)
-    queue = _open_queue(config) if config.db_path.exists() else None
+    queue = _open_queue(config) if config.database is not None or config.db_path.exists() else None
     states = [JobState(args.state)] if args.state else None
     if args.json:
         print(json_text(decoders_json(queue) if args.decoders else jobs_json(queue, states)))
@@ -319,6 +328,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         print(f"subwatch: warning: {warning}", file=sys.stderr)
     print(f"{config.source}: OK")
     print(f"  state_dir: {config.state_dir}\n  models_dir: {config.models_dir}")
+    print(f"  database: {_shown_database(config)}")
     print(f"  log_level: {config.log_level}")
     print(f"  gpu_memory_limit: {config.gpu_memory_limit or 'none (the whole card)'}")
     print(f"  engine: {config.engine}")
@@ -411,7 +421,7 @@ def cmd_rewrite(args: argparse.Namespace) -> int:
             if target is None or job.path == target or target in job.path.parents]
     if not jobs:
         where = f" at or under {target}" if target else ""
-        print(f"subwatch: no finished job{where} in {config.db_path}", file=sys.stderr)
+        print(f"subwatch: no finished job{where} in {config.queue_shown}", file=sys.stderr)
         return EXIT_FAILED
     failures = 0
     for job in jobs:

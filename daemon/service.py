@@ -38,7 +38,7 @@ from daemon.logs import job_log
 from daemon.mediaservers import MediaServers
 from daemon.notify import Notifier
 from daemon.outcomes import Outcomes
-from daemon.queue import JobQueue, Recovered
+from daemon.queue import JobQueue, QueueError, Recovered
 from daemon.sdnotify import SystemdNotifier, WatchdogLoop, percent, status_line
 from daemon.text import printable
 from daemon.transcribers import Transcribers
@@ -58,7 +58,12 @@ class Service:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.jobs = JobQueue(config.db_path)
+        self.jobs = JobQueue(config.queue_at)
+        try:
+            self.jobs.hold_as_only_daemon()
+        except QueueError:
+            self.jobs.close()
+            raise
         self.ledger = subtitles.SidecarLedger(self.jobs)
         self._stopping = threading.Event()
         settings = Settings(config.models_dir, config.unload_after_seconds, config.gpu_memory_limit,
@@ -103,7 +108,7 @@ class Service:
         self.systemd.ready()
         watchdog = WatchdogLoop(self.systemd, self._healthy)
         watchdog.start()
-        log.info("watching %d folder(s); queue at %s", len(self.config.folders), self.config.db_path)
+        log.info("watching %d folder(s); queue at %s", len(self.config.folders), self.config.queue_shown)
         while not self._stopping.wait(1.0):
             if self._reload_requested.is_set():
                 self._reload_requested.clear()

@@ -133,10 +133,10 @@ def status(config: Path) -> list[dict[str, Any]]:
     from daemon.config import load_config
     from daemon.queue import JobQueue
 
-    db_path = load_config(config).db_path
-    if not db_path.exists():
+    loaded = load_config(config)
+    if loaded.database is None and not loaded.db_path.exists():
         return []
-    jobs = JobQueue(db_path)
+    jobs = JobQueue(loaded.queue_at)
     try:
         return [_job_json(job) for job in jobs.jobs()]
     finally:

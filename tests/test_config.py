@@ -373,3 +373,17 @@ def test_null_inside_a_folders_notify_is_refused(tmp_path: Path) -> None:
         "at 'notify.burst': must not be empty (remove the line to use the default)",
         "at 'folders[0].notify.urls': must not be empty (remove the line to use the default)",
     ]
+
+
+def test_database_is_a_postgresql_url_kept_secret_or_null_for_sqlite(tmp_path: Path) -> None:
+    sqlite = load_config(write(tmp_path, "state_dir: /var/lib/sw\nfolders: [{path: /srv/tv}]\n"))
+    assert sqlite.database is None and sqlite.queue_at == Path("/var/lib/sw/jobs.sqlite3")
+    url = "postgresql://subwatch:s3cret-pw@nas.lan:5432/subwatch"
+    shared = load_config(write(tmp_path, f"database: {url}\nfolders: [{{path: /srv/tv}}]\n"))
+    assert shared.queue_at == url
+    assert shared.queue_shown == "postgresql://subwatch:****@nas.lan:5432/subwatch"
+    assert "s3cret-pw" not in repr(shared) and "s3cret-pw" not in str(shared)
+    mysql = write(tmp_path, "database: mysql://root:s3cret-pw@db/x\nfolders: [{path: /srv/tv}]\n")
+    (problem,) = problems_of(mysql)
+    assert problem.startswith("at 'database': use a postgresql://user@host/dbname URL")
+    assert "s3cret-pw" not in problem

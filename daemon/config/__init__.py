@@ -140,7 +140,20 @@ def _freeze(parsed: _ConfigModel, source: Path) -> Config:
         http=http,
         media_servers=tuple(_media_server(m) for m in parsed.media_servers),
         unwatched=unwatched,
+        database=_database(parsed.database, source),
     )
+
+
+def _database(url: str | None, source: Path) -> Secret | None:
+    """Given the `database` key, return it as a Secret (its password never printed), or None."""
+    if url is None:
+        return None
+    if not url.startswith(("postgresql://", "postgres://")):
+        # The value is not repeated: it may hold a password.
+        raise ConfigError(source, ["at 'database': use a postgresql://user@host/dbname URL (the password "
+                                   "in it, in PGPASSWORD or in ~/.pgpass), or null for a SQLite file in "
+                                   "state_dir"])
+    return Secret(url)
 
 
 def _http(model: _HttpModel | None, source: Path) -> HttpRules | None:

@@ -71,9 +71,25 @@ class Config:
     # hooks queue such files; None otherwise.
     unwatched: FolderRules | None = None
 
+    # The shared queue's postgresql:// URL (its password, if any, inside); None: the SQLite file.
+    database: Secret | None = None
+
     @property
     def db_path(self) -> Path:
+        """The SQLite queue's file (used only when `database` is None)."""
         return self.state_dir / "jobs.sqlite3"
+
+    @property
+    def queue_at(self) -> Path | str:
+        """Where the job queue lives: the PostgreSQL URL, or the SQLite file."""
+        return self.database.reveal() if self.database is not None else self.db_path
+
+    @property
+    def queue_shown(self) -> str:
+        """Where the job queue lives, for logs and messages: the URL without its password, or the file."""
+        from daemon.queue.engines import shown_url
+
+        return shown_url(self.database.reveal()) if self.database is not None else str(self.db_path)
 
     @property
     def work_dir(self) -> Path:

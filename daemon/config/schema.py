@@ -217,6 +217,7 @@ class _MediaServerModel(_Strict):
 
 class _ConfigModel(_Strict):
     state_dir: str = "/var/lib/subwatch"
+    database: str | None = None  # None: a SQLite file in state_dir; else a postgresql:// URL
     models_dir: str | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     max_attempts: int = Field(default=MAX_ATTEMPTS, ge=1)

@@ -141,6 +141,14 @@ class Database:
                     conn.execute(ddl(sql, self.dialect))
             self.engine.set_version(conn, len(MIGRATIONS))
 
+    def hold_as_only_daemon(self) -> None:
+        """Claim the database for this daemon alone; raise QueueError if another daemon has it."""
+        self._check_open()
+        try:
+            self.engine.hold_as_only_daemon()
+        except self.engine.errors as err:
+            raise QueueError(self._cannot_open(err)) from err
+
     def close_thread(self) -> None:
         """Close the calling thread's connection, if it has one. A short-lived thread calls it before
         it ends: its connection (two descriptors and a page cache) is otherwise kept until close()."""

@@ -28,7 +28,11 @@ from urllib.parse import urlsplit, urlunsplit
 BUSY_TIMEOUT_S = 15.0  # transactions are milliseconds long; this only rides out a slow disk or a busy server
 CONNECT_TIMEOUT_S = 10  # a PostgreSQL server that does not answer within this is "unreachable now"
 POOL_SIZE = 8  # connections one daemon holds to PostgreSQL at most; threads beyond it wait their turn
+# How long a thread waits for a pooled connection. Transactions are milliseconds long, so a longer
+# wait means the server is gone: say so soon (QueueBusy), and the watcher holds its arrivals.
+POOL_WAIT_S = 5.0
 WRITE_LOCK = 0x5375_6277  # "Subw": the advisory lock every PostgreSQL write transaction holds
+DAEMON_LOCK = 0x5375_6244  # "SubD": held by the one daemon a PostgreSQL queue has, for its whole run
 STATEMENT_TIMEOUT_MS = 60_000  # no statement of ours takes a second; a wedged one is ended
 
 
@@ -148,6 +152,9 @@ class SqliteEngine:
     def version(self, conn: Connection) -> int:
         return conn.execute("PRAGMA user_version").fetchone()[0]
 
+    def hold_as_only_daemon(self) -> None:
+        """Nothing to hold: a SQLite file lives in one host's state_dir."""
+
     def set_version(self, conn: Connection, version: int) -> None:
         conn.execute(f"PRAGMA user_version = {int(version)}")
 
@@ -220,23 +227,33 @@ class PostgresEngine:
     lock_rows = " FOR UPDATE"  # a row a write transaction reads is its own until it commits
 
     def __init__(self, url: str) -> None:
-        import psycopg  # only a PostgreSQL queue needs it: `pip install subwatch[postgresql]`
+        self.where = shown_url(url)
+        try:
+            import psycopg  # only a PostgreSQL queue needs it
+            import psycopg_pool  # noqa: F401 - checked here, used in open()
+        except ImportError as err:
+            raise QueueError(f"the job database {self.where} is PostgreSQL, and psycopg is not installed: "
+                             "pip install 'subwatch[postgresql]' (psycopg and psycopg-pool), or set "
+                             "database: null for a SQLite file in state_dir") from err
 
         self._psycopg = psycopg
         self._url = url
-        self.where = shown_url(url)
         self.busy_errors = (psycopg.OperationalError,)
         self.errors = (psycopg.Error,)
         self._pool: Any = None
+        self._daemon_conn: Any = None
 
     def open(self) -> None:
+        """Connect once directly, so an unreachable server fails at once with the server's own
+        reason (a pool would retry until its timeout and report only that), then open the pool."""
         from psycopg_pool import ConnectionPool
 
         kwargs = {"autocommit": True, "row_factory": _row_factory, "connect_timeout": CONNECT_TIMEOUT_S,
                   "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
                   "application_name": "subwatch"}
+        self._psycopg.connect(self._url, **kwargs).close()
         self._pool = ConnectionPool(self._url, min_size=1, max_size=POOL_SIZE, kwargs=kwargs,
-                                    timeout=BUSY_TIMEOUT_S, check=ConnectionPool.check_connection,
+                                    timeout=POOL_WAIT_S, check=ConnectionPool.check_connection,
                                     open=False, name="subwatch")
         self._pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
 
@@ -274,10 +291,34 @@ class PostgresEngine:
         conn.execute("DELETE FROM subwatch_schema")
         conn.execute("INSERT INTO subwatch_schema (version) VALUES (?)", (version,))
 
+    def hold_as_only_daemon(self) -> None:
+        """Hold the daemon lock on a connection of its own until close(); raise QueueError if another
+        daemon holds it. Until queues are shared by nodes with leases, a second daemon would take
+        the first one's running jobs for ones a dead daemon left (`recovery`) and do them twice."""
+        import socket
+
+        conn = self._psycopg.connect(self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S,
+                                     application_name=f"subwatch run on {socket.gethostname()}"[:63])
+        if conn.execute("SELECT pg_try_advisory_lock(%s)", (DAEMON_LOCK,)).fetchone()[0]:
+            self._daemon_conn = conn
+            return
+        holder = conn.execute(
+            "SELECT a.application_name, host(a.client_addr) FROM pg_locks l JOIN pg_stat_activity a "
+            "ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted AND l.objid = %s",
+            (DAEMON_LOCK,)).fetchone()
+        conn.close()
+        who = f" ({holder[0]} from {holder[1] or 'a local socket'})" if holder else ""
+        raise QueueError(f"another subwatch daemon{who} already uses the job database {self.where}; "
+                         "one database serves one daemon for now: stop the other, or give this host "
+                         "its own database (or database: null for a SQLite file in state_dir)")
+
     def close_thread(self) -> None:
         """Nothing to do: a pooled connection goes back to the pool after each use."""
 
     def close(self) -> None:
+        if self._daemon_conn is not None:
+            self._daemon_conn.close()  # the lock goes with its session
+            self._daemon_conn = None
         if self._pool is not None:
             self._pool.close()
 

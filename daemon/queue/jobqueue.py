@@ -54,6 +54,11 @@ class JobQueue:
         self.decoders = DecoderRecords(self._db)  # each transcriber's decoder child, for the status
         self.stats = QueueStats(self._db)  # read-only sums for the status page and /metrics
 
+    def hold_as_only_daemon(self) -> None:
+        """Claim the database for this daemon alone (PostgreSQL; a SQLite file is one host's already).
+        Raise QueueError, naming the other daemon's host, if another daemon has it."""
+        self._db.hold_as_only_daemon()
+
     def close_thread(self) -> None:
         """Close the calling thread's connection, if it has one (see `Database.close_thread`)."""
         self._db.close_thread()

@@ -115,6 +115,6 @@ class TranscriptStore:
             return transcript_from_json(text)
         except ValueError as err:
             raise QueueError(
-                f"the transcript stored for content {content} in {self._db.path} cannot be read ({err}); "
+                f"the transcript stored for content {content} in {self._db.where} cannot be read ({err}); "
                 "`subwatch forget` its file and scan it again to transcribe it anew"
             ) from err
