@@ -329,6 +329,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"{config.source}: OK")
     print(f"  state_dir: {config.state_dir}\n  models_dir: {config.models_dir}")
     print(f"  database: {_shown_database(config)}")
+    print(f"  node: {config.node.name}; lease {config.node.lease_seconds:g} s")
     print(f"  log_level: {config.log_level}")
     print(f"  gpu_memory_limit: {config.gpu_memory_limit or 'none (the whole card)'}")
     print(f"  engine: {config.engine}")

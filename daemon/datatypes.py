@@ -139,6 +139,11 @@ class Job:
     in_model_since: float | None = None
     suspect: bool = False
     crashes: int = 0
+    # The node (daemon) that claimed it last, and its lease while it runs: a random token per claim
+    # and when the lease lapses (the database's clock) unless that node renews it (JobQueue.renew).
+    node: str | None = None
+    lease_token: str | None = None
+    lease_until: float | None = None
 
 
 @dataclass(frozen=True)

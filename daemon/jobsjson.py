@@ -32,6 +32,7 @@ def job_json(job: Job) -> dict[str, Any]:
         "folder": str(job.folder),
         "state": job.state.value,
         "attempts": job.attempts,
+        "node": job.node,  # the daemon that claimed it last (did it, once done)
         "suspect": job.suspect,
         "crashes": job.crashes,
         # A done job's `error` column holds its note ("no speech found"), shown as `note`, never as an error.

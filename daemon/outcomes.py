@@ -20,7 +20,7 @@ from daemon.config import Config, FolderRules
 from daemon.datatypes import Job, JobResult, JobState
 from daemon.logs import done_details, job_log
 from daemon.notify import Event, Notifier
-from daemon.queue import JobQueue, Notice, QueueError
+from daemon.queue import JobQueue, LeaseLost, Notice, QueueError
 from daemon.text import format_duration
 
 log = logging.getLogger("subwatch")
@@ -48,6 +48,9 @@ class Outcomes:
             job = self.jobs.release(job_id)
         except KeyError:
             return  # forgotten meanwhile
+        except LeaseLost as lost:
+            self.lease_lost(lost, "not returned")
+            return
         if job.state == JobState.PENDING:
             job_log(log, "released", job.path, why, job.id)
 
@@ -81,6 +84,9 @@ class Outcomes:
         if not live:
             return
         item, job = live[0]
+        if not self.jobs.holds(job):  # this node's lease lapsed and another node has the job now
+            self.lease_lost(LeaseLost(job), "its subtitles not written")
+            return
         try:
             result = pipeline.complete(item, transcript, self.ledger.for_job(job.id))
         except media.MediaGone:
@@ -96,7 +102,11 @@ class Outcomes:
         self.done(job, item, result)
 
     def done(self, job: Job, item: pipeline.Prepared, result: JobResult) -> None:
-        done = self.jobs.finish(job.id, result)
+        try:
+            done = self.jobs.finish(job.id, result)
+        except LeaseLost as lost:  # lapsed while the sidecars were written: the new holder rewrites them
+            self.lease_lost(lost, "not marked done")
+            return
         reused = item.transcript is not None
         if result.note:  # no speech found: nothing written, so no timing or language worth a line
             details = f"{result.note} ({format_duration(result.media_duration)} of audio)"
@@ -109,8 +119,26 @@ class Outcomes:
         if result.outputs:  # media servers are told only of sidecars written (none without speech)
             self._sidecars_written(done.id, list(result.outputs))
 
+    def skipped(self, job: Job, why: str) -> None:
+        """Mark a claimed job skipped (nothing to do), with its line."""
+        try:
+            self.jobs.skip(job.id, why)
+        except LeaseLost as lost:
+            self.lease_lost(lost, "not marked skipped")
+            return
+        job_log(log, "skipped", job.path, why, job.id)
+
+    def lease_lost(self, lost: LeaseLost, what: str) -> None:
+        """Log a result this node discards because its lease on the job lapsed (see daemon.leases)."""
+        job_log(log, "discarded", lost.job.path, f"{what}: {lost}", lost.job.id, level=logging.WARNING)
+
     def failed(self, job: Job, error: str, *, permanent: bool) -> None:
-        updated = self.jobs.fail(job.id, error, permanent=permanent, max_attempts=self._config().max_attempts)
+        try:
+            updated = self.jobs.fail(job.id, error, permanent=permanent,
+                                     max_attempts=self._config().max_attempts)
+        except LeaseLost as lost:
+            self.lease_lost(lost, "its failure not recorded")
+            return
         if updated.state == JobState.PENDING:
             wait = max(updated.next_attempt_at - time.time(), 0)
             job_log(log, "retrying", job.path, f"in {wait:.0f} s: {error}", job.id,

@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from daemon import subtitles
@@ -34,6 +35,7 @@ from daemon.config import Config, ConfigError, HttpRules, load_config
 from daemon.datatypes import JobState
 from daemon.decoders import Death, Decoder, DecoderPool, Settings
 from daemon.intake import Intake
+from daemon.leases import LeaseKeeper
 from daemon.logs import job_log
 from daemon.mediaservers import MediaServers
 from daemon.notify import Notifier
@@ -58,12 +60,9 @@ class Service:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.jobs = JobQueue(config.queue_at)
-        try:
-            self.jobs.hold_as_only_daemon()
-        except QueueError:
-            self.jobs.close()
-            raise
+        self.jobs = open_queue(config)
+        self._wake = threading.Event()  # new work for the loader
+        self.leases = LeaseKeeper(self.jobs, self._wake.set)
         self.ledger = subtitles.SidecarLedger(self.jobs)
         self._stopping = threading.Event()
         settings = Settings(config.models_dir, config.unload_after_seconds, config.gpu_memory_limit,
@@ -71,7 +70,6 @@ class Service:
         self.models = DecoderPool(settings, self._stopping, on_death=self._decoder_died)
         self.notifier = Notifier(config.notify, settled=self.jobs.notices_settled)
         self.systemd = SystemdNotifier()
-        self._wake = threading.Event()  # new work for the loader
         self.media_servers = MediaServers(lambda: self.config.media_servers, self.jobs, self.notifier)
         self.intake = Intake(config, self.jobs, wake=self._wake.set,
                              sidecars_moved=self.media_servers.sidecars_changed)
@@ -94,10 +92,11 @@ class Service:
         self._install_signal_handlers()
         if not self._bind_http():
             return 1
-        self._create_folders()
-        self._clear_work_dir()
+        create_folders(self.config)
+        clear_work_dir(self.config.work_dir)
         self.notifier.start()
         self._recover()
+        self.leases.start()  # this node's leases renewed, other nodes' lapsed ones put back
         self.outcomes.notify_owed()  # what a killed daemon left unsent, and failures found just now
         self.media_servers.tell_owed()  # what a stopped daemon had not told the media servers yet
         self.intake.start()  # the watcher, then a scan for what arrived while nobody watched
@@ -171,23 +170,6 @@ class Service:
         for back in recovered:
             job_log(log, "requeued", back.job.path, _recovery_note(back), back.job.id)
 
-    def _clear_work_dir(self) -> None:
-        """Make the folder where decoded audio and uploads wait, and empty it: what is there was left
-        by a daemon that died while a request was uploaded (decoded audio has no name to leave)."""
-        work = self.config.work_dir
-        work.mkdir(parents=True, exist_ok=True)
-        for left in work.glob("upload-*"):
-            left.unlink(missing_ok=True)
-
-    def _create_folders(self) -> None:
-        for rules in self.config.folders:
-            if rules.create_if_missing and not rules.path.exists():
-                try:
-                    rules.path.mkdir(parents=True)
-                    log.info("created watched folder %s", rules.path)
-                except OSError as exc:
-                    log.error("cannot create watched folder %s: %s", rules.path, exc)
-
     def _install_signal_handlers(self) -> None:
         # Handlers only set flags: the main loop acts on them outside signal context.
         signal.signal(signal.SIGTERM, lambda *_: self.stop())
@@ -229,6 +211,11 @@ class Service:
         self.pool.release_prefetched()
         self.models.close()
         self.notifier.stop(timeout=5.0)
+        self.leases.stop()
+        try:
+            self.jobs.nodes.stopped(self.jobs.node)
+        except QueueError as exc:  # the database is away: the node shows as gone once its beat is old
+            log.warning("cannot record this node's stop: %s", exc)
         self.jobs.close()
         log.info("stopped")
 
@@ -319,6 +306,37 @@ def release_freed_memory() -> None:
     except (OSError, AttributeError):
         return
     trim(0)
+
+
+def open_queue(config: Config) -> JobQueue:
+    """Open the config's job queue for this node, and hold it as its only daemon (see
+    JobQueue.hold_as_only_daemon). Raise QueueError, the queue closed again, if it cannot be."""
+    jobs = JobQueue(config.queue_at, node=config.node.name, lease_seconds=config.node.lease_seconds)
+    try:
+        jobs.hold_as_only_daemon()
+    except QueueError:
+        jobs.close()
+        raise
+    return jobs
+
+
+def clear_work_dir(work: Path) -> None:
+    """Make the folder where decoded audio and uploads wait, and empty it: what is there was left
+    by a daemon that died while a request was uploaded (decoded audio has no name to leave)."""
+    work.mkdir(parents=True, exist_ok=True)
+    for left in work.glob("upload-*"):
+        left.unlink(missing_ok=True)
+
+
+def create_folders(config: Config) -> None:
+    """Make each watched folder that is missing and asks for it (create_if_missing)."""
+    for rules in config.folders:
+        if rules.create_if_missing and not rules.path.exists():
+            try:
+                rules.path.mkdir(parents=True)
+                log.info("created watched folder %s", rules.path)
+            except OSError as exc:
+                log.error("cannot create watched folder %s: %s", rules.path, exc)
 
 
 def _recovery_note(back: Recovered) -> str:

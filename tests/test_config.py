@@ -16,6 +16,7 @@ from daemon.config import (
     ConfigError,
     _ConfigModel,
     _FolderModel,
+    _NodeModel,
     _NotifyModel,
     _RulesModel,
     load_config,
@@ -286,7 +287,9 @@ def schema_keys() -> dict[str, set[str]]:
     """Return the keys of each section; a folder's are documented under `defaults` or a folder."""
     return {
         # http and media_servers are commented out in the example: tests/test_http_config.py checks them.
-        "": set(_ConfigModel.model_fields) - {"defaults", "notify", "folders", "http", "media_servers"},
+        "": set(_ConfigModel.model_fields) - {"defaults", "notify", "folders", "http", "media_servers",
+                                              "node"},
+        "node": set(_NodeModel.model_fields),
         "folders": set(_FolderModel.model_fields) - {"path"},
         "notify": set(_NotifyModel.model_fields),
     }

@@ -4,6 +4,7 @@ the server, `subwatch status` reads them from there, and the URL's password show
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -28,6 +29,7 @@ def test_a_daemon_on_postgresql_transcribes_and_records_there(
         config = write_config(tmp_path / "config.yaml", f"""
             state_dir: {tmp_path / "state"}
             database: "{url}"
+            node: {{name: nas-gpu}}
             defaults:
               {{model: {tiny_en_checkpoint}, beam_size: 1, device: cpu, settle_seconds: 1, language: en}}
             notify: {{urls: ["{sink.url}"], burst: 50}}
@@ -53,6 +55,8 @@ def test_a_daemon_on_postgresql_transcribes_and_records_there(
         rows = raw.execute("SELECT state, language FROM jobs").fetchall()
     assert rows == [("done", "en")]
     assert not (tmp_path / "state" / "jobs.sqlite3").exists()
+    [as_json] = json.loads(subwatch("status", "--json", "--config", str(config)).stdout)
+    assert (as_json["state"], as_json["node"]) == ("done", "nas-gpu")
     shown = subwatch("status", "--config", str(config))
     assert shown.returncode == 0 and "Inaugural Address (1961).mkv" in shown.stdout
     assert "done" in shown.stdout
@@ -60,6 +64,7 @@ def test_a_daemon_on_postgresql_transcribes_and_records_there(
     assert checked.returncode == 0
     assert "database: postgresql://subwatch:****@127.0.0.1" in checked.stdout
     assert "password set (not shown)" in checked.stdout
+    assert "node: nas-gpu; lease 60 s" in checked.stdout
     assert "queue at postgresql://subwatch:****@127.0.0.1" in log
     for said in (log, checked.stdout + checked.stderr, shown.stdout + shown.stderr):
         assert PASSWORD not in said

@@ -35,6 +35,7 @@ from daemon.config.result import (
     ConfigError,
     HttpRules,
     MediaServer,
+    NodeRules,
     Secret,
     is_loopback,
     map_path,
@@ -45,6 +46,7 @@ from daemon.config.schema import (
     _FolderModel,
     _HttpModel,
     _MediaServerModel,
+    _NodeModel,
     _NotifyModel,
     _RulesModel,
     parse_devices,
@@ -141,7 +143,13 @@ def _freeze(parsed: _ConfigModel, source: Path) -> Config:
         media_servers=tuple(_media_server(m) for m in parsed.media_servers),
         unwatched=unwatched,
         database=_database(parsed.database, source),
+        node=_node(parsed.node),
     )
+
+
+def _node(model: _NodeModel) -> NodeRules:
+    written = {key: value for key, value in _written(model).items() if value is not None}
+    return NodeRules(**written)
 
 
 def _database(url: str | None, source: Path) -> Secret | None:
@@ -264,11 +272,13 @@ __all__ = [
     "NULLABLE",
     "RulesError",
     "Secret",
+    "NodeRules",
     "WHISPER_LANGUAGES",
     "WHISPER_MODELS",
     "_ConfigModel",
     "_FolderModel",
     "_NotifyModel",
+    "_NodeModel",
     "_RulesModel",
     "is_loopback",
     "load_config",

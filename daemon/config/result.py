@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -12,6 +13,7 @@ from daemon.datatypes import MemoryLimit
 from daemon.languages import WHISPER_CODES
 from daemon.notify import NotifyRules
 from daemon.options import FolderRules
+from daemon.queue.schema import LEASE_SECONDS
 from daemon.transcribe.engines import DEFAULT_ENGINE
 
 # Whisper's own tables, copied so that loading a config does not import torch.
@@ -53,6 +55,14 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True)
+class NodeRules:
+    """The `node:` section: this daemon's name in the queue, and how long its claims' leases last."""
+
+    name: str = field(default_factory=socket.gethostname)  # unique per running daemon
+    lease_seconds: float = LEASE_SECONDS  # lapsed (the daemon died or hung): its jobs go back
+
+
+@dataclass(frozen=True)
 class Config:
     source: Path  # the file this was read from
     state_dir: Path
@@ -73,6 +83,7 @@ class Config:
 
     # The shared queue's postgresql:// URL (its password, if any, inside); None: the SQLite file.
     database: Secret | None = None
+    node: NodeRules = field(default_factory=NodeRules)
 
     @property
     def db_path(self) -> Path:

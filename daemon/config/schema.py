@@ -25,7 +25,7 @@ from daemon.config.result import (
 )
 from daemon.datatypes import MemoryLimit
 from daemon.languages import from_any
-from daemon.queue.schema import MAX_ATTEMPTS
+from daemon.queue.schema import LEASE_SECONDS, MAX_ATTEMPTS
 from daemon.transcribe.engines import DEFAULT_ENGINE
 from daemon.transcribe.models import is_model_path  # no torch: config stays instant
 
@@ -215,6 +215,12 @@ class _MediaServerModel(_Strict):
         return _check_path_map(value)
 
 
+class _NodeModel(_Strict):
+    name: str | None = Field(default=None, min_length=1, max_length=63)  # None: the host's name
+    # At least 10 s: a lease renewed every few seconds must outlast a slow database round trip.
+    lease_seconds: float = Field(default=LEASE_SECONDS, ge=10)
+
+
 class _ConfigModel(_Strict):
     state_dir: str = "/var/lib/subwatch"
     database: str | None = None  # None: a SQLite file in state_dir; else a postgresql:// URL
@@ -229,6 +235,7 @@ class _ConfigModel(_Strict):
     notify: _NotifyModel = Field(default_factory=_NotifyModel)
     folders: list[_FolderModel] = Field(min_length=1)
     http: _HttpModel | None = None
+    node: _NodeModel = Field(default_factory=_NodeModel)
     media_servers: list[_MediaServerModel] = Field(default_factory=list)
 
     @field_validator("gpu_memory_limit", mode="before")

@@ -42,6 +42,7 @@ from daemon.queue.database import BUSY_TIMEOUT_S, Database, QueueBusy, QueueErro
 from daemon.queue.enqueue import EnqueueAction, EnqueueOutcome
 from daemon.queue.identity import SAMPLE_BYTES, fingerprint
 from daemon.queue.jobqueue import JobQueue
+from daemon.queue.lifecycle import LeaseLost
 from daemon.queue.outbox import Notice
 from daemon.queue.recovery import Recovered, RecoveryCause, crashed_error
 
@@ -52,6 +53,7 @@ __all__ = [
     "EnqueueAction",
     "EnqueueOutcome",
     "JobQueue",
+    "LeaseLost",
     "Notice",
     "QueueBusy",
     "QueueError",

@@ -49,6 +49,7 @@ class Database:
         self.where = self.engine.where  # for messages: the file, or the URL without its password
         self.path = Path(target) if self.dialect == "sqlite" else None
         self.lock_rows = self.engine.lock_rows
+        self.now_sql = self.engine.now_sql
         self._closed = False
         try:
             self.engine.open()

@@ -94,6 +94,7 @@ class SqliteEngine:
 
     dialect = "sqlite"
     lock_rows = ""  # BEGIN IMMEDIATE already holds the one write lock
+    now_sql = "((julianday('now') - 2440587.5) * 86400.0)"  # the database's clock, epoch seconds
     busy_errors: tuple[type[BaseException], ...] = (sqlite3.OperationalError,)
     errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
 
@@ -225,6 +226,8 @@ class PostgresEngine:
 
     dialect = "postgresql"
     lock_rows = " FOR UPDATE"  # a row a write transaction reads is its own until it commits
+    # The server's clock, epoch seconds: every host judges leases by it, never by its own clock.
+    now_sql = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION)"
 
     def __init__(self, url: str) -> None:
         self.where = shown_url(url)

@@ -7,6 +7,7 @@ tables (finish: job, transcript and notice) is still one transaction.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -16,9 +17,10 @@ from daemon.queue.decoders import DecoderRecords
 from daemon.queue.enqueue import EnqueueOutcome, Enqueuer
 from daemon.queue.jobs import JobStore
 from daemon.queue.lifecycle import JobRuns
+from daemon.queue.nodes import NodeRecords
 from daemon.queue.outbox import Notice, Outbox
-from daemon.queue.recovery import Recovered, charge_crash, recover_running, suspect
-from daemon.queue.schema import BACKOFF_BASE_S, MAX_ATTEMPTS
+from daemon.queue.recovery import Recovered, charge_crash, reap_lapsed, recover_running, suspect
+from daemon.queue.schema import BACKOFF_BASE_S, LEASE_SECONDS, MAX_ATTEMPTS
 from daemon.queue.servers import ServerUpdate, ServerUpdates
 from daemon.queue.sidecars import SidecarStore
 from daemon.queue.stats import QueueStats
@@ -34,8 +36,11 @@ class JobQueue:
     `BEGIN IMMEDIATE` transaction).
     """
 
-    def __init__(self, target: Path | str) -> None:
-        """Given a SQLite file's path or a postgresql:// URL, open the queue (creating a file if needed).
+    def __init__(self, target: Path | str, node: str | None = None,
+                 lease_seconds: float = LEASE_SECONDS) -> None:
+        """Given a SQLite file's path or a postgresql:// URL, open the queue (creating a file if needed)
+        for the node (daemon) `node` (default: the host's name), whose claims hold a lease of
+        `lease_seconds` that `renew` extends.
 
         Raise QueueError if the database cannot be created, opened or reached, or if it holds a
         schema newer than this code.
@@ -45,7 +50,10 @@ class JobQueue:
         self.path = self._db.path  # the SQLite file; None on PostgreSQL
         self.where = self._db.where  # the file, or the URL without its password, for messages
         self._enqueuer = Enqueuer(self._db)
-        self._runs = JobRuns(self._db)
+        self.node = node or socket.gethostname()
+        self.lease_seconds = lease_seconds
+        self._runs = JobRuns(self._db, self.node, lease_seconds)
+        self.nodes = NodeRecords(self._db)  # each daemon's heartbeat, for the status and the reaping
         self._jobs = JobStore(self._db)
         self._transcripts = TranscriptStore(self._db)
         self._outbox = Outbox(self._db)
@@ -115,16 +123,31 @@ class JobQueue:
         self._runs.leave_model(job_ids, survived=survived)
 
     def recover_running(self) -> list[Recovered]:
-        """Return the jobs the last daemon left running, each pending again, and why (nothing charged)."""
-        return recover_running(self._db)
+        """Return the jobs this node's last run left running, each pending again, and why (nothing
+        charged); and record the node as started."""
+        self.nodes.beat(self.node, self.lease_seconds, starting=True)
+        return recover_running(self._db, self.node)
+
+    def renew(self) -> int:
+        """Beat this node's heartbeat and extend the leases it holds; return how many it renewed."""
+        self.nodes.beat(self.node, self.lease_seconds)
+        return self._runs.renew()
+
+    def reap_lapsed(self) -> list[Recovered]:
+        """Return other nodes' running jobs whose lease lapsed, each pending again, and why."""
+        return reap_lapsed(self._db, self.node)
+
+    def holds(self, job: Job) -> bool:
+        """Given a job as read now, return True unless this node claimed it and lost the lease."""
+        return self._runs.holds(job)
 
     def suspect(self, job_ids: Iterable[int]) -> list[Job]:
         """Running jobs that were in a decoder child that died of a fault together: pending, suspects."""
-        return suspect(self._db, job_ids)
+        return suspect(self._db, job_ids, self._runs.holds)
 
     def charge_crash(self, job_id: int, reason: str, max_attempts: int = MAX_ATTEMPTS) -> Job:
         """A running job alone in a decoder child that died of a fault: a crash counted (see recovery)."""
-        return charge_crash(self._db, job_id, reason, max_attempts)
+        return charge_crash(self._db, job_id, reason, self._runs.holds, max_attempts)
 
     # -- notifications owed (outbox.Outbox) ------------------------------------------------------
 

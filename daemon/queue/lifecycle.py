@@ -8,20 +8,68 @@ ends it (`outbox`), so a kill cannot lose it.
 
 from __future__ import annotations
 
+import secrets
+import threading
 import time
 from collections.abc import Iterable
 
 from daemon.datatypes import Job, JobResult, JobState
 from daemon.queue import outbox, transcripts
 from daemon.queue.database import Database
+from daemon.queue.engines import Connection
 from daemon.queue.schema import BACKOFF_BASE_S, MAX_ATTEMPTS, outputs_json
 
 
-class JobRuns:
-    """The worker's side of the `jobs` table."""
+class LeaseLost(Exception):
+    """This node's lease on a job lapsed and the job was put back or taken by another node: this
+    node's result for it is stale and must be discarded (nothing written for it)."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        owner = f"node {job.node}" if job.state is JobState.RUNNING and job.node else "the queue"
+        super().__init__(f"the lease on job {job.id} lapsed and {owner} has it now")
+
+
+class JobRuns:
+    """The worker's side of the `jobs` table, for one node: the leases it holds (job id -> token)
+    are checked by every write it makes to those jobs, so a node that lost one writes nothing."""
+
+    def __init__(self, db: Database, node: str, lease_seconds: float) -> None:
         self._db = db
+        self.node = node
+        self.lease_seconds = lease_seconds
+        self._held: dict[int, str] = {}
+        self._lost: set[int] = set()  # leases this node lost: it writes nothing for them ever after
+        self._held_lock = threading.Lock()
+
+    def holds(self, job: Job) -> bool:
+        """Given a job as read now, return True unless this node claimed it and has lost the lease."""
+        with self._held_lock:
+            if job.id in self._lost:
+                return False
+            token = self._held.get(job.id)
+            if token is None or (job.state is JobState.RUNNING and job.lease_token == token):
+                return True
+            del self._held[job.id]  # lost for good: a later claim would carry a new token
+            self._lost.add(job.id)
+            return False
+
+    def _mine(self, conn: Connection, job_id: int) -> Job:
+        """Return the job, raising LeaseLost if this node claimed it and the lease is no longer its
+        own (KeyError if the job is gone). Called inside the write transaction that changes it."""
+        job = self._db.require(conn, job_id)
+        if not self.holds(job):
+            raise LeaseLost(job)
+        return job
+
+    def _let_go(self, job_id: int) -> None:
+        with self._held_lock:
+            self._held.pop(job_id, None)
+
+    def held(self) -> dict[int, str]:
+        """Return the leases this node holds now: job id -> token."""
+        with self._held_lock:
+            return dict(self._held)
 
     def claim(self, now: float | None = None) -> Job | None:
         """Return the oldest pending job that is due at `now` (a suspect before any other), marked
@@ -35,15 +83,38 @@ class JobRuns:
         # only it (Oban's note: without the CTE a planner may update more rows than the LIMIT). On
         # PostgreSQL a row another claim or write holds is skipped, not waited for.
         skip = " FOR UPDATE SKIP LOCKED" if self._db.dialect == "postgresql" else ""
+        token = secrets.token_hex(16)
         with self._db.claim() as conn:
             row = conn.execute(
                 "WITH next AS (SELECT id FROM jobs WHERE state = 'pending' AND next_attempt_at <= ? "
                 f"ORDER BY suspect DESC, id LIMIT 1{skip}) "
                 "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = ?, "
-                "finished_at = NULL, updated_at = ? FROM next WHERE jobs.id = next.id RETURNING jobs.id",
-                (now, now, now),
+                "finished_at = NULL, updated_at = ?, node = ?, lease_token = ?, "
+                f"lease_until = {self._db.now_sql} + ? FROM next WHERE jobs.id = next.id RETURNING jobs.id",
+                (now, now, now, self.node, token, self.lease_seconds),
             ).fetchone()
-            return None if row is None else self._db.require(conn, row[0])
+            if row is None:
+                return None
+            with self._held_lock:
+                self._held[row[0]] = token
+                self._lost.discard(row[0])  # lapsed once, put back, claimed by this node again
+            return self._db.require(conn, row[0])
+
+    def renew(self) -> int:
+        """Extend the lease of every job this node holds by lease_seconds from now (the database's
+        clock); return how many were renewed. A lease lapsed and taken over is not renewed: its
+        token changed."""
+        held = self.held()
+        if not held:
+            return 0
+        with self._db.write(durable=False) as conn:
+            renewed = 0
+            for job_id, token in held.items():
+                renewed += conn.execute(
+                    f"UPDATE jobs SET lease_until = {self._db.now_sql} + ? "
+                    "WHERE id = ? AND lease_token = ? AND state = 'running'",
+                    (self.lease_seconds, job_id, token)).rowcount
+            return renewed
 
     def finish(self, job_id: int, result: JobResult) -> Job:
         """Given a job id and the pipeline's result, return the job marked done. Raise KeyError if gone.
@@ -56,7 +127,7 @@ class JobRuns:
         """
         transcript, key = result.transcript, result.transcript_key
         with self._db.write() as conn:
-            job = self._db.require(conn, job_id)
+            job = self._mine(conn, job_id)
             if transcript is not None and key is not None:
                 transcripts.store(conn, job.fingerprint, key, transcript)
             done = self._db.set(
@@ -74,9 +145,12 @@ class JobRuns:
                 uncovered_seconds=None if transcript is None else transcript.uncovered_seconds,
                 in_model_since=None,
                 finished_at=time.time(),
+                lease_token=None,
+                lease_until=None,
             )
             outbox.owe(conn, done, "done")
-            return done
+        self._let_go(job_id)
+        return done
 
     def fail(
         self,
@@ -96,29 +170,33 @@ class JobRuns:
         """
         now = time.time() if now is None else now
         with self._db.write() as conn:
-            attempts = max(self._db.require(conn, job_id).attempts, 1)
+            attempts = max(self._mine(conn, job_id).attempts, 1)
             if permanent or attempts >= max_attempts:
                 failed = self._db.set(
                     conn, job_id, state=JobState.FAILED.value, error=error, in_model_since=None,
-                    finished_at=now,
+                    finished_at=now, lease_token=None, lease_until=None,
                 )
                 outbox.owe(conn, failed, "failed")
-                return failed
-            due = now + backoff_base * 2 ** (attempts - 1)
-            return self._db.set(
-                conn, job_id, state=JobState.PENDING.value, error=error, started_at=None, in_model_since=None,
-                next_attempt_at=due,
-            )
+                ended = failed
+            else:
+                due = now + backoff_base * 2 ** (attempts - 1)
+                ended = self._db.set(
+                    conn, job_id, state=JobState.PENDING.value, error=error, started_at=None,
+                    in_model_since=None, next_attempt_at=due, lease_token=None, lease_until=None,
+                )
+        self._let_go(job_id)
+        return ended
 
     def skip(self, job_id: int, reason: str) -> Job:
         """Given a job id and why there is nothing to do, return the job marked skipped (reason in
         `error`). Raise KeyError if the job is gone."""
         with self._db.write() as conn:
-            self._db.require(conn, job_id)
+            self._mine(conn, job_id)
             state = JobState.SKIPPED.value
-            return self._db.set(
-                conn, job_id, state=state, error=reason, in_model_since=None, finished_at=time.time()
-            )
+            skipped = self._db.set(conn, job_id, state=state, error=reason, in_model_since=None,
+                                   finished_at=time.time(), lease_token=None, lease_until=None)
+        self._let_go(job_id)
+        return skipped
 
     def release(self, job_id: int) -> Job:
         """Given a running job id, return it pending again without counting the attempt.
@@ -127,13 +205,15 @@ class JobRuns:
         crash. A job in another state is returned unchanged. Raise KeyError if the job is gone.
         """
         with self._db.write() as conn:
-            job = self._db.require(conn, job_id)
+            job = self._mine(conn, job_id)
             if job.state is not JobState.RUNNING:
                 return job
-            return self._db.set(
+            released = self._db.set(
                 conn, job_id, state=JobState.PENDING.value, attempts=max(job.attempts - 1, 0),
-                started_at=None, in_model_since=None,
+                started_at=None, in_model_since=None, lease_token=None, lease_until=None,
             )
+        self._let_go(job_id)
+        return released
 
     def enter_model(self, job_ids: Iterable[int], now: float | None = None) -> None:
         """Given the running jobs a worker is about to hand the model together, mark them in the

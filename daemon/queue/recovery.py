@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import shlex
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -23,6 +23,7 @@ from typing import Literal
 from daemon.datatypes import Job, JobState
 from daemon.queue import outbox
 from daemon.queue.database import Database
+from daemon.queue.engines import Connection
 from daemon.queue.schema import JOB_COLUMNS, MAX_ATTEMPTS, job_of
 from daemon.text import printable
 
@@ -45,47 +46,77 @@ class Recovered:
     together: int = 0  # how many jobs were in the model when the daemon died
 
 
-def recover_running(db: Database) -> list[Recovered]:
-    """Return the jobs the last daemon left running, each pending again, and why (call once at start,
-    before any claim). Nothing is charged a crash: see the module's docstring."""
+def recover_running(db: Database, node: str) -> list[Recovered]:
+    """Return the jobs the last run of this node left running, each pending again, and why (call once
+    at start, before any claim). In a SQLite file every running job is this node's (one daemon per
+    file); in PostgreSQL only those it claimed (or claimed before nodes were recorded), since other
+    nodes' running jobs are theirs until their leases lapse (`reap_lapsed`). Nothing is charged a
+    crash: see the module's docstring."""
+    mine = "" if db.dialect == "sqlite" else " AND (node = ? OR node IS NULL)"
     with db.write() as conn:
-        rows = conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'running' ORDER BY id")
-        running = [job_of(row) for row in rows.fetchall()]
-        together = sum(job.in_model_since is not None for job in running)
-        recovered = []
-        for job in running:
-            back = {"state": JobState.PENDING.value, "started_at": None, "in_model_since": None,
-                    "next_attempt_at": 0.0, "attempts": max(job.attempts - 1, 0)}
-            cause: RecoveryCause = "waiting" if job.in_model_since is None else "in_model"
-            if cause == "in_model":
-                back["suspect"] = 1
-            recovered.append(Recovered(db.set(conn, job.id, **back), cause, together))
-        return recovered
+        rows = conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'running'{mine} ORDER BY id",
+                            () if db.dialect == "sqlite" else (node,))
+        return _put_back(db, conn, [job_of(row) for row in rows.fetchall()])
 
 
-def suspect(db: Database, job_ids: Iterable[int]) -> list[Job]:
+def reap_lapsed(db: Database, node: str) -> list[Recovered]:
+    """Return other nodes' running jobs whose lease lapsed (that node died, hung or lost the
+    network for longer than its lease), each pending again by the rules of `recover_running`."""
+    with db.write() as conn:
+        rows = conn.execute(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'running' AND node != ? "
+            f"AND lease_until < {db.now_sql} ORDER BY id", (node,))
+        return _put_back(db, conn, [job_of(row) for row in rows.fetchall()])
+
+
+def _put_back(db: Database, conn: Connection, running: list[Job]) -> list[Recovered]:
+    """Given running jobs whose daemon died, make each pending again: the attempt not counted, one
+    that was in the model a suspect (transcribed alone next). Counted together per node."""
+    in_model: dict[str | None, int] = {}
+    for job in running:
+        in_model[job.node] = in_model.get(job.node, 0) + (job.in_model_since is not None)
+    recovered = []
+    for job in running:
+        back = {"state": JobState.PENDING.value, "started_at": None, "in_model_since": None,
+                "next_attempt_at": 0.0, "attempts": max(job.attempts - 1, 0), "lease_token": None,
+                "lease_until": None}
+        cause: RecoveryCause = "waiting" if job.in_model_since is None else "in_model"
+        if cause == "in_model":
+            back["suspect"] = 1
+        recovered.append(Recovered(db.set(conn, job.id, **back), cause, in_model[job.node]))
+    return recovered
+
+
+def suspect(db: Database, job_ids: Iterable[int], holds: Callable[[Job], bool]) -> list[Job]:
     """Given running jobs that were in a decoder child when it died of a fault, return them pending
-    again as suspects (each transcribed alone next), the attempt not counted."""
+    again as suspects (each transcribed alone next), the attempt not counted. One whose lease this
+    node lost (`holds`) is another node's now and left as it is."""
     back = []
     with db.write() as conn:
         for job_id in job_ids:
             job = db.require(conn, job_id)
-            if job.state is JobState.RUNNING:
+            if job.state is JobState.RUNNING and holds(job):
                 job = db.set(conn, job_id, state=JobState.PENDING.value, attempts=max(job.attempts - 1, 0),
-                             started_at=None, in_model_since=None, suspect=1, next_attempt_at=0.0)
+                             started_at=None, in_model_since=None, suspect=1, next_attempt_at=0.0,
+                             lease_token=None, lease_until=None)
             back.append(job)
     return back
 
 
-def charge_crash(db: Database, job_id: int, reason: str, max_attempts: int = MAX_ATTEMPTS) -> Job:
+def charge_crash(
+    db: Database, job_id: int, reason: str, holds: Callable[[Job], bool], max_attempts: int = MAX_ATTEMPTS
+) -> Job:
     """Given a running job that was alone in a decoder child when it died of a fault, count the crash;
     return it pending again as a suspect, or failed with `reason` (and a way out) once it has
-    `max_attempts` crashes, its notification owed."""
+    `max_attempts` crashes, its notification owed. One whose lease this node lost is left as it is."""
     with db.write() as conn:
         job = db.require(conn, job_id)
+        if job.state is not JobState.RUNNING or not holds(job):
+            return job
         crashes = job.crashes + 1
         back = {"state": JobState.PENDING.value, "attempts": max(job.attempts - 1, 0), "started_at": None,
-                "in_model_since": None, "suspect": 1, "crashes": crashes, "next_attempt_at": 0.0}
+                "in_model_since": None, "suspect": 1, "crashes": crashes, "next_attempt_at": 0.0,
+                "lease_token": None, "lease_until": None}
         if crashes >= max_attempts:
             back.update(state=JobState.FAILED.value, error=crashed_error(job.path, reason),
                         finished_at=time.time())

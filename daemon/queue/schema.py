@@ -16,11 +16,13 @@ from daemon.datatypes import Job, JobState
 
 MAX_ATTEMPTS = 3  # tries of a failing job before it stays failed (the config's max_attempts)
 BACKOFF_BASE_S = 30.0  # the first retry's wait; each further one waits longer
+LEASE_SECONDS = 60.0  # a claim's lease, renewed every few seconds (the config's node.lease_seconds)
 
 JOB_COLUMNS = (
     "id, path, folder, state, size, mtime, fingerprint, attempts, error, language, "
     "language_probability, outputs, media_duration, elapsed, speech_seconds, uncovered_seconds, "
-    "created_at, updated_at, next_attempt_at, in_model_since, suspect, crashes"
+    "created_at, updated_at, next_attempt_at, in_model_since, suspect, crashes, "
+    "node, lease_token, lease_until"
 )
 
 # Each entry moves the schema from version i to i + 1; append, never edit. Column types are tokens
@@ -134,6 +136,26 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             updated_at {real} NOT NULL
         )""",
     ),
+    (
+        # Leases (see lifecycle and recovery): the node that claimed a job, a random token per claim
+        # that every later write of that node's names (a node whose lease lapsed and was taken over
+        # writes nothing), and when the lease lapses by the database's clock unless renewed.
+        "ALTER TABLE jobs ADD COLUMN node TEXT",
+        "ALTER TABLE jobs ADD COLUMN lease_token TEXT",
+        "ALTER TABLE jobs ADD COLUMN lease_until {real}",
+        # Claims and lapsed leases read only these rows; partial indexes keep them cheap at 10,000+.
+        "CREATE INDEX IF NOT EXISTS jobs_claimable ON jobs (suspect, id) WHERE state = 'pending'",
+        "CREATE INDEX IF NOT EXISTS jobs_leases ON jobs (lease_until) WHERE state = 'running'",
+        # Each daemon that uses the queue, as `status` shows it: its last heartbeat by the database's
+        # clock, and what its workers do (JSON).
+        """CREATE TABLE IF NOT EXISTS nodes (
+            name TEXT PRIMARY KEY,
+            started_at {real} NOT NULL,
+            heartbeat_at {real} NOT NULL,
+            lease_seconds {real} NOT NULL,
+            stopped_at {real}
+        )""",
+    ),
 )
 
 
@@ -172,6 +194,9 @@ def job_of(row: Any) -> Job:  # noqa: ANN401 - a row by column name, of either e
         in_model_since=row["in_model_since"],
         suspect=bool(row["suspect"]),
         crashes=row["crashes"],
+        node=row["node"],
+        lease_token=row["lease_token"],
+        lease_until=row["lease_until"],
     )
 
 

@@ -149,9 +149,7 @@ class Transcribers:
     def _prepare(self, job: Job) -> pipeline.Prepared | None:
         rules = self._config().folder_for(job.path)
         if rules is None:
-            why = "no longer inside a watched folder"
-            self.jobs.skip(job.id, why)
-            job_log(log, "skipped", job.path, why, job.id)
+            self.outcomes.skipped(job, "no longer inside a watched folder")
             return None
         job_log(log, "started", job.path, f"attempt {job.attempts}", job.id)
         try:
@@ -159,8 +157,7 @@ class Transcribers:
             prepared = pipeline.prepare(job.path, rules, self.ledger.owns, stored, self._config().work_dir)
             return replace(prepared, job_id=job.id, suspect=job.suspect)
         except pipeline.Skip as exc:
-            self.jobs.skip(job.id, str(exc))
-            job_log(log, "skipped", job.path, str(exc), job.id)
+            self.outcomes.skipped(job, str(exc))
         except media.MediaGone:
             self.outcomes.gone(job, "gone before it was read; dropped")
         except media.MediaError as exc:
