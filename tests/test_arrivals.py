@@ -3,7 +3,7 @@
 A real Intake with its real watchdog observer on a temp folder and a real SQLite queue; the trouble
 is real too: another connection holding the database's write lock past the busy timeout, and (in a
 child process) every file descriptor taken. The daemon's busy timeout is 15 s; these tests lower it
-(daemon.queue.database.BUSY_TIMEOUT_S, read when a connection opens) so they take seconds.
+(daemon.queue.engines.BUSY_TIMEOUT_S, read when a connection opens) so they take seconds.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import pytest
 
 from daemon.config import Config, load_config
 from daemon.intake import Intake
-from daemon.queue import JobQueue, database
+from daemon.queue import JobQueue, engines
 from tests.harness import REPO, wait_until, write_config
 from tests.media_factory import make_media
 
@@ -47,7 +47,7 @@ folders: [{{path: {inbox}}}]
 @pytest.fixture
 def started(tmp_path: Path, inbox: Path,
             monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Intake, JobQueue]]:
-    monkeypatch.setattr(database, "BUSY_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(engines, "BUSY_TIMEOUT_S", 0.2)
     config = config_for(tmp_path, inbox)
     jobs = JobQueue(config.db_path)
     intake = Intake(config, jobs)

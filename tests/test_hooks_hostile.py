@@ -26,7 +26,7 @@ from daemon.config import load_config
 from daemon.http import HttpContext, build_app
 from daemon.http.hooks import MAX_BODY
 from daemon.intake import Intake
-from daemon.queue import JobQueue, database
+from daemon.queue import JobQueue, engines
 from tests.harness import Daemon, status, wait_until, write_config
 from tests.media_factory import make_media
 from tests.test_daemon_http import free_port
@@ -271,7 +271,7 @@ def test_a_hook_while_the_queue_is_locked_is_503_not_500(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """In process (Starlette's TestClient, a real Intake and SQLite file): the daemon's busy timeout is
     15 s, lowered here so that another connection's exclusive lock outlasts it in a moment."""
-    monkeypatch.setattr(database, "BUSY_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(engines, "BUSY_TIMEOUT_S", 0.2)
     tv = tmp_path / "tv"
     tv.mkdir()
     (tmp_path / "config.yaml").write_text(f"state_dir: {tmp_path / 'state'}\nfolders: [{{path: {tv}}}]\n"
