@@ -15,6 +15,7 @@ import pytest
 from daemon.datatypes import JobResult, JobState
 from daemon.queue import JobQueue, QueueBusy, QueueError
 from daemon.queue.engines import shown_url
+from daemon.queue.lifecycle import pick_sql
 from tests.postgres import PostgresServer
 
 
@@ -137,3 +138,23 @@ def test_two_queues_opening_one_new_database_at_once_both_work(url: str, media: 
     assert [q.find(film) for q in queues] == [job, job, job]
     for q in queues:
         q.close()
+
+
+def test_the_claim_reads_the_claimable_index_not_the_whole_table(url: str) -> None:
+    """pgqueuer's guard: with thousands of rows the claim's plan must stay an index scan."""
+    q = JobQueue(url)
+    now = time.time()
+    with psycopg.connect(url, autocommit=True) as raw:
+        with raw.cursor() as cursor:
+            cursor.executemany(
+                "INSERT INTO jobs (path, folder, state, size, mtime, fingerprint, created_at, updated_at) "
+                "VALUES (%s, %s, %s, 1, 0, %s, %s, %s)",
+                [(f"/m/{i:05}.mkv".encode(), b"/m", "done" if i % 3 else "pending", f"1:{i:x}", now, now)
+                 for i in range(6000)])
+        raw.execute("ANALYZE jobs")
+        plan = "\n".join(row[0] for row in raw.execute(
+            "EXPLAIN " + pick_sql("postgresql").replace("?", "%s"), (now,)).fetchall())
+    assert "Index Scan using jobs_claimable" in plan, plan
+    assert "Seq Scan" not in plan, plan
+    assert q.claim() is not None
+    q.close()

@@ -20,6 +20,14 @@ from daemon.queue.engines import Connection
 from daemon.queue.schema import BACKOFF_BASE_S, MAX_ATTEMPTS, outputs_json
 
 
+def pick_sql(dialect: str) -> str:
+    """Return the claim's choice of job: the first due pending one, suspects first, read through the
+    partial index jobs_claimable; on PostgreSQL a row another transaction holds is skipped."""
+    skip = " FOR UPDATE SKIP LOCKED" if dialect == "postgresql" else ""
+    return ("SELECT id FROM jobs WHERE state = 'pending' AND next_attempt_at <= ? "
+            f"ORDER BY suspect DESC, id LIMIT 1{skip}")
+
+
 class LeaseLost(Exception):
     """This node's lease on a job lapsed and the job was put back or taken by another node: this
     node's result for it is stale and must be discarded (nothing written for it)."""
@@ -82,12 +90,10 @@ class JobRuns:
         # better, before a backlog piles up behind it. The CTE picks one row and the UPDATE takes
         # only it (Oban's note: without the CTE a planner may update more rows than the LIMIT). On
         # PostgreSQL a row another claim or write holds is skipped, not waited for.
-        skip = " FOR UPDATE SKIP LOCKED" if self._db.dialect == "postgresql" else ""
         token = secrets.token_hex(16)
         with self._db.claim() as conn:
             row = conn.execute(
-                "WITH next AS (SELECT id FROM jobs WHERE state = 'pending' AND next_attempt_at <= ? "
-                f"ORDER BY suspect DESC, id LIMIT 1{skip}) "
+                f"WITH next AS ({pick_sql(self._db.dialect)}) "
                 "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = ?, "
                 "finished_at = NULL, updated_at = ?, node = ?, lease_token = ?, "
                 f"lease_until = {self._db.now_sql} + ? FROM next WHERE jobs.id = next.id RETURNING jobs.id",

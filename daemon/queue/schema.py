@@ -144,7 +144,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE jobs ADD COLUMN lease_token TEXT",
         "ALTER TABLE jobs ADD COLUMN lease_until {real}",
         # Claims and lapsed leases read only these rows; partial indexes keep them cheap at 10,000+.
-        "CREATE INDEX IF NOT EXISTS jobs_claimable ON jobs (suspect, id) WHERE state = 'pending'",
+        "CREATE INDEX IF NOT EXISTS jobs_claimable ON jobs (suspect DESC, id) WHERE state = 'pending'",
         "CREATE INDEX IF NOT EXISTS jobs_leases ON jobs (lease_until) WHERE state = 'running'",
         # Each daemon that uses the queue, as `status` shows it: its last heartbeat by the database's
         # clock, and what its workers do (JSON).
