@@ -26,9 +26,9 @@ BEATS_PER_LEASE = 6  # renewed this often per lease: a few missed beats (a slow 
 class LeaseKeeper:
     """A thread that renews this node's leases and reaps other nodes' lapsed ones until stopped."""
 
-    def __init__(self, jobs: JobQueue, wake: Callable[[], None]) -> None:
+    def __init__(self, jobs: JobQueue, reaped: Callable[[], None]) -> None:
         self._jobs = jobs
-        self._wake = wake
+        self._reaped = reaped  # called after other nodes' jobs were put back
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failing = False  # said once when the database fails, once when it works again
@@ -49,7 +49,7 @@ class LeaseKeeper:
         for back in reaped:
             job_log(log, "requeued", back.job.path, lapsed_note(back), back.job.id, level=logging.WARNING)
         if reaped:
-            self._wake()
+            self._reaped()
         return reaped
 
     def _run(self) -> None:

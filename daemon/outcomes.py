@@ -40,7 +40,9 @@ class Outcomes:
         self._config = config
         self._wake = wake
         self._notices_lock = threading.Lock()
-        self._notices_sent = 0  # the last outbox row handed to the notifier
+        # Outbox rows handed to the notifier and not yet delivered (delivered ones leave the outbox).
+        # A set, not the last id: a gone node's notices, taken over later, have lower ids.
+        self._handed: set[int] = set()
 
     def release(self, job_id: int, why: str) -> None:
         """Give a running job back to the queue (a clean stop: no attempt counted), with its line."""
@@ -75,6 +77,9 @@ class Outcomes:
         live = []
         for item in items:
             job = self.jobs.get(item.job_id) if item.job_id is not None else None
+            if job is not None and not self.jobs.holds(job):  # lapsed while it waited: another node's
+                self.lease_lost(LeaseLost(job), "not transcribed here")
+                continue
             if job is not None and job.state == JobState.RUNNING:
                 live.append((item if job.path == item.path else replace(item, path=job.path), job))
         return live
@@ -159,11 +164,12 @@ class Outcomes:
         """
         with self._notices_lock:
             try:
-                owed = self.jobs.notices(after=self._notices_sent)
+                owed = self.jobs.notices()
             except QueueError:
-                return  # closed: shutting down
-            if owed:
-                self._notices_sent = owed[-1].id
+                return  # closed, or the database is away: the next job's end tries again
+            self._handed &= {notice.id for notice in owed}  # delivered: no longer owed
+            owed = [notice for notice in owed if notice.id not in self._handed]
+            self._handed |= {notice.id for notice in owed}
         for notice in owed:
             self.notifier.send(self._event(notice))
 

@@ -62,7 +62,7 @@ class Service:
         self.config = config
         self.jobs = open_queue(config)
         self._wake = threading.Event()  # new work for the loader
-        self.leases = LeaseKeeper(self.jobs, self._wake.set)
+        self.leases = LeaseKeeper(self.jobs, self._reaped)
         self.ledger = subtitles.SidecarLedger(self.jobs)
         self._stopping = threading.Event()
         settings = Settings(config.models_dir, config.unload_after_seconds, config.gpu_memory_limit,
@@ -176,6 +176,11 @@ class Service:
         signal.signal(signal.SIGINT, lambda *_: self.stop())
         signal.signal(signal.SIGHUP, lambda *_: self._reload_requested.set())
 
+    def _reaped(self) -> None:
+        """Another node's lapsed jobs came back: wake the loader, and send what that node owed."""
+        self._wake.set()
+        self.outcomes.notify_owed()
+
     def stop(self) -> None:
         self._stopping.set()
         self._wake.set()
@@ -242,6 +247,7 @@ class Service:
             self.systemd.ready()
             return False
         self.config = new
+        self.jobs.serve(served_folders(new))
         self.models.set_memory_limit(new.gpu_memory_limit)
         self._start_workers()  # for devices the new config adds
         self.intake.update(new)
@@ -309,15 +315,25 @@ def release_freed_memory() -> None:
 
 
 def open_queue(config: Config) -> JobQueue:
-    """Open the config's job queue for this node, and hold it as its only daemon (see
-    JobQueue.hold_as_only_daemon). Raise QueueError, the queue closed again, if it cannot be."""
+    """Open the config's job queue as this node, holding its name (JobQueue.hold_node), claiming
+    only its folders' jobs. Raise QueueError, the queue closed again, if it cannot be."""
     jobs = JobQueue(config.queue_at, node=config.node.name, lease_seconds=config.node.lease_seconds)
     try:
-        jobs.hold_as_only_daemon()
+        jobs.hold_node()
     except QueueError:
         jobs.close()
         raise
+    jobs.serve(served_folders(config))
     return jobs
+
+
+def served_folders(config: Config) -> list[Path] | None:
+    """The folders whose jobs this node takes from a shared queue: its watched folders, and `/` when
+    hooks may queue files outside them (http.accept_unwatched). None (any job) for a SQLite file,
+    whose one daemon takes every job and skips one of a folder it no longer watches."""
+    if config.database is None:
+        return None
+    return [rules.path for rules in config.folders] + ([config.unwatched.path] if config.unwatched else [])
 
 
 def clear_work_dir(work: Path) -> None:

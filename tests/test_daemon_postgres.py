@@ -70,32 +70,3 @@ def test_a_daemon_on_postgresql_transcribes_and_records_there(
         assert PASSWORD not in said
     assert text_of(tmp_path / "inbox" / "Inaugural Address (1961).en.vtt") == text_of(
         tmp_path / "inbox" / "Inaugural Address (1961).en.srt")
-
-
-def test_a_second_daemon_on_the_same_database_is_refused_naming_the_first(
-    postgres_server: PostgresServer, tiny_en_checkpoint: Path, tmp_path: Path, spawn
-) -> None:  # noqa: ANN001
-    """Until hosts share a queue with leases, a second daemon would redo the first one's running
-    jobs as if a dead daemon had left them: it stops at once and says why."""
-    url = postgres_server.fresh_url().replace("subwatch@", f"subwatch:{PASSWORD}@")
-    configs = []
-    for name in ("one", "two"):
-        (tmp_path / name).mkdir()
-        configs.append(write_config(tmp_path / f"{name}.yaml", f"""
-            state_dir: {tmp_path / name / "state"}
-            database: "{url}"
-            defaults: {{model: {tiny_en_checkpoint}, device: cpu}}
-            folders: [{{path: {tmp_path / name}}}]
-        """))
-    first = spawn(configs[0])
-    first.wait_log("watching 1 folder(s)", timeout=120)
-    second = subwatch("run", "--config", str(configs[1]), timeout=120)
-    assert second.returncode != 0
-    assert "another subwatch daemon (subwatch run on " in second.stderr
-    assert "already uses the job database postgresql://subwatch:****@127.0.0.1" in second.stderr
-    assert PASSWORD not in second.stderr + second.stdout
-    assert first.process.poll() is None  # the first goes on
-    assert first.stop() == 0
-    restarted = spawn(configs[1])  # the lock went with the first daemon
-    restarted.wait_log("watching 1 folder(s)", timeout=120)
-    assert restarted.stop() == 0

@@ -142,11 +142,11 @@ class Database:
                     conn.execute(ddl(sql, self.dialect))
             self.engine.set_version(conn, len(MIGRATIONS))
 
-    def hold_as_only_daemon(self) -> None:
-        """Claim the database for this daemon alone; raise QueueError if another daemon has it."""
+    def hold_node(self, name: str) -> None:
+        """Hold the node name `name` for this daemon; raise QueueError if another daemon has it."""
         self._check_open()
         try:
-            self.engine.hold_as_only_daemon()
+            self.engine.hold_node(name)
         except self.engine.errors as err:
             raise QueueError(self._cannot_open(err)) from err
 

@@ -32,7 +32,7 @@ POOL_SIZE = 8  # connections one daemon holds to PostgreSQL at most; threads bey
 # wait means the server is gone: say so soon (QueueBusy), and the watcher holds its arrivals.
 POOL_WAIT_S = 5.0
 WRITE_LOCK = 0x5375_6277  # "Subw": the advisory lock every PostgreSQL write transaction holds
-DAEMON_LOCK = 0x5375_6244  # "SubD": held by the one daemon a PostgreSQL queue has, for its whole run
+NODE_LOCK = 0x5375_6244  # "SubD", with the node's name: held by each daemon for its whole run
 STATEMENT_TIMEOUT_MS = 60_000  # no statement of ours takes a second; a wedged one is ended
 
 
@@ -153,8 +153,8 @@ class SqliteEngine:
     def version(self, conn: Connection) -> int:
         return conn.execute("PRAGMA user_version").fetchone()[0]
 
-    def hold_as_only_daemon(self) -> None:
-        """Nothing to hold: a SQLite file lives in one host's state_dir."""
+    def hold_node(self, name: str) -> None:
+        """Nothing to hold: a SQLite file lives in one host's state_dir, used by its one daemon."""
 
     def set_version(self, conn: Connection, version: int) -> None:
         conn.execute(f"PRAGMA user_version = {int(version)}")
@@ -244,7 +244,7 @@ class PostgresEngine:
         self.busy_errors = (psycopg.OperationalError,)
         self.errors = (psycopg.Error,)
         self._pool: Any = None
-        self._daemon_conn: Any = None
+        self._node_conn: Any = None
 
     def open(self) -> None:
         """Connect once directly, so an unreachable server fails at once with the server's own
@@ -294,34 +294,33 @@ class PostgresEngine:
         conn.execute("DELETE FROM subwatch_schema")
         conn.execute("INSERT INTO subwatch_schema (version) VALUES (?)", (version,))
 
-    def hold_as_only_daemon(self) -> None:
-        """Hold the daemon lock on a connection of its own until close(); raise QueueError if another
-        daemon holds it. Until queues are shared by nodes with leases, a second daemon would take
-        the first one's running jobs for ones a dead daemon left (`recovery`) and do them twice."""
+    def hold_node(self, name: str) -> None:
+        """Hold the lock of the node `name` on a connection of its own until close(); raise QueueError
+        if another daemon holds it. Two daemons under one name would each take the other's running
+        jobs for ones its own last run left (`recovery.recover_running`) and do them twice."""
         import socket
 
         conn = self._psycopg.connect(self._url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S,
-                                     application_name=f"subwatch run on {socket.gethostname()}"[:63])
-        if conn.execute("SELECT pg_try_advisory_lock(%s)", (DAEMON_LOCK,)).fetchone()[0]:
-            self._daemon_conn = conn
+                                     application_name=f"subwatch {name} on {socket.gethostname()}"[:63])
+        if conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", (NODE_LOCK, name)).fetchone()[0]:
+            self._node_conn = conn
             return
         holder = conn.execute(
             "SELECT a.application_name, host(a.client_addr) FROM pg_locks l JOIN pg_stat_activity a "
-            "ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted AND l.objid = %s",
-            (DAEMON_LOCK,)).fetchone()
+            "ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s "
+            "AND l.objid = hashtext(%s)::oid", (NODE_LOCK, name)).fetchone()
         conn.close()
         who = f" ({holder[0]} from {holder[1] or 'a local socket'})" if holder else ""
-        raise QueueError(f"another subwatch daemon{who} already uses the job database {self.where}; "
-                         "one database serves one daemon for now: stop the other, or give this host "
-                         "its own database (or database: null for a SQLite file in state_dir)")
+        raise QueueError(f"another subwatch daemon{who} already runs as node {name!r} on the job database "
+                         f"{self.where}; give each daemon its own node.name (default: the host's name)")
 
     def close_thread(self) -> None:
         """Nothing to do: a pooled connection goes back to the pool after each use."""
 
     def close(self) -> None:
-        if self._daemon_conn is not None:
-            self._daemon_conn.close()  # the lock goes with its session
-            self._daemon_conn = None
+        if self._node_conn is not None:
+            self._node_conn.close()  # the lock goes with its session
+            self._node_conn = None
         if self._pool is not None:
             self._pool.close()
 

@@ -56,16 +56,16 @@ class JobQueue:
         self.nodes = NodeRecords(self._db)  # each daemon's heartbeat, for the status and the reaping
         self._jobs = JobStore(self._db)
         self._transcripts = TranscriptStore(self._db)
-        self._outbox = Outbox(self._db)
+        self._outbox = Outbox(self._db, self.node)
         self._sidecars = SidecarStore(self._db)
-        self.server_updates = ServerUpdates(self._db)  # media servers told of sidecars
+        self.server_updates = ServerUpdates(self._db, self.node)  # media servers told of sidecars
         self.decoders = DecoderRecords(self._db)  # each transcriber's decoder child, for the status
         self.stats = QueueStats(self._db)  # read-only sums for the status page and /metrics
 
-    def hold_as_only_daemon(self) -> None:
-        """Claim the database for this daemon alone (PostgreSQL; a SQLite file is one host's already).
-        Raise QueueError, naming the other daemon's host, if another daemon has it."""
-        self._db.hold_as_only_daemon()
+    def hold_node(self) -> None:
+        """Hold this node's name for this daemon while it runs (PostgreSQL; a SQLite file is one
+        daemon's already). Raise QueueError, naming the other daemon's host, if another has it."""
+        self._db.hold_node(self.node)
 
     def close_thread(self) -> None:
         """Close the calling thread's connection, if it has one (see `Database.close_thread`)."""
@@ -127,6 +127,10 @@ class JobQueue:
         charged); and record the node as started."""
         self.nodes.beat(self.node, self.lease_seconds, starting=True)
         return recover_running(self._db, self.node)
+
+    def serve(self, folders: Iterable[Path] | None) -> None:
+        """Claim only jobs of these watched folders from now on (None, the default: of any)."""
+        self._runs.serve(folders)
 
     def renew(self) -> int:
         """Beat this node's heartbeat and extend the leases it holds; return how many it renewed."""

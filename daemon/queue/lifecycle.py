@@ -12,20 +12,23 @@ import secrets
 import threading
 import time
 from collections.abc import Iterable
+from pathlib import Path
 
 from daemon.datatypes import Job, JobResult, JobState
 from daemon.queue import outbox, transcripts
 from daemon.queue.database import Database
 from daemon.queue.engines import Connection
-from daemon.queue.schema import BACKOFF_BASE_S, MAX_ATTEMPTS, outputs_json
+from daemon.queue.schema import BACKOFF_BASE_S, MAX_ATTEMPTS, key, outputs_json
 
 
-def pick_sql(dialect: str) -> str:
+def pick_sql(dialect: str, folders: int = 0) -> str:
     """Return the claim's choice of job: the first due pending one, suspects first, read through the
-    partial index jobs_claimable; on PostgreSQL a row another transaction holds is skipped."""
+    partial index jobs_claimable; on PostgreSQL a row another transaction holds is skipped. With
+    `folders`, only a job in one of that many folders (`?` each) is chosen."""
     skip = " FOR UPDATE SKIP LOCKED" if dialect == "postgresql" else ""
-    return ("SELECT id FROM jobs WHERE state = 'pending' AND next_attempt_at <= ? "
-            f"ORDER BY suspect DESC, id LIMIT 1{skip}")
+    within = f" AND folder IN ({', '.join('?' * folders)})" if folders else ""
+    return ("SELECT id FROM jobs WHERE state = 'pending' AND next_attempt_at <= ?"
+            f"{within} ORDER BY suspect DESC, id LIMIT 1{skip}")
 
 
 class LeaseLost(Exception):
@@ -49,7 +52,12 @@ class JobRuns:
         self._held: dict[int, str] = {}
         self._lost: set[int] = set()  # leases this node lost: it writes nothing for them ever after
         self._held_lock = threading.Lock()
+        self._folders: tuple[bytes, ...] | None = None  # None: any folder's job
 
+    def serve(self, folders: Iterable[Path] | None) -> None:
+        """Claim only jobs of these watched folders from now on (None: of any). A node has rules only
+        for its own folders: another node's job would be skipped as "not in a watched folder"."""
+        self._folders = None if folders is None else tuple(sorted({key(f) for f in folders}))
     def holds(self, job: Job) -> bool:
         """Given a job as read now, return True unless this node claimed it and has lost the lease."""
         with self._held_lock:
@@ -91,13 +99,16 @@ class JobRuns:
         # only it (Oban's note: without the CTE a planner may update more rows than the LIMIT). On
         # PostgreSQL a row another claim or write holds is skipped, not waited for.
         token = secrets.token_hex(16)
+        folders = self._folders
+        if folders == ():
+            return None  # no folder: nothing this node may take
         with self._db.claim() as conn:
             row = conn.execute(
-                f"WITH next AS ({pick_sql(self._db.dialect)}) "
+                f"WITH next AS ({pick_sql(self._db.dialect, len(folders or ()))}) "
                 "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = ?, "
                 "finished_at = NULL, updated_at = ?, node = ?, lease_token = ?, "
                 f"lease_until = {self._db.now_sql} + ? FROM next WHERE jobs.id = next.id RETURNING jobs.id",
-                (now, now, now, self.node, token, self.lease_seconds),
+                (now, *(folders or ()), now, now, self.node, token, self.lease_seconds),
             ).fetchone()
             if row is None:
                 return None

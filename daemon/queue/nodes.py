@@ -28,6 +28,13 @@ class NodeRecord:
         return self.stopped_at is not None or self.silent_for > self.lease_seconds
 
 
+def owed_by(db: Database) -> str:
+    """Return the SQL condition (one `?`: this node's name) for rows owed by this node: its own, those
+    of no node (written before nodes were recorded), and those of a node that is gone."""
+    return ("(node IS NULL OR node = ? OR node IN (SELECT name FROM nodes WHERE stopped_at IS NOT NULL "
+            f"OR heartbeat_at + lease_seconds < {db.now_sql}))")
+
+
 class NodeRecords:
     """The `nodes` table."""
 

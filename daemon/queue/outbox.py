@@ -14,6 +14,7 @@ from typing import Literal
 from daemon.datatypes import Job
 from daemon.queue.database import Database
 from daemon.queue.engines import Connection
+from daemon.queue.nodes import owed_by
 from daemon.queue.schema import key, path_of
 
 
@@ -35,24 +36,26 @@ def owe(conn: Connection, job: Job, kind: str) -> None:
     """Given a job that just ended and how (`done`, `failed`), owe its notification, inside the
     caller's transaction."""
     conn.execute(
-        "INSERT INTO outbox (job_id, kind, path, language, media_duration, elapsed, error, created_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO outbox (job_id, kind, path, language, media_duration, elapsed, error, created_at, node) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (job.id, kind, key(job.path), job.language, job.media_duration, job.elapsed, job.error,
-         time.time()),
+         time.time(), job.node),
     )
 
 
 class Outbox:
     """The `outbox` table."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, node: str) -> None:
         self._db = db
+        self._node = node
 
     def notices(self, after: int = 0) -> list[Notice]:
-        """Return the notifications owed whose id is above `after`, oldest first."""
+        """Return the notifications this node owes (its own jobs', and a gone node's) whose id is
+        above `after`, oldest first."""
         rows = self._db.query(
             "SELECT id, job_id, kind, path, language, media_duration, elapsed, error FROM outbox "
-            "WHERE id > ? ORDER BY id", (after,),
+            f"WHERE id > ? AND {owed_by(self._db)} ORDER BY id", (after, self._node),
         )
         return [Notice(row["id"], row["job_id"], row["kind"], path_of(row["path"]), row["language"],
                        row["media_duration"], row["elapsed"], row["error"]) for row in rows]

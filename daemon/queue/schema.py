@@ -146,6 +146,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # Claims and lapsed leases read only these rows; partial indexes keep them cheap at 10,000+.
         "CREATE INDEX IF NOT EXISTS jobs_claimable ON jobs (suspect DESC, id) WHERE state = 'pending'",
         "CREATE INDEX IF NOT EXISTS jobs_leases ON jobs (lease_until) WHERE state = 'running'",
+        # The node that owes a notification or a media server update sends it, so each is sent once
+        # however many nodes share the queue; a gone node's are taken over (`nodes.gone_sql`).
+        "ALTER TABLE outbox ADD COLUMN node TEXT",
+        "ALTER TABLE server_updates ADD COLUMN node TEXT",
         # Each daemon that uses the queue, as `status` shows it: its last heartbeat by the database's
         # clock, and what its workers do (JSON).
         """CREATE TABLE IF NOT EXISTS nodes (

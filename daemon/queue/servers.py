@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from daemon.queue.database import Database
+from daemon.queue.nodes import owed_by
 
 
 @dataclass(frozen=True)
@@ -32,8 +33,9 @@ class ServerUpdate:
 class ServerUpdates:
     """The `server_updates` table."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, node: str) -> None:
         self._db = db
+        self._node = node
 
     def owe(self, job_id: int, servers: Sequence[str], paths: Sequence[Path]) -> list[ServerUpdate]:
         """Given a job, the labels of the servers to tell and its sidecars, return the rows owed."""
@@ -42,8 +44,9 @@ class ServerUpdates:
         with self._db.write() as conn:
             ids = [
                 conn.execute(
-                    "INSERT INTO server_updates (job_id, server, paths, state, created_at, updated_at) "
-                    "VALUES (?, ?, ?, 'owed', ?, ?) RETURNING id", (job_id, server, text, now, now),
+                    "INSERT INTO server_updates (job_id, server, paths, state, created_at, updated_at, node) "
+                    "VALUES (?, ?, ?, 'owed', ?, ?, ?) RETURNING id",
+                    (job_id, server, text, now, now, self._node),
                 ).fetchone()[0]
                 for server in servers
             ]
@@ -61,8 +64,8 @@ class ServerUpdates:
         return self._select("WHERE job_id = ? ORDER BY id", (job_id,))
 
     def owed(self) -> list[ServerUpdate]:
-        """Return the rows still owed, oldest first."""
-        return self._select("WHERE state = 'owed' ORDER BY id", ())
+        """Return the rows still owed by this node (its own, and a gone node's), oldest first."""
+        return self._select(f"WHERE state = 'owed' AND {owed_by(self._db)} ORDER BY id", (self._node,))
 
     def _select(self, where: str, args: tuple[object, ...]) -> list[ServerUpdate]:
         rows = self._db.query(
