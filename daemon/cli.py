@@ -22,7 +22,7 @@ from daemon import __version__
 from daemon.config import Config, ConfigError, RulesError, load_config, validate_rules
 from daemon.datatypes import Job
 from daemon.hostcheck import config_exposure, raise_nofile_limit
-from daemon.jobsjson import decoders_json, job_json, jobs_json, json_text
+from daemon.jobsjson import decoders_json, job_json, jobs_json, json_text, nodes_json
 from daemon.options import FolderNotify, FolderRules, build_rules
 from daemon.queue import JobQueue, QueueError
 from daemon.text import format_duration, format_speed, printable
@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print a JSON array of jobs")
     status.add_argument("--decoders", action="store_true",
                         help="with --json: print each transcriber's decoder child (restarts, last death)")
+    status.add_argument("--nodes", action="store_true",
+                        help="with --json: print each daemon sharing the queue (heartbeat, gone, files held)")
     status.add_argument("--state", choices=("pending", "running", "done", "failed", "skipped"),
                         help="only jobs in this state")
     status.set_defaults(handler=cmd_status)
@@ -291,7 +293,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     queue = _open_queue(config) if config.database is not None or config.db_path.exists() else None
     states = [JobState(args.state)] if args.state else None
     if args.json:
-        print(json_text(decoders_json(queue) if args.decoders else jobs_json(queue, states)))
+        shown = (decoders_json(queue) if args.decoders else nodes_json(queue) if args.nodes
+                 else jobs_json(queue, states))
+        print(json_text(shown))
         return EXIT_OK
     jobs = queue.jobs(states) if queue else []
     if not jobs:
@@ -300,6 +304,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         detail = job.error or (", ".join(p.name for p in job.outputs) if job.outputs else "")
         line = f"{job.state.value:<8} {job.attempts:>2}  {printable(os.fsdecode(job.path))}"
         print(line + (f"  — {printable(detail)}" if detail else "") + _speech(job))
+    for node in nodes_json(queue) if config.database is not None else []:
+        held = f"; holds {len(node['running'])} file(s)" if node["running"] else ""
+        alive = "gone" if node["gone"] else f"last heartbeat {node['silent_seconds']:.0f} s ago"
+        print(f"node {node['name']}: {alive}{held}")
     for decoder in queue.decoders.all() if queue else []:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(decoder.last_death_at or 0))
         print(f"decoder {decoder.name}: {decoder.restarts} restart(s); "

@@ -71,6 +71,19 @@ def json_text(value: object) -> str:
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+def nodes_json(queue: Any) -> list[dict[str, Any]]:
+    """Each daemon that uses the queue, as `subwatch status --json --nodes` and GET /api/nodes show it:
+    its last heartbeat, whether it is gone (stopped, or silent past its lease) and what it holds."""
+    if queue is None:
+        return []
+    holding: dict[str | None, list[str]] = {}
+    for job in queue.jobs([JobState.RUNNING]):
+        holding.setdefault(job.node, []).append(os.fsdecode(job.path))
+    return [{"name": n.name, "gone": n.gone, "started_at": n.started_at, "heartbeat_at": n.heartbeat_at,
+             "silent_seconds": round(n.silent_for, 1), "lease_seconds": n.lease_seconds,
+             "stopped_at": n.stopped_at, "running": holding.get(n.name, [])} for n in queue.nodes.all()]
+
+
 def decoders_json(queue: Any) -> list[dict[str, Any]]:
     """Each transcriber's decoder child as `subwatch status --json --decoders` and GET /api/decoders
     show it: restarts since the daemon started and the last death's cause and time."""

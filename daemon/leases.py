@@ -33,6 +33,11 @@ class LeaseKeeper:
         self._thread: threading.Thread | None = None
         self._failing = False  # said once when the database fails, once when it works again
 
+    @property
+    def failing(self) -> bool:
+        """True while the job database did not answer this node's last heartbeat (/healthz says so)."""
+        return self._failing
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="leases", daemon=True)
         self._thread.start()
@@ -59,15 +64,15 @@ class LeaseKeeper:
                 self.beat()
             except QueueError as exc:
                 if not self._failing:
-                    log.warning("cannot renew this node's leases: %s; trying again every %.0f s",
-                                exc, interval)
+                    log.error("the job database %s cannot be used: %s; the daemon goes on, holding new "
+                              "arrivals, and tries again every %.0f s", self._jobs.where, exc, interval)
                 self._failing = True
                 continue
             except Exception:  # a fault of ours must not end the heartbeat: its leases would lapse
                 log.exception("unexpected error renewing this node's leases")
                 continue
             if self._failing:
-                log.info("renewing this node's leases again")
+                log.info("the job database %s is back", self._jobs.where)
                 self._failing = False
 
 

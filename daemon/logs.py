@@ -146,6 +146,9 @@ def setup_logging(level: str = "info") -> None:
     for name in QUIET_LIBRARIES:
         # Their records bypass the root's level on the way to its handlers, so set each one's.
         logging.getLogger(name).setLevel(max(logging.WARNING, number))
+    # psycopg's pool warns at every failed reconnection while the database is away; the lease keeper
+    # says it once (daemon.leases), and the pool's details are there at debug.
+    logging.getLogger("psycopg.pool").setLevel(logging.DEBUG if number <= logging.DEBUG else logging.ERROR)
 
 
 def job_log(

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from daemon.config import Config, FolderRules
 from daemon.datatypes import Job, JobResult, JobState
 from daemon.logs import done_details, job_log
 from daemon.notify import Event, Notifier
-from daemon.queue import JobQueue, LeaseLost, Notice, QueueError
+from daemon.queue import JobQueue, LeaseLost, Notice, QueueError, until_answered
 from daemon.text import format_duration
 
 log = logging.getLogger("subwatch")
@@ -47,7 +48,7 @@ class Outcomes:
     def release(self, job_id: int, why: str) -> None:
         """Give a running job back to the queue (a clean stop: no attempt counted), with its line."""
         try:
-            job = self.jobs.release(job_id)
+            job = until_answered(lambda: self.jobs.release(job_id))
         except KeyError:
             return  # forgotten meanwhile
         except LeaseLost as lost:
@@ -59,15 +60,15 @@ class Outcomes:
     def gone(self, job: Job, why: str) -> None:
         """A claimed job's file is not at the path the worker has: drop the job, or requeue it
         if the watcher saw it renamed meanwhile (Sonarr and Radarr rename right after import)."""
-        current = self.jobs.get(job.id)
+        current = until_answered(lambda: self.jobs.get(job.id))
         if current is None:
             return  # forgotten or dropped meanwhile
         if current.path != job.path and current.path.exists():
-            self.jobs.release(job.id)
+            until_answered(lambda: self.jobs.release(job.id))
             job_log(log, "requeued", current.path, f"renamed from {job.path.name} while in hand", job.id)
             self._wake()
             return
-        if self.jobs.drop(current.path, claimed=True) is not None:
+        if until_answered(lambda: self.jobs.drop(current.path, claimed=True)) is not None:
             job_log(log, "dropped", job.path, why, job.id)
 
     def still_running(self, items: Iterable[pipeline.Prepared]) -> list[tuple[pipeline.Prepared, Job]]:
@@ -76,7 +77,7 @@ class Outcomes:
         comes back with the new path (same content: a rename keeps the job)."""
         live = []
         for item in items:
-            job = self.jobs.get(item.job_id) if item.job_id is not None else None
+            job = until_answered(partial(self.jobs.get, item.job_id)) if item.job_id is not None else None
             if job is not None and not self.jobs.holds(job):  # lapsed while it waited: another node's
                 self.lease_lost(LeaseLost(job), "not transcribed here")
                 continue
@@ -108,7 +109,7 @@ class Outcomes:
 
     def done(self, job: Job, item: pipeline.Prepared, result: JobResult) -> None:
         try:
-            done = self.jobs.finish(job.id, result)
+            done = until_answered(lambda: self.jobs.finish(job.id, result))
         except LeaseLost as lost:  # lapsed while the sidecars were written: the new holder rewrites them
             self.lease_lost(lost, "not marked done")
             return
@@ -127,7 +128,7 @@ class Outcomes:
     def skipped(self, job: Job, why: str) -> None:
         """Mark a claimed job skipped (nothing to do), with its line."""
         try:
-            self.jobs.skip(job.id, why)
+            until_answered(lambda: self.jobs.skip(job.id, why))
         except LeaseLost as lost:
             self.lease_lost(lost, "not marked skipped")
             return
@@ -139,8 +140,8 @@ class Outcomes:
 
     def failed(self, job: Job, error: str, *, permanent: bool) -> None:
         try:
-            updated = self.jobs.fail(job.id, error, permanent=permanent,
-                                     max_attempts=self._config().max_attempts)
+            updated = until_answered(lambda: self.jobs.fail(job.id, error, permanent=permanent,
+                                                            max_attempts=self._config().max_attempts))
         except LeaseLost as lost:
             self.lease_lost(lost, "its failure not recorded")
             return
@@ -195,3 +196,4 @@ def one_line_error(exc: BaseException) -> str:
     """Given an exception, return its message on one line of at most 300 characters."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) < 300 else text[:297] + "…"
+

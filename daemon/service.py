@@ -113,8 +113,11 @@ class Service:
                 self._reload_requested.clear()
                 self.reload()
             self._release_memory_when_idle()
-            self.intake.tick()
-            self.systemd.status(self._status_text())
+            try:
+                self.intake.tick()
+                self.systemd.status(self._status_text())
+            except QueueError:  # the database is away: said once by the lease keeper, tried each second
+                self.systemd.status("waiting for the job database")
         watchdog.stop()
         self._shutdown()
         return 0
@@ -131,7 +134,8 @@ class Service:
                           activities=lambda: [(w.device, w.activity) for w in list(self.workers.values())])
         requests = self._request_side()
         context = HttpContext(config=lambda: self.config, healthy=self._healthy, intake=self.intake,
-                              daemon=view, requests_healthy=requests.healthy)
+                              daemon=view, requests_healthy=requests.healthy,
+                              database_ok=lambda: not self.leases.failing)
         self.http = HttpServer(build_app(context, requests.routes()), rules)
         try:
             self.http.bind()

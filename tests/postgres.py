@@ -29,7 +29,7 @@ def bin_dir() -> Path | None:
     return Path(initdb).parent if initdb else None
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -44,7 +44,7 @@ class PostgresServer:
             raise RuntimeError("PostgreSQL is not installed: apt-get install postgresql")
         self._bin = binaries
         self.folder = folder
-        self.port = _free_port()
+        self.port = free_port()
         self._run_as = self._user()
         self._numbers = count(1)
         folder.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,8 @@
 - `GET /api/jobs` (`?state=failed`): the JSON of `subwatch status --json` (daemon.jobsjson).
 - `GET /api/decoders`: each transcriber's decoder child, its restarts and last death
   (`subwatch status --json --decoders`).
+- `GET /api/nodes`: each daemon sharing the queue, its heartbeat and the files it holds
+  (`subwatch status --json --nodes`).
 - `POST /api/retry`: `{"path": P}` queues the failed job at P again, `{"all_failed": true}` every
   failed job; answers `{"retried": N}` (404 when P has no failed job).
 - `POST /api/forget`: `{"path": P}` forgets P's job as `subwatch forget` does (409 while it runs).
@@ -36,7 +38,7 @@ from daemon.datatypes import JobState
 from daemon.http.body import BodyRefused, read_body, read_form
 from daemon.http.context import DaemonView, HttpContext
 from daemon.http.page import Said
-from daemon.jobsjson import decoders_json, jobs_json, json_text
+from daemon.jobsjson import decoders_json, jobs_json, json_text, nodes_json
 from daemon.queue import QueueError
 from daemon.text import printable
 
@@ -71,6 +73,10 @@ def api_routes(context: HttpContext, daemon: DaemonView) -> list[BaseRoute]:
             return JSONResponse({"error": f"no such state {state!r}; one of "
                                  + ", ".join(s.value for s in JobState)}, status_code=400)
         body = await run_in_threadpool(lambda: json_text(jobs_json(daemon.jobs, states)))
+        return Response(body, media_type="application/json")
+
+    async def nodes(request: Request) -> Response:
+        body = await run_in_threadpool(lambda: json_text(nodes_json(daemon.jobs)))
         return Response(body, media_type="application/json")
 
     async def decoders(request: Request) -> Response:
@@ -119,6 +125,7 @@ def api_routes(context: HttpContext, daemon: DaemonView) -> list[BaseRoute]:
     return [
         Route("/api/jobs", jobs, methods=["GET"]),
         Route("/api/decoders", decoders, methods=["GET"]),
+        Route("/api/nodes", nodes, methods=["GET"]),
         Route("/api/retry", _action(retry), methods=["POST"]),
         Route("/api/forget", _action(forget), methods=["POST"]),
         Route("/api/rescan", _action(rescan), methods=["POST"]),

@@ -58,6 +58,8 @@ def build_app(context: HttpContext, extra_routes: Sequence[BaseRoute] = ()) -> S
             problems.append("a transcriber has made no progress for an hour")
         if not context.requests_healthy():
             problems.append("decoding HTTP requests is stuck: a decode ran far past its time limit")
+        if not context.database_ok():
+            problems.append("the job database cannot be reached")
         if not problems:
             return JSONResponse({"status": "ok"})
         return JSONResponse({"status": "wedged", "detail": "; ".join(problems)}, status_code=503)

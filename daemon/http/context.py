@@ -33,6 +33,7 @@ class HttpContext:
     intake: Intake  # hooked files go in as watched ones do
     daemon: DaemonView | None = None  # the status page, /api and /metrics; without it they are not served
     requests_healthy: Callable[[], bool] = lambda: True  # Bazarr's request decoding is not stuck
+    database_ok: Callable[[], bool] = lambda: True  # the job database answered the last heartbeat
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from daemon.datatypes import Job, JobState
 from daemon.http.body import BodyRefused, read_form
 from daemon.http.context import COOKIE, DaemonView, HttpContext, page_cookie
 from daemon.http.snapshot import gpu_memory, model_name, working
+from daemon.jobsjson import nodes_json
 from daemon.queue.stats import realtime_factors
 from daemon.text import format_duration, format_speed, printable
 
@@ -193,6 +194,9 @@ def build_view(context: HttpContext, daemon: DaemonView) -> dict[str, Any]:
             "models": [{"name": model_name(m.spec), "device": m.device, "engine": m.engine,
                         "size": _bytes(m.size), "busy": m.users > 0} for m in daemon.models.loaded()],
             "gpu": [{"device": d, "used": _bytes(n)} for d, n in gpu_memory().items()],
+            "nodes": [{"name": n["name"], "gone": n["gone"], "silent": f"{n['silent_seconds']:.0f} s",
+                       "running": len(n["running"]), "this": n["name"] == jobs.node}
+                      for n in nodes_json(jobs)],
             "decoders": [{"name": d.name, "pid": d.pid, "restarts": d.restarts,
                           "last_death": d.last_death.cause if d.last_death else None}
                          for d in daemon.models.states()],

@@ -44,6 +44,7 @@ from daemon.queue.identity import SAMPLE_BYTES, fingerprint
 from daemon.queue.jobqueue import JobQueue
 from daemon.queue.lifecycle import LeaseLost
 from daemon.queue.outbox import Notice
+from daemon.queue.patience import until_answered
 from daemon.queue.recovery import Recovered, RecoveryCause, crashed_error
 
 __all__ = [
@@ -61,4 +62,5 @@ __all__ = [
     "RecoveryCause",
     "crashed_error",
     "fingerprint",
+    "until_answered",
 ]

@@ -27,7 +27,7 @@ from daemon.decoders import Death, DecoderDied, DecoderError
 from daemon.decoders.deaths import out_of_memory
 from daemon.logs import job_log
 from daemon.outcomes import Outcomes, one_line_error
-from daemon.queue import JobQueue
+from daemon.queue import JobQueue, until_answered
 
 log = logging.getLogger("subwatch")
 
@@ -69,7 +69,7 @@ class Blame:
             if death.memory:
                 return [([one], None) for one in live]  # alone, each with all the memory there is
             others = len(live) - 1
-            for job in self._jobs.suspect([job.id for _, job in live]):
+            for job in until_answered(lambda: self._jobs.suspect([job.id for _, job in live])):
                 job_log(log, "requeued", job.path, f"in its decoder on {device} when it died ({death.cause}) "
                         f"with {others} other file(s); transcribed alone next, nothing charged", job.id)
             return []
@@ -82,9 +82,10 @@ class Blame:
             job_log(log, "retrying", job.path, f"ran out of memory alone on {device} ({death.cause}); "
                     "trying again with one window at a time", job.id, level=logging.WARNING)
             return [(live, SMALLEST_BATCH)]
-        current = self._jobs.get(job.id) or job
+        current = until_answered(lambda: self._jobs.get(job.id)) or job
         max_attempts = self._config().max_attempts
-        charged = self._jobs.charge_crash(job.id, death.charge(current.crashes + 1), max_attempts)
+        charged = until_answered(
+            lambda: self._jobs.charge_crash(job.id, death.charge(current.crashes + 1), max_attempts))
         if charged.state is JobState.FAILED:
             self._outcomes.report_failure(charged, charged.error or "")
             return []

@@ -32,14 +32,14 @@ from daemon.decoders import Decoder, DecoderDied, DecoderPool
 from daemon.logs import job_log
 from daemon.notify import Notifier
 from daemon.outcomes import Outcomes, one_line_error
-from daemon.queue import JobQueue, QueueError
+from daemon.queue import JobQueue, QueueError, until_answered
 from daemon.text import printable
 from daemon.transcribe import DeviceUnavailable, ModelNotFound
 from daemon.transcribers.blame import Blame
 from daemon.transcribers.workers import Prefetch, Waiting, describe_files, worker_devices
 
 log = logging.getLogger("subwatch")
-
+QUEUE_RETRY_S = 2.0  # the loader's pause before asking a database that did not answer again
 
 
 class Cancelled(Exception):
@@ -118,9 +118,13 @@ class Transcribers:
     def loader_loop(self) -> None:
         # Room first, then a job: decoding stops at the prefetch bound, not one file past it.
         while self.prefetch.wait_for_room(self._stopping):
-            job = self.jobs.claim()
-            if job is None:
-                self._wait_for_work()
+            try:
+                job = self.jobs.claim()
+                if job is None:
+                    self._wait_for_work()
+                    continue
+            except QueueError:  # the database is away (said once by the lease keeper): wait for it
+                self._stopping.wait(QUEUE_RETRY_S)
                 continue
             prepared = self._prepare(job)
             if prepared is None:
@@ -274,7 +278,7 @@ class Transcribers:
                      "last died", printable(names[0]), worker.device)
         job_ids = [job.id for _, job in live]
         failure: BaseException | None = None
-        self.jobs.enter_model(job_ids)
+        until_answered(lambda: self.jobs.enter_model(job_ids))
         try:
             seconds = sum(item.audio.duration for item, _ in live)
             with self._working_on(worker.activity, names, job_ids, seconds):
@@ -290,7 +294,7 @@ class Transcribers:
             log.debug("transcription of %s failed", ", ".join(names), exc_info=True)
             failure = exc
         finally:
-            self.jobs.leave_model(job_ids, survived=failure is None)
+            until_answered(lambda: self.jobs.leave_model(job_ids, survived=failure is None))
         if failure is None:
             for (item, job), transcript in zip(live, transcripts, strict=True):
                 self.outcomes.complete(job, item, transcript)
