@@ -1,5 +1,5 @@
-"""The shared queue on a real PostgreSQL server: claim latency with a deep backlog, and the
-connections one node holds (issue #21).
+"""The shared queue on a real PostgreSQL server: claim latency with a deep backlog, the connections
+one node holds, and how long a dead node's file waits before another node takes it (issue #21).
 
     python bench/cluster.py                  # 10,000 queued jobs, 300 claims, 8 claiming threads
     python bench/cluster.py --jobs 2000 --claims 100
@@ -9,8 +9,11 @@ with `--jobs` pending jobs, and times claims (each claim, then its finish, as a 
 one thread and from several at once; the same on a SQLite file for comparison. Prints a table, the
 plan PostgreSQL picks for the claim, and the connections a node held at its busiest.
 
-Not measured here yet: throughput with 1, 2 and 3 daemons sharing the queue, and how long a dead
-node's jobs wait, which need several hosts' daemons on one queue (the rest of issue #21).
+The takeover: node "dead" claims a file and stops renewing (as a killed daemon does); node "alive"
+runs the daemon's own LeaseKeeper and claims the file as soon as it is put back. Timed from the dead
+node's last renewal to the other's claim, `--takeovers` times with `--lease` seconds.
+
+Not measured here yet: throughput with 1, 2 and 3 daemons sharing the queue (the rest of #21).
 """
 
 from __future__ import annotations
@@ -68,6 +71,28 @@ def timed_claims(q: JobQueue, claims: int, threads: int) -> list[float]:
     return took
 
 
+def takeover(url: str, lease: float) -> float:
+    """Return seconds from a node's last renewal of a claimed file's lease to another node's claim."""
+    from daemon.leases import LeaseKeeper
+
+    dead = JobQueue(url, node="dead", lease_seconds=lease)
+    alive = JobQueue(url, node="alive", lease_seconds=lease)
+    fill(dead, 1)
+    job = dead.claim()
+    dead.renew()
+    last_beat = time.monotonic()  # the node dies here: nothing renews its lease again
+    keeper = LeaseKeeper(alive, reaped=lambda: None)
+    keeper.start()
+    while (taken := alive.claim()) is None:
+        time.sleep(0.02)
+    waited = time.monotonic() - last_beat
+    keeper.stop()
+    assert taken.id == job.id and taken.node == "alive"
+    dead.close()
+    alive.close()
+    return waited
+
+
 def row(name: str, took: list[float]) -> str:
     ms = sorted(t * 1000 for t in took)
     p95 = ms[int(len(ms) * 0.95) - 1]
@@ -79,6 +104,8 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--claims", type=int, default=300)
     parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--lease", type=float, default=10.0, help="seconds (the config's minimum: 10)")
+    parser.add_argument("--takeovers", type=int, default=3)
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
@@ -112,6 +139,7 @@ def main() -> int:
             stop.set()
             watcher.join()
             q.close()
+            waits = [takeover(server.fresh_url(), args.lease) for _ in range(args.takeovers)]
         finally:
             server.stop()
         sqlite = JobQueue(Path(scratch) / "jobs.sqlite3", node="bench")
@@ -124,6 +152,8 @@ def main() -> int:
     print("\n".join(rows))
     print(f"\nconnections one node held at its busiest ({args.threads} threads claiming): {busiest[0]}")
     print("the claim's plan:\n  " + "\n  ".join(line[0] for line in plan))
+    print(f"\na dead node's file taken by another, {args.lease:g} s lease, beats every "
+          f"{args.lease / 6:.1f} s: " + ", ".join(f"{w:.1f} s" for w in waits) + " after its last renewal")
     return 0
 
 
