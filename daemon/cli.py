@@ -303,7 +303,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     for job in jobs:
         detail = job.error or (", ".join(p.name for p in job.outputs) if job.outputs else "")
         line = f"{job.state.value:<8} {job.attempts:>2}  {printable(os.fsdecode(job.path))}"
-        print(line + (f"  — {printable(detail)}" if detail else "") + _speech(job))
+        node = f"  · node {printable(job.node)}" if config.database is not None and job.node else ""
+        print(line + (f"  — {printable(detail)}" if detail else "") + _speech(job) + node)
     for node in nodes_json(queue) if config.database is not None else []:
         held = f"; holds {len(node['running'])} file(s)" if node["running"] else ""
         alive = "gone" if node["gone"] else f"last heartbeat {node['silent_seconds']:.0f} s ago"

@@ -66,6 +66,7 @@ def test_a_daemon_on_postgresql_transcribes_and_records_there(
     assert node["gone"] is True and node["stopped_at"] is not None  # stopped cleanly: gone at once
     shown = subwatch("status", "--config", str(config))
     assert "node nas-gpu: gone" in shown.stdout
+    assert "Inaugural Address (1961).mkv" in shown.stdout and "· node nas-gpu" in shown.stdout
     assert shown.returncode == 0 and "Inaugural Address (1961).mkv" in shown.stdout
     assert "done" in shown.stdout
     checked = subwatch("check-config", "--config", str(config))
@@ -120,4 +121,6 @@ def test_the_database_going_away_is_one_line_and_a_503_until_it_is_back(
     assert "psycopg" not in log  # not a line per failed reconnection
     nodes = httpx.get(f"http://127.0.0.1:{port}/api/nodes", timeout=10).json()
     assert [(n["name"], n["gone"]) for n in nodes] == [("nas", False)]
+    metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    assert 'subwatch_node_up{node="nas"} 1.0' in metrics and 'subwatch_jobs{state="done"} 1.0' in metrics
     assert daemon.stop() == 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import shutil
+import socket
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -103,6 +104,7 @@ def test_metrics_match_the_queue_after_real_jobs(world: World) -> None:
         "subwatch_jobs", "subwatch_jobs_finished", "subwatch_media_seconds", "subwatch_speech_seconds",
         "subwatch_job_duration_seconds", "subwatch_realtime_factor", "subwatch_queue_oldest_pending_seconds",
         "subwatch_model_loaded", "subwatch_gpu_memory_bytes", "subwatch_media_server_notifications",
+        "subwatch_node_up", "subwatch_node_running_jobs",
     }
     kinds = {name: f.type for name, f in families.items()}
     assert kinds == {
@@ -111,6 +113,7 @@ def test_metrics_match_the_queue_after_real_jobs(world: World) -> None:
         "subwatch_realtime_factor": "histogram", "subwatch_queue_oldest_pending_seconds": "gauge",
         "subwatch_model_loaded": "gauge", "subwatch_gpu_memory_bytes": "gauge",
         "subwatch_media_server_notifications": "counter",
+        "subwatch_node_up": "gauge", "subwatch_node_running_jobs": "gauge",
     }
 
     def samples(name: str) -> dict[tuple[tuple[str, str], ...], float]:
@@ -146,6 +149,9 @@ def test_metrics_match_the_queue_after_real_jobs(world: World) -> None:
     assert str(world.root) not in answer.text
     assert samples("subwatch_gpu_memory_bytes") == {}  # CPU only: no card in use
     assert samples("subwatch_media_server_notifications_total") == {}  # no media servers configured
+    node = socket.gethostname()  # node.name's default
+    assert samples("subwatch_node_up") == {(("node", node),): 1}
+    assert samples("subwatch_node_running_jobs") == {(("node", node),): 0}
 
 
 # ---------------------------------------------------------------- /api

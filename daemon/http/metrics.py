@@ -26,6 +26,7 @@ from starlette.routing import BaseRoute, Route
 from daemon.datatypes import JobState
 from daemon.http.context import DaemonView
 from daemon.http.snapshot import gpu_memory, model_name
+from daemon.jobsjson import nodes_json
 from daemon.queue.stats import realtime_factors
 
 # From seconds to hours: a clip, an episode on a GPU, a film on a CPU.
@@ -83,6 +84,17 @@ class QueueCollector(Collector):
         for device, size in gpu_memory().items():
             memory.add_metric([device], size)
         yield memory
+
+        # Every node sharing the queue, as each node sees them: /metrics on any host shows the cluster.
+        up = GaugeMetricFamily("subwatch_node_up", "1 for each daemon using the queue that is alive, 0 once "
+                               "it stopped or its heartbeat lapsed.", labels=["node"])
+        holding = GaugeMetricFamily("subwatch_node_running_jobs", "Files each daemon holds now.",
+                                    labels=["node"])
+        for node in nodes_json(jobs):
+            up.add_metric([node["name"]], 0 if node["gone"] else 1)
+            holding.add_metric([node["name"]], len(node["running"]))
+        yield up
+        yield holding
 
         told = CounterMetricFamily("subwatch_media_server_notifications",
                                    "Media servers told of new sidecars, by server kind and outcome.",
