@@ -138,6 +138,16 @@ def build_parser() -> argparse.ArgumentParser:
     rewrite.add_argument("path", nargs="?", type=Path,
                          help="only the job of this media file, or the jobs under this folder")
     rewrite.set_defaults(handler=cmd_rewrite)
+
+    migrate = commands.add_parser(
+        "migrate-db", help="copy this host's SQLite queue into a PostgreSQL database",
+        description="Copy the SQLite queue in state_dir (jobs, stored transcripts, sidecar records, "
+        "owed notifications and media server updates) into an empty PostgreSQL database, ids and all; "
+        "then set `database:` to the URL. Stop the daemon first. A database that holds jobs is refused.")
+    _config_arg(migrate)
+    migrate.add_argument("--to", required=True, metavar="URL",
+                         help="postgresql://user@host/dbname (the password from PGPASSWORD or ~/.pgpass)")
+    migrate.set_defaults(handler=cmd_migrate_db)
     return parser
 
 
@@ -416,6 +426,21 @@ def cmd_forget(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"subwatch: no job for {args.path}", file=sys.stderr)
     return EXIT_FAILED
+
+
+def cmd_migrate_db(args: argparse.Namespace) -> int:
+    from daemon.queue.engines import shown_url
+    from daemon.queue.migrate import migrate
+
+    config = load_config(args.config)
+    if not args.to.startswith(("postgresql://", "postgres://")):
+        print("subwatch: --to takes a postgresql://user@host/dbname URL", file=sys.stderr)
+        return EXIT_FAILED
+    done = migrate(config.db_path, args.to)
+    counts = ", ".join(f"{n} {table}" for table, n in done.rows.items() if n)
+    print(f"copied {config.db_path} into {shown_url(args.to)}: {counts or 'nothing (an empty queue)'}")
+    print(f"now set database: to that URL in {config.source} and start the daemon")
+    return EXIT_OK
 
 
 # ---------------------------------------------------------------- rewrite
