@@ -95,6 +95,23 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgr
     server.stop()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
+    """Where a queue lives, for the tests that run on both backends: a SQLite file, or a fresh
+    database on a real PostgreSQL server."""
+    if request.param == "sqlite":
+        return tmp_path / "state" / "jobs.sqlite"
+    return request.getfixturevalue("postgres_server").fresh_url()
+
+
+@pytest.fixture
+def media(tmp_path: Path) -> Path:
+    """An empty media folder."""
+    folder = tmp_path / "media"
+    folder.mkdir()
+    return folder
+
+
 @pytest.fixture
 def spawn() -> Iterator[Callable[..., Daemon]]:
     """Start real `subwatch run` processes; any still running when the test ends is killed."""

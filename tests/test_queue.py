@@ -27,15 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
-    return tmp_path / "state" / "jobs.sqlite"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def target(request: pytest.FixtureRequest, db: Path) -> Path | str:
-    """Where the queue lives: a SQLite file, or a fresh database on a real PostgreSQL server."""
-    if request.param == "sqlite":
-        return db
-    return request.getfixturevalue("postgres_server").fresh_url()
+    return tmp_path / "state" / "jobs.sqlite"  # where conftest's `target` puts a SQLite queue
 
 
 @pytest.fixture
@@ -51,13 +43,6 @@ def sq(db: Path):
     queue = JobQueue(db)
     yield queue
     queue.close()
-
-
-@pytest.fixture
-def media(tmp_path: Path) -> Path:
-    folder = tmp_path / "media"
-    folder.mkdir()
-    return folder
 
 
 def write(path: Path, content: bytes) -> Path:

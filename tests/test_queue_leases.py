@@ -5,43 +5,40 @@ lease writes nothing for that job; each node recovers only its own jobs at start
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from daemon.datatypes import JobResult, JobState
 from daemon.queue import JobQueue, LeaseLost
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def target(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
-    if request.param == "sqlite":
-        return tmp_path / "state" / "jobs.sqlite3"
-    return request.getfixturevalue("postgres_server").fresh_url()
+from tests.test_queue import enqueue_many
 
 
 @pytest.fixture
-def media(tmp_path: Path) -> Path:
-    folder = tmp_path / "media"
-    folder.mkdir()
-    return folder
+def nodes(target: Path | str) -> Iterator[Callable[..., JobQueue]]:
+    """Open queues as nodes of one database (a name and a lease each); all closed at the end."""
+    opened: list[JobQueue] = []
+
+    def node(name: str, lease_seconds: float = 30) -> JobQueue:
+        opened.append(JobQueue(target, node=name, lease_seconds=lease_seconds))
+        return opened[-1]
+
+    yield node
+    for queue in opened:
+        queue.close()
 
 
 def _queued(q: JobQueue, media: Path, n: int) -> list[int]:
-    ids = []
-    for i in range(n):
-        path = media / f"{i:02}.mkv"
-        path.write_bytes(f"film {i}".encode())
-        ids.append(q.enqueue(path, media).job.id)
-    return ids
+    return sorted(enqueue_many(q, media, n))
 
 
 def _lapse(seconds: float) -> None:
     time.sleep(seconds + 0.3)
 
 
-def test_a_claim_holds_a_lease_of_its_node(target: Path | str, media: Path) -> None:
-    q = JobQueue(target, node="gpu-box", lease_seconds=30)
+def test_a_claim_holds_a_lease_of_its_node(nodes: Callable[..., JobQueue], media: Path) -> None:
+    q = nodes("gpu-box")
     [job_id] = _queued(q, media, 1)
     before = time.time()
     job = q.claim()
@@ -50,14 +47,12 @@ def test_a_claim_holds_a_lease_of_its_node(target: Path | str, media: Path) -> N
     assert before + 29 < job.lease_until < time.time() + 31  # the database's clock, this host's here
     done = q.finish(job.id, JobResult("en", None, 1.0, 0.5))
     assert (done.node, done.lease_token, done.lease_until) == ("gpu-box", None, None)  # who did it stays
-    q.close()
 
 
 def test_a_lapsed_lease_is_put_back_by_another_node_and_the_first_writes_nothing(
-    target: Path | str, media: Path
+    nodes: Callable[..., JobQueue], media: Path
 ) -> None:
-    a = JobQueue(target, node="a", lease_seconds=0.5)
-    b = JobQueue(target, node="b", lease_seconds=30)
+    a, b = nodes("a", 0.5), nodes("b")
     [job_id] = _queued(a, media, 1)
     assert a.claim().id == job_id
     assert b.reap_lapsed() == []  # not lapsed yet
@@ -81,13 +76,10 @@ def test_a_lapsed_lease_is_put_back_by_another_node_and_the_first_writes_nothing
     assert (now.state, now.node, now.lease_token) == (JobState.RUNNING, "b", taken.lease_token)
     assert b.notices() == []  # nothing a wrote was recorded, not even a notification
     assert b.finish(job_id, JobResult("en", None, 1.0, 0.5)).state is JobState.DONE
-    a.close()
-    b.close()
 
 
-def test_a_renewed_lease_never_lapses(target: Path | str, media: Path) -> None:
-    a = JobQueue(target, node="a", lease_seconds=0.6)
-    b = JobQueue(target, node="b", lease_seconds=30)
+def test_a_renewed_lease_never_lapses(nodes: Callable[..., JobQueue], media: Path) -> None:
+    a, b = nodes("a", 0.6), nodes("b")
     [job_id] = _queued(a, media, 1)
     first = a.claim().lease_until
     for _ in range(6):  # 1.2 s in all, twice the lease
@@ -96,15 +88,12 @@ def test_a_renewed_lease_never_lapses(target: Path | str, media: Path) -> None:
         assert b.reap_lapsed() == []
     assert a.get(job_id).lease_until > first
     assert a.finish(job_id, JobResult("en", None, 1.0, 0.5)).state is JobState.DONE
-    a.close()
-    b.close()
 
 
 def test_a_job_in_the_model_when_its_node_went_silent_comes_back_a_suspect(
-    target: Path | str, media: Path
+    nodes: Callable[..., JobQueue], media: Path
 ) -> None:
-    a = JobQueue(target, node="a", lease_seconds=0.5)
-    b = JobQueue(target, node="b", lease_seconds=30)
+    a, b = nodes("a", 0.5), nodes("b")
     ids = _queued(a, media, 2)
     claimed = [a.claim().id, a.claim().id]
     a.enter_model(claimed)
@@ -113,8 +102,6 @@ def test_a_job_in_the_model_when_its_node_went_silent_comes_back_a_suspect(
     assert sorted(r.job.id for r in reaped) == sorted(ids)
     assert {(r.cause, r.together, r.job.suspect, r.job.attempts, r.job.crashes) for r in reaped} == {
         ("in_model", 2, True, 0, 0)}  # no crash charged: a node's death is no evidence against a file
-    a.close()
-    b.close()
 
 
 def test_each_node_recovers_its_own_running_jobs_at_start(postgres_server, media: Path) -> None:  # noqa: ANN001
@@ -134,10 +121,9 @@ def test_each_node_recovers_its_own_running_jobs_at_start(postgres_server, media
 
 
 def test_nodes_are_seen_with_their_heartbeat_and_gone_once_silent_past_their_lease(
-    target: Path | str, media: Path
+    nodes: Callable[..., JobQueue], media: Path
 ) -> None:
-    a = JobQueue(target, node="a", lease_seconds=0.5)
-    b = JobQueue(target, node="b", lease_seconds=30)
+    a, b = nodes("a", 0.5), nodes("b")
     a.recover_running()
     b.recover_running()
     seen = {n.name: n for n in b.nodes.all()}
@@ -148,5 +134,3 @@ def test_nodes_are_seen_with_their_heartbeat_and_gone_once_silent_past_their_lea
     assert seen["a"].gone and seen["a"].silent_for > 0.5 and not seen["b"].gone
     b.nodes.stopped("b")
     assert {n.name: n.gone for n in a.nodes.all()} == {"a": True, "b": True}
-    a.close()
-    b.close()

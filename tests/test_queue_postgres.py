@@ -24,13 +24,6 @@ def url(postgres_server: PostgresServer) -> str:
     return postgres_server.fresh_url()
 
 
-@pytest.fixture
-def media(tmp_path: Path) -> Path:
-    folder = tmp_path / "media"
-    folder.mkdir()
-    return folder
-
-
 def _files(media: Path, n: int) -> list[Path]:
     paths = []
     for i in range(n):
