@@ -74,12 +74,13 @@ class Outcomes:
     def still_running(self, items: Iterable[pipeline.Prepared]) -> list[tuple[pipeline.Prepared, Job]]:
         """Return the items whose job is still running, each with its job; one forgotten or dropped
         while its file waited is left out. An item whose file the watcher saw renamed meanwhile
-        comes back with the new path (same content: a rename keeps the job)."""
+        comes back with the new path (same content: a rename keeps the job). One whose lease this
+        node lost is left out with its `discarded` line: nothing more is done or written for it."""
         live = []
         for item in items:
             job = until_answered(partial(self.jobs.get, item.job_id)) if item.job_id is not None else None
             if job is not None and not self.jobs.holds(job):  # lapsed while it waited: another node's
-                self.lease_lost(LeaseLost(job), "not transcribed here")
+                self.lease_lost(LeaseLost(job), "not finished here")
                 continue
             if job is not None and job.state == JobState.RUNNING:
                 live.append((item if job.path == item.path else replace(item, path=job.path), job))
@@ -90,9 +91,6 @@ class Outcomes:
         if not live:
             return
         item, job = live[0]
-        if not self.jobs.holds(job):  # this node's lease lapsed and another node has the job now
-            self.lease_lost(LeaseLost(job), "its subtitles not written")
-            return
         try:
             result = pipeline.complete(item, transcript, self.ledger.for_job(job.id))
         except media.MediaGone:

@@ -16,6 +16,7 @@ so many workers claim at once without waiting on each other (`lifecycle.JobRuns.
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import sqlite3
 import threading
@@ -190,10 +191,14 @@ class _Row(tuple):
         return list(self._names)
 
 
+@functools.lru_cache(maxsize=128)
+def _row_type(names: tuple[str, ...]) -> type[_Row]:
+    """The row class of one set of columns, made once: the stores run a few dozen statements."""
+    return type("Row", (_Row,), {"_names": {name: i for i, name in enumerate(names)}})
+
+
 def _row_factory(cursor: Any) -> Any:  # noqa: ANN401 - psycopg's RowFactory protocol
-    names = {column.name: i for i, column in enumerate(cursor.description or ())}
-    row_type = type("Row", (_Row,), {"_names": names})
-    return lambda values: row_type(values)
+    return _row_type(tuple(column.name for column in cursor.description or ()))
 
 
 _PLACEHOLDER = re.compile(r"\?")
