@@ -26,12 +26,13 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field, replace
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from daemon import subtitles
 from daemon.datatypes import Audio, JobState, Transcript
 from daemon.options import FolderRules, build_rules
+from daemon.pathmap import map_prefix
 from daemon.text import printable
 from daemon.transcribe.options import TranscribeOptions
 from daemon.transcribers.workers import Waiting, pick_batch
@@ -304,18 +305,8 @@ def detect_languages(
 
 def map_path(path: str, path_map: Mapping[str, str]) -> Path:
     """Given a path as another program sees it and `path_map` (its prefixes -> paths here), return the
-    path here: the longest prefix that matches whole path components is replaced; none, it is kept."""
-    given = PurePosixPath(path)
-    best: tuple[int, str, str] | None = None
-    for theirs, ours in path_map.items():
-        prefix = PurePosixPath(theirs)
-        if given == prefix or prefix in given.parents:
-            if best is None or len(prefix.parts) > best[0]:
-                best = (len(prefix.parts), theirs, ours)
-    if best is None:
-        return Path(path)
-    rest = given.relative_to(PurePosixPath(best[1]))
-    return Path(best[2]) / rest
+    path here (see `pathmap`: the longest prefix matching whole components; none, it is kept)."""
+    return Path(map_prefix(path, path_map.items()))
 
 
 def rules_in(config: Callable[[], Config]) -> Callable[[Path | None], FolderRules]:

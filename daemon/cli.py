@@ -142,8 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser(
         "migrate-db", help="copy this host's SQLite queue into a PostgreSQL database",
         description="Copy the SQLite queue in state_dir (jobs, stored transcripts, sidecar records, "
-        "owed notifications and media server updates) into an empty PostgreSQL database, ids and all; "
-        "then set `database:` to the URL. Stop the daemon first. A database that holds jobs is refused.")
+        "owed notifications and media server updates) into an empty PostgreSQL database, ids and all, "
+        "its paths stored as node.path_map maps this host's; then set `database:` to the URL. Stop the "
+        "daemon first. A database that holds jobs is refused.")
     _config_arg(migrate)
     migrate.add_argument("--to", required=True, metavar="URL",
                          help="postgresql://user@host/dbname (the password from PGPASSWORD or ~/.pgpass)")
@@ -284,7 +285,7 @@ def _transcribe_file(path: Path, rules: FolderRules, models_dir: Path, engine: s
 def _open_queue(config: Config):  # type: ignore[no-untyped-def]
     from daemon.queue import JobQueue
 
-    return JobQueue(config.queue_at)
+    return JobQueue(config.queue_at, node=config.node.name, paths=config.queue_paths)
 
 
 def _shown_database(config: Config) -> str:
@@ -348,7 +349,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"{config.source}: OK")
     print(f"  state_dir: {config.state_dir}\n  models_dir: {config.models_dir}")
     print(f"  database: {_shown_database(config)}")
-    print(f"  node: {config.node.name}; lease {config.node.lease_seconds:g} s")
+    print(f"  node: {config.node.name}; lease {config.node.lease_seconds:g} s; "
+          f"path_map {_show_map(config.node.path_map.pairs)}")
     print(f"  log_level: {config.log_level}")
     print(f"  gpu_memory_limit: {config.gpu_memory_limit or 'none (the whole card)'}")
     print(f"  engine: {config.engine}")
@@ -436,7 +438,7 @@ def cmd_migrate_db(args: argparse.Namespace) -> int:
     if not args.to.startswith(("postgresql://", "postgres://")):
         print("subwatch: --to takes a postgresql://user@host/dbname URL", file=sys.stderr)
         return EXIT_FAILED
-    done = migrate(config.db_path, args.to)
+    done = migrate(config.db_path, args.to, config.node.path_map)
     counts = ", ".join(f"{n} {table}" for table, n in done.rows.items() if n)
     print(f"copied {config.db_path} into {shown_url(args.to)}: {counts or 'nothing (an empty queue)'}")
     print(f"now set database: to that URL in {config.source} and start the daemon")

@@ -42,6 +42,7 @@ from daemon.notify import Notifier
 from daemon.outcomes import Outcomes
 from daemon.queue import JobQueue, QueueError, Recovered
 from daemon.sdnotify import SystemdNotifier, WatchdogLoop, percent, status_line
+from daemon.serving import Serving
 from daemon.text import printable
 from daemon.transcribers import Transcribers
 
@@ -63,6 +64,7 @@ class Service:
         self.jobs = open_queue(config)
         self._wake = threading.Event()  # new work for the loader
         self.leases = LeaseKeeper(self.jobs, self._reaped)
+        self.serving = Serving(self.jobs.serve)  # which folders' jobs this node claims
         self.ledger = subtitles.SidecarLedger(self.jobs)
         self._stopping = threading.Event()
         settings = Settings(config.models_dir, config.unload_after_seconds, config.gpu_memory_limit,
@@ -93,6 +95,7 @@ class Service:
         if not self._bind_http():
             return 1
         create_folders(self.config)
+        self.serving.update(self.config)
         clear_work_dir(self.config.work_dir)
         self.notifier.start()
         self._recover()
@@ -113,6 +116,7 @@ class Service:
                 self._reload_requested.clear()
                 self.reload()
             self._release_memory_when_idle()
+            self.serving.refresh()
             try:
                 self.intake.tick()
                 self.systemd.status(self._status_text())
@@ -251,7 +255,7 @@ class Service:
             self.systemd.ready()
             return False
         self.config = new
-        self.jobs.serve(served_folders(new))
+        self.serving.update(new)
         self.models.set_memory_limit(new.gpu_memory_limit)
         self._start_workers()  # for devices the new config adds
         self.intake.update(new)
@@ -321,23 +325,16 @@ def release_freed_memory() -> None:
 def open_queue(config: Config) -> JobQueue:
     """Open the config's job queue as this node, holding its name (JobQueue.hold_node), claiming
     only its folders' jobs. Raise QueueError, the queue closed again, if it cannot be."""
-    jobs = JobQueue(config.queue_at, node=config.node.name, lease_seconds=config.node.lease_seconds)
+    jobs = JobQueue(config.queue_at, node=config.node.name, lease_seconds=config.node.lease_seconds,
+                    paths=config.queue_paths)
     try:
         jobs.hold_node()
     except QueueError:
         jobs.close()
         raise
-    jobs.serve(served_folders(config))
+    # A shared queue's jobs wait until `Serving` has looked at which folders this host can serve.
+    jobs.serve(None if config.database is None else [])
     return jobs
-
-
-def served_folders(config: Config) -> list[Path] | None:
-    """The folders whose jobs this node takes from a shared queue: its watched folders, and `/` when
-    hooks may queue files outside them (http.accept_unwatched). None (any job) for a SQLite file,
-    whose one daemon takes every job and skips one of a folder it no longer watches."""
-    if config.database is None:
-        return None
-    return [rules.path for rules in config.folders] + ([config.unwatched.path] if config.unwatched else [])
 
 
 def clear_work_dir(work: Path) -> None:

@@ -136,7 +136,7 @@ def status(config: Path) -> list[dict[str, Any]]:
     loaded = load_config(config)
     if loaded.database is None and not loaded.db_path.exists():
         return []
-    jobs = JobQueue(loaded.queue_at)
+    jobs = JobQueue(loaded.queue_at, node=loaded.node.name, paths=loaded.queue_paths)
     try:
         return [_job_json(job) for job in jobs.jobs()]
     finally:

@@ -1,9 +1,10 @@
-"""Two real `subwatch run` daemons as two nodes of one PostgreSQL queue (a real server, tests/postgres.py),
-watching the same folder: a node killed or frozen while it holds files loses them to the other once
-its lease lapses; every file ends done exactly once, with its words in one .srt and one .vtt and
-one notification; a frozen node that wakes after losing its lease writes nothing for those files.
+"""Two real `subwatch run` daemons as two hosts of one PostgreSQL queue (a real server, tests/postgres.py),
+watching the same media under different paths, as a NAS and a desktop that mounts it do: node a sees
+it at inbox/, node b through a symlink at mnt/media, and both store it as /srv/media (node.path_map).
 
-Both daemons run on this machine with the same paths (per-host path maps are not built yet)."""
+Sixty files dropped are each done exactly once, by both nodes, with one .srt, one .vtt and one
+notification each; a node killed or frozen while it holds files loses them to the other once its
+lease lapses; a frozen node that wakes after losing its lease writes nothing for those files."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import speech
+from tests import media_factory, speech
 from tests.harness import REPO, Daemon, NotificationSink, status, write_config
 from tests.postgres import PostgresServer
 from tests.said import text_of, word_error_rate
@@ -27,14 +28,18 @@ from tests.said import text_of, word_error_rate
 LEASE = 10  # the shortest lease the config allows: the takeover comes 10 to 12 s after the last beat
 
 
-def _config(root: Path, name: str, url: str, sink: NotificationSink, model: Path, inbox: Path) -> Path:
+STORED = "/srv/media"  # where the queue says the media is; neither node has it there
+
+
+def _config(root: Path, name: str, url: str, sink: NotificationSink, model: Path, media: Path) -> Path:
+    """Node `name`'s config: its own state, the shared database, its view of the media (`media`)."""
     return write_config(root / f"{name}.yaml", f"""
         state_dir: {root / name}
         database: "{url}"
-        node: {{name: {name}, lease_seconds: {LEASE}}}
+        node: {{name: {name}, lease_seconds: {LEASE}, path_map: {{"{STORED}": "{media}"}}}}
         defaults: {{model: {model}, beam_size: 1, device: cpu, settle_seconds: 1, language: en}}
-        notify: {{urls: ["{sink.url}"], burst: 100}}
-        folders: [{{path: {inbox}}}]
+        notify: {{urls: ["{sink.url}"], burst: 1000}}
+        folders: [{{path: {media}}}]
     """)
 
 
@@ -57,9 +62,9 @@ def _all_done(config: Path) -> bool:
     return len(jobs) == len(_clips()) and all(j["state"] == "done" for j in jobs)
 
 
-def _done_lines(*logs: str) -> Counter[str]:
+def _done_lines(*logs: str, pattern: str = r"done\s+(Recording \d\.flac)") -> Counter[str]:
     """How often each file was logged done, over the daemons' logs."""
-    return Counter(m for log in logs for m in re.findall(r"done\s+(Recording \d\.flac)", log))
+    return Counter(m for log in logs for m in re.findall(pattern, log))
 
 
 def _assert_each_done_once(config: Path, inbox: Path, clips: dict[str, speech.Clip],
@@ -85,12 +90,88 @@ def cluster(postgres_server: PostgresServer, tiny_en_checkpoint: Path, tmp_path:
     url = postgres_server.fresh_url()
     inbox = tmp_path / "inbox"
     inbox.mkdir()
+    mount = tmp_path / "mnt" / "media"  # node b's view of the same folder
+    mount.parent.mkdir()
+    mount.symlink_to(inbox, target_is_directory=True)
     sink = NotificationSink()
-    configs = {name: _config(tmp_path, name, url, sink, tiny_en_checkpoint, inbox) for name in ("a", "b")}
+    configs = {"a": _config(tmp_path, "a", url, sink, tiny_en_checkpoint, inbox),
+               "b": _config(tmp_path, "b", url, sink, tiny_en_checkpoint, mount)}
     (tmp_path / "twin").mkdir()
     configs["a-twin"] = _config(tmp_path / "twin", "a", url, sink, tiny_en_checkpoint, inbox)
     yield configs, inbox, sink
     sink.close()
+
+
+COLOURS = ("red", "green", "yellow", "black", "white")
+ANIMALS = ("horse", "rabbit", "tiger", "monkey")
+PLACES = ("river", "garden", "station")
+
+
+def _sixty_sentences() -> dict[str, str]:
+    """Sixty different sentences, by the name of the file that says them."""
+    said = [f"The {c} {a} is sleeping near the {p} today." for c in COLOURS for a in ANIMALS for p in PLACES]
+    return {f"Clip {i:02d}.wav": text for i, text in enumerate(said)}
+
+
+def test_sixty_files_are_each_done_once_by_both_nodes_under_their_own_paths(cluster, spawn, tmp_path) -> None:  # noqa: ANN001
+    configs, inbox, sink = cluster
+    mount = tmp_path / "mnt" / "media"
+    a, b = spawn(configs["a"]), spawn(configs["b"])
+    for node in (a, b):
+        node.wait_log("watching 1 folder(s)", timeout=120)
+    sentences = _sixty_sentences()
+    staging = tmp_path / "staging"
+    for name, text in sentences.items():
+        media_factory.speak(text, staging / name)
+    for name in sentences:  # each arrives whole (a rename), half to each node's view of the folder
+        (staging / name).rename((inbox if int(name[5:7]) % 2 else mount) / name)
+
+    def done() -> bool:
+        jobs = status(configs["a"])
+        return len(jobs) == len(sentences) and all(j["state"] == "done" for j in jobs)
+
+    _wait(done, 400, "every file done")
+    seen_by = {node: sorted((Path(j["path"]), j["id"], j["node"]) for j in status(configs[node]))
+               for node in ("a", "b")}
+    # One job per file, each node seeing it under its own path; the queue stores it as /srv/media.
+    assert [(p.name, i, n) for p, i, n in seen_by["a"]] == [(p.name, i, n) for p, i, n in seen_by["b"]]
+    assert {p.parent for p, _, _ in seen_by["a"]} == {inbox}
+    assert {p.parent for p, _, _ in seen_by["b"]} == {mount}
+    assert _stored_paths(configs["a"]) == {f"{STORED}/{name}" for name in sentences}
+    by_node = Counter(n for _, _, n in seen_by["a"])
+    assert set(by_node) == {"a", "b"}, by_node  # both took work
+    done_lines = _done_lines(a.log(), b.log(), pattern=r"done\s+(Clip \d\d\.wav)")
+    assert done_lines == Counter(dict.fromkeys(sentences, 1))
+    errors = []
+    for name, text in sentences.items():  # espeak's voice through tiny.en: a word or two may slip
+        srt = inbox / name.replace(".wav", ".en.srt")
+        errors.append(word_error_rate(text, srt))
+        assert errors[-1] <= 0.6 and text.split()[2] in text_of(srt), (name, text_of(srt))
+        assert text_of(srt.with_suffix(".vtt")) == text_of(srt)
+    assert sum(errors) / len(errors) <= 0.15
+    assert sorted(p.name for p in inbox.iterdir() if p.suffix in (".srt", ".vtt")) == sorted(
+        name.replace(".wav", f".en{ext}") for name in sentences for ext in (".srt", ".vtt"))
+    _wait(lambda: len(sink.messages()) >= len(sentences), 30, "a notification for each file")
+    time.sleep(1.0)  # a second one, if any were sent, would have come by now
+    titles = Counter(m["title"] for m in sink.messages())
+    assert titles == Counter({f"Subtitles ready: {name.removesuffix('.wav')}": 1 for name in sentences})
+    bodies = {m["title"].removeprefix("Subtitles ready: "): m["message"] for m in sink.messages()}
+    by_name = {p.name: n for p, _, n in seen_by["a"]}
+    for name in sentences:  # each node names the file as it sees it
+        assert str((inbox if by_name[name] == "a" else mount) / name) in bodies[name.removesuffix(".wav")]
+    assert a.stop() == 0 and b.stop() == 0
+
+
+def _stored_paths(config: Path) -> set[str]:
+    """The job paths as the shared database holds them, read without any path map."""
+    from daemon.config import load_config
+    from daemon.queue import JobQueue
+
+    jobs = JobQueue(load_config(config).queue_at, node="reader")
+    try:
+        return {str(job.path) for job in jobs.jobs()}
+    finally:
+        jobs.close()
 
 
 def _first_node_holds_files(spawn, configs: dict[str, Path], inbox: Path) -> tuple[Daemon, list[str]]:  # noqa: ANN001

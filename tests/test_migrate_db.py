@@ -1,15 +1,18 @@
 """`subwatch migrate-db` (the real command) from a SQLite queue into a real PostgreSQL database: done,
 failed and pending jobs, a stored transcript, sidecar records, an owed notification and a media
 server update all arrive, `subwatch status --json` is the same before and after, a copy of the
-done file is matched to the migrated transcript, and a database that holds jobs is refused."""
+done file is matched to the migrated transcript, and a database that holds jobs is refused. The paths
+arrive in the form node.path_map gives them (other hosts map them to theirs)."""
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
 from daemon.datatypes import JobResult, JobState
+from daemon.pathmap import PathMap
 from daemon.queue import JobQueue
 from tests.harness import subwatch, write_config
 from tests.postgres import PostgresServer
@@ -21,7 +24,7 @@ def _configs(tmp_path: Path, url: str) -> tuple[Path, Path]:
     media.mkdir()
     sqlite = write_config(tmp_path / "sqlite.yaml", f"""
         state_dir: {tmp_path / "state"}
-        node: {{name: nas}}
+        node: {{name: nas, path_map: {{"/srv/media": "{media}"}}}}
         folders: [{{path: {media}}}]
     """)
     shared = write_config(tmp_path / "shared.yaml", sqlite.read_text() + f'database: "{url}"\n')
@@ -64,7 +67,14 @@ def test_a_sqlite_queue_moves_to_postgresql_with_nothing_lost(postgres_server: P
     assert "1 server_updates" in moved.stdout
 
     assert _status(shared_config) == before  # every field of every job, ids included
-    new = JobQueue(url, node="nas")
+    raw = JobQueue(url, node="nas")  # no path map: the paths as the database holds them
+    assert [str(j.path) for j in raw.jobs()] == [f"/srv/media/Film {i}.mkv" for i in range(3)]
+    assert raw.get(done.id).outputs == (Path("/srv/media/Film 0.en.srt"),)
+    assert raw.sidecars_of(done.id) == [Path("/srv/media/Film 0.en.srt")]
+    assert {n.path for n in raw.notices()} == {Path("/srv/media/Film 0.mkv"), Path("/srv/media/Film 1.mkv")}
+    assert raw.server_updates_of(done.id)[0].paths == (Path("/srv/media/Film 0.en.srt"),)
+    raw.close()
+    new = JobQueue(url, node="nas", paths=PathMap((("/srv/media", os.fspath(media)),)))
     assert new.notices() == owed
     assert new.sidecar_hash(srt) == "ab" * 32
     assert [(u.server, u.paths, u.state) for u in new.server_updates_of(done.id)] == [

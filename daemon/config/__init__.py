@@ -55,6 +55,7 @@ from daemon.config.schema import (
 )
 from daemon.config.wording import _describe
 from daemon.options import FolderRules, build_notify, build_rules
+from daemon.pathmap import PathMap
 from daemon.transcribe.models import is_model_path  # no torch: config stays instant
 
 # ---------------------------------------------------------------- loading
@@ -149,6 +150,8 @@ def _freeze(parsed: _ConfigModel, source: Path) -> Config:
 
 def _node(model: _NodeModel) -> NodeRules:
     written = {key: value for key, value in _written(model).items() if value is not None}
+    if "path_map" in written:
+        written["path_map"] = PathMap(tuple(written["path_map"].items()))
     return NodeRules(**written)
 
 

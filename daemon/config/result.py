@@ -13,6 +13,7 @@ from daemon.datatypes import MemoryLimit
 from daemon.languages import WHISPER_CODES
 from daemon.notify import NotifyRules
 from daemon.options import FolderRules
+from daemon.pathmap import PathMap, map_prefix
 from daemon.queue.schema import LEASE_SECONDS
 from daemon.transcribe.engines import DEFAULT_ENGINE
 
@@ -56,10 +57,12 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class NodeRules:
-    """The `node:` section: this daemon's name in the queue, and how long its claims' leases last."""
+    """The `node:` section: this daemon's name in the queue, how long its claims' leases last, and
+    where the paths the shared queue stores are on this host."""
 
     name: str = field(default_factory=socket.gethostname)  # unique per running daemon
     lease_seconds: float = LEASE_SECONDS  # lapsed (the daemon died or hung): its jobs go back
+    path_map: PathMap = PathMap()  # (as the database stores it, as it is here); used with a database
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,12 @@ class Config:
     def queue_at(self) -> Path | str:
         """Where the job queue lives: the PostgreSQL URL, or the SQLite file."""
         return self.database.reveal() if self.database is not None else self.db_path
+
+    @property
+    def queue_paths(self) -> PathMap:
+        """How the queue's stored paths map to this host's: node.path_map on a shared database; a
+        SQLite file is this host's alone and stores its paths as they are."""
+        return self.node.path_map if self.database is not None else PathMap()
 
     @property
     def queue_shown(self) -> str:
@@ -188,24 +197,9 @@ class MediaServer:
 
 
 def map_path(path: str, path_map: tuple[tuple[str, str], ...]) -> str:
-    """Given a path and (from, to) prefixes, return it with the longest matching prefix replaced.
-
-    A prefix matches whole path components only: {"/tv": "/srv/tv"} maps /tv/a.mkv, not /tvshows.
-    """
-    best = None
-    for source, target in path_map:
-        stem = source.rstrip("/") or "/"
-        if path == stem or path.startswith(stem.rstrip("/") + "/"):
-            if best is None or len(stem) > len(best[0]):
-                best = (stem, target)
-    if best is None:
-        return path
-    stem, target = best
-    rest = path[len(stem):].lstrip("/") if stem != "/" else path.lstrip("/")
-    target = target.rstrip("/") or "/"
-    if not rest:
-        return target
-    return f"{target}/{rest}" if target != "/" else f"/{rest}"
+    """Given a path and (from, to) prefixes, return it with the longest matching prefix replaced
+    (whole path components only: {"/tv": "/srv/tv"} maps /tv/a.mkv, not /tvshows)."""
+    return map_prefix(path, path_map)
 
 
 def is_loopback(host: str) -> bool:

@@ -219,6 +219,17 @@ class _NodeModel(_Strict):
     name: str | None = Field(default=None, min_length=1, max_length=63)  # None: the host's name
     # At least 10 s: a lease renewed every few seconds must outlast a slow database round trip.
     lease_seconds: float = Field(default=LEASE_SECONDS, ge=10)
+    path_map: dict[str, str] | None = None  # paths as the database stores them -> paths here
+
+    @field_validator("path_map")
+    @classmethod
+    def _path_map_form(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        here = [target.rstrip("/") or "/" for target in (value or {}).values()]
+        if len(set(here)) < len(here):
+            # Paths here are mapped back when stored: one folder here must stand for one stored path.
+            raise ValueError("map each stored path to a different path on this host; "
+                             f"two map to {next(p for p in here if here.count(p) > 1)!r}")
+        return _check_path_map(value)
 
 
 class _ConfigModel(_Strict):

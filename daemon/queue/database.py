@@ -9,14 +9,24 @@ migrations, append-only, with the version the database records.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from daemon.datatypes import Job
+from daemon.pathmap import PathMap
 from daemon.queue.engines import BUSY_TIMEOUT_S, Connection, QueueBusy, QueueError, ddl, engine_for
-from daemon.queue.schema import JOB_COLUMNS, MIGRATIONS, job_of, key
+from daemon.queue.schema import (
+    JOB_COLUMNS,
+    MIGRATIONS,
+    SAME,
+    job_of,
+    key,
+    outputs_json,
+    path_of,
+    paths_of_json,
+)
 
 __all__ = ["BUSY_TIMEOUT_S", "Database", "QueueBusy", "QueueError"]
 
@@ -37,9 +47,10 @@ class Database:
     Safe to use from many threads and from many processes (on PostgreSQL, many hosts) at once.
     """
 
-    def __init__(self, target: Path | str) -> None:
+    def __init__(self, target: Path | str, paths: PathMap = SAME) -> None:
         """Given a SQLite file's path or a postgresql:// URL, open the database (creating a SQLite
-        file if needed) and bring its schema up to date.
+        file if needed) and bring its schema up to date. `paths` maps the paths it stores to this
+        host's (`node.path_map`); every store reads and writes paths through `key`, `job_of` & co.
 
         Raise QueueError if it cannot be created, opened or reached, or if it holds a schema newer
         than this code.
@@ -48,6 +59,7 @@ class Database:
         self.dialect = self.engine.dialect
         self.where = self.engine.where  # for messages: the file, or the URL without its password
         self.path = Path(target) if self.dialect == "sqlite" else None
+        self.paths = paths
         self.lock_rows = self.engine.lock_rows
         self.now_sql = self.engine.now_sql
         self._closed = False
@@ -160,6 +172,28 @@ class Database:
         self._closed = True
         self.engine.close()
 
+    # -- paths: stored in the queue's form, handed out in this host's ----------------------------
+
+    def key(self, path: Path | str) -> bytes:
+        """Given a path on this host, return the bytes the database stores for it."""
+        return key(path, self.paths)
+
+    def path_of(self, blob: bytes) -> Path:
+        """Given stored path bytes, return the path on this host."""
+        return path_of(blob, self.paths)
+
+    def job_of(self, row: Any) -> Job:  # noqa: ANN401 - a row by column name, of either engine
+        """Given a row selected with JOB_COLUMNS, return the Job, its paths on this host."""
+        return job_of(row, self.paths)
+
+    def paths_json(self, paths: Iterable[Path]) -> str:
+        """Given paths on this host, return the JSON list the database stores for them."""
+        return outputs_json(paths, self.paths)
+
+    def paths_of_json(self, text: str) -> tuple[Path, ...]:
+        """Given a stored JSON list of paths, return them on this host."""
+        return paths_of_json(text, self.paths)
+
     # -- job rows (run inside a transaction) ------------------------------------------------------
 
     def row_by_id(self, conn: Connection, job_id: int) -> Job | None:
@@ -167,13 +201,13 @@ class Database:
         PostgreSQL the row stays locked until the commit, so a claim cannot take it meanwhile."""
         sql = f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?{self.lock_rows}"
         row = conn.execute(sql, (job_id,)).fetchone()
-        return None if row is None else job_of(row)
+        return None if row is None else self.job_of(row)
 
     def row_by_path(self, conn: Connection, path: Path) -> Job | None:
         """Given a media path, return its job, or None if there is none (locked as `row_by_id`)."""
         row = conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE path = ?{self.lock_rows}",
-                           (key(path),)).fetchone()
-        return None if row is None else job_of(row)
+                           (self.key(path),)).fetchone()
+        return None if row is None else self.job_of(row)
 
     def require(self, conn: Connection, job_id: int) -> Job:
         """Given a job id, return the job. Raise KeyError if there is none (e.g. it was forgotten)."""

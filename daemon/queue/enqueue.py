@@ -17,7 +17,7 @@ from daemon.datatypes import Job, JobState
 from daemon.queue.database import Database
 from daemon.queue.engines import Connection
 from daemon.queue.identity import fingerprint
-from daemon.queue.schema import JOB_COLUMNS, job_of, key
+from daemon.queue.schema import JOB_COLUMNS
 
 EnqueueAction = Literal[
     "queued", "requeued", "copied", "duplicate", "already_done", "already_failed", "moved"
@@ -86,7 +86,7 @@ class Enqueuer:
         if known is not None and (known.size, known.mtime) == (st.st_size, st.st_mtime):
             size, mtime, content = known.size, known.mtime, known.fingerprint
         else:
-            size, mtime, content = fingerprint(path)
+            size, mtime, content = fingerprint(path, self._db.key(path))
         with self._db.write(durable=False) as conn:
             job = self._db.row_by_path(conn, path)
             if job is not None:
@@ -116,7 +116,7 @@ class Enqueuer:
         """Given a path without a job, move a job for the same content here, or give this copy its
         own job, or report the job it waits for, or insert a new one."""
         twins = [
-            job_of(row)
+            self._db.job_of(row)
             for row in conn.execute(
                 f"SELECT {JOB_COLUMNS} FROM jobs WHERE fingerprint = ? ORDER BY "
                 "CASE state WHEN 'done' THEN 0 WHEN 'skipped' THEN 0 WHEN 'failed' THEN 2 ELSE 1 END, id"
@@ -128,7 +128,8 @@ class Enqueuer:
             # A running job's worker holds the old path; leave it be and let a later scan move it.
             if twin.state is not JobState.RUNNING and not twin.path.exists():
                 moved = self._db.set(
-                    conn, twin.id, path=key(path), folder=key(folder), size=size, mtime=mtime
+                    conn, twin.id, path=self._db.key(path), folder=self._db.key(folder), size=size,
+                    mtime=mtime,
                 )
                 return EnqueueOutcome(moved, "moved", previous_path=twin.path)
         twin = min(twins, key=lambda t: _TWIN_PREFERENCE[t.state], default=None)
@@ -147,7 +148,7 @@ class Enqueuer:
         row = conn.execute(
             "INSERT INTO jobs (path, folder, state, size, mtime, fingerprint, created_at, updated_at) "
             "VALUES (?, ?, 'pending', ?, ?, ?, ?, ?) RETURNING id",
-            (key(path), key(folder), size, mtime, content, now, now),
+            (self._db.key(path), self._db.key(folder), size, mtime, content, now, now),
         ).fetchone()
         return self._db.require(conn, row[0])
 
@@ -159,7 +160,7 @@ class Enqueuer:
             conn,
             job_id,
             state=JobState.PENDING.value,
-            folder=key(folder),
+            folder=self._db.key(folder),
             size=size,
             mtime=mtime,
             fingerprint=content,

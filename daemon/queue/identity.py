@@ -12,19 +12,21 @@ from daemon.queue.schema import key
 SAMPLE_BYTES = 1 << 20  # bytes hashed at each of start, middle and end
 
 
-def fingerprint(path: Path) -> tuple[int, float, str]:
+def fingerprint(path: Path, stored: bytes | None = None) -> tuple[int, float, str]:
     """Given a file, return (size, mtime, content fingerprint).
 
     The fingerprint is the size plus a blake2b hash of up to 1 MiB at the start,
     middle and end: a few reads even on a 50 GB file, and the same for the same
-    content under any name. Raise FileNotFoundError/PermissionError as is.
+    content under any name. An empty file's is its name's: `stored`, the
+    path as the queue stores it (every host names a shared file alike), else `path`.
+    Raise FileNotFoundError/PermissionError as is.
     """
     with open(path, "rb") as f:
         st = os.fstat(f.fileno())
         digest = _sampled_digest(f, st.st_size)
     if st.st_size == 0:
         # Every empty file has the same content; only its path tells two apart.
-        return 0, st.st_mtime, f"0:{hashlib.blake2b(key(path), digest_size=16).hexdigest()}"
+        return 0, st.st_mtime, f"0:{hashlib.blake2b(stored or key(path), digest_size=16).hexdigest()}"
     return st.st_size, st.st_mtime, f"{st.st_size}:{digest}"
 
 

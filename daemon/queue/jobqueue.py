@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from daemon.datatypes import Job, JobResult, JobState, Transcript, TranscriptKey
+from daemon.pathmap import PathMap
 from daemon.queue.database import Database
 from daemon.queue.decoders import DecoderRecords
 from daemon.queue.enqueue import EnqueueOutcome, Enqueuer
@@ -20,7 +21,7 @@ from daemon.queue.lifecycle import JobRuns
 from daemon.queue.nodes import NodeRecords
 from daemon.queue.outbox import Notice, Outbox
 from daemon.queue.recovery import Recovered, charge_crash, reap_lapsed, recover_running, suspect
-from daemon.queue.schema import BACKOFF_BASE_S, LEASE_SECONDS, MAX_ATTEMPTS
+from daemon.queue.schema import BACKOFF_BASE_S, LEASE_SECONDS, MAX_ATTEMPTS, SAME
 from daemon.queue.servers import ServerUpdate, ServerUpdates
 from daemon.queue.sidecars import SidecarStore
 from daemon.queue.stats import QueueStats
@@ -37,15 +38,16 @@ class JobQueue:
     """
 
     def __init__(self, target: Path | str, node: str | None = None,
-                 lease_seconds: float = LEASE_SECONDS) -> None:
+                 lease_seconds: float = LEASE_SECONDS, paths: PathMap = SAME) -> None:
         """Given a SQLite file's path or a postgresql:// URL, open the queue (creating a file if needed)
         for the node (daemon) `node` (default: the host's name), whose claims hold a lease of
-        `lease_seconds` that `renew` extends.
+        `lease_seconds` that `renew` extends. `paths` (node.path_map) maps the paths the queue stores
+        to this host's: every path given is this host's, and every path handed out too.
 
         Raise QueueError if the database cannot be created, opened or reached, or if it holds a
         schema newer than this code.
         """
-        self._db = Database(target)
+        self._db = Database(target, paths)
         self.target = target  # as given: a URL keeps its password, so never print it (see `where`)
         self.path = self._db.path  # the SQLite file; None on PostgreSQL
         self.where = self._db.where  # the file, or the URL without its password, for messages

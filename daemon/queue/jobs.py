@@ -9,7 +9,7 @@ from pathlib import Path
 from daemon.datatypes import Job, JobState
 from daemon.queue import transcripts
 from daemon.queue.database import Database
-from daemon.queue.schema import JOB_COLUMNS, job_of, key, outputs_json
+from daemon.queue.schema import JOB_COLUMNS
 
 
 class JobStore:
@@ -46,7 +46,7 @@ class JobStore:
             rows = self._db.query(
                 f"SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ({marks}) ORDER BY id", wanted
             )
-        return [job_of(row) for row in rows]
+        return [self._db.job_of(row) for row in rows]
 
     def counts(self) -> dict[JobState, int]:
         """Return how many jobs are in each state (every state present, zero if none)."""
@@ -82,10 +82,10 @@ class JobStore:
             job = self._db.row_by_path(conn, old)
             if job is None:
                 return None
-            conn.execute("DELETE FROM jobs WHERE path = ? AND id != ?", (key(new), job.id))
-            fields: dict[str, object] = {"path": key(new)}
+            conn.execute("DELETE FROM jobs WHERE path = ? AND id != ?", (self._db.key(new), job.id))
+            fields: dict[str, object] = {"path": self._db.key(new)}
             if folder is not None:
-                fields["folder"] = key(folder)
+                fields["folder"] = self._db.key(folder)
             return self._db.set(conn, job.id, **fields)
 
     def retry(self, path: Path | None = None, all_failed: bool = False) -> int:
@@ -101,7 +101,7 @@ class JobStore:
             if path is None:
                 raise ValueError("retry needs a path or all_failed=True")
             sql += " AND path = ?"
-            params += (key(path),)
+            params += (self._db.key(path),)
         with self._db.write() as conn:
             return conn.execute(sql, params).rowcount
 
@@ -125,4 +125,4 @@ class JobStore:
         outputs. Raise KeyError if the job is gone."""
         with self._db.write() as conn:
             self._db.require(conn, job_id)
-            return self._db.set(conn, job_id, outputs=outputs_json(outputs))
+            return self._db.set(conn, job_id, outputs=self._db.paths_json(outputs))

@@ -18,7 +18,7 @@ from daemon.datatypes import Job, JobResult, JobState
 from daemon.queue import outbox, transcripts
 from daemon.queue.database import Database
 from daemon.queue.engines import Connection
-from daemon.queue.schema import BACKOFF_BASE_S, MAX_ATTEMPTS, key, outputs_json
+from daemon.queue.schema import BACKOFF_BASE_S, MAX_ATTEMPTS
 
 
 def pick_sql(dialect: str, folders: int = 0) -> str:
@@ -57,7 +57,7 @@ class JobRuns:
     def serve(self, folders: Iterable[Path] | None) -> None:
         """Claim only jobs of these watched folders from now on (None: of any). A node has rules only
         for its own folders: another node's job would be skipped as "not in a watched folder"."""
-        self._folders = None if folders is None else tuple(sorted({key(f) for f in folders}))
+        self._folders = None if folders is None else tuple(sorted({self._db.key(f) for f in folders}))
     def holds(self, job: Job) -> bool:
         """Given a job as read now, return True unless this node claimed it and has lost the lease."""
         with self._held_lock:
@@ -154,7 +154,7 @@ class JobRuns:
                 error=result.note,
                 language=result.language,
                 language_probability=result.language_probability,
-                outputs=outputs_json(result.outputs),
+                outputs=self._db.paths_json(result.outputs),
                 media_duration=result.media_duration,
                 elapsed=result.elapsed,
                 transcript_rules=None if transcript is None or key is None else transcripts.key_text(key),
@@ -165,7 +165,7 @@ class JobRuns:
                 lease_token=None,
                 lease_until=None,
             )
-            outbox.owe(conn, done, "done")
+            outbox.owe(self._db, conn, done, "done")
         self._let_go(job_id)
         return done
 
@@ -193,7 +193,7 @@ class JobRuns:
                     conn, job_id, state=JobState.FAILED.value, error=error, in_model_since=None,
                     finished_at=now, lease_token=None, lease_until=None,
                 )
-                outbox.owe(conn, failed, "failed")
+                outbox.owe(self._db, conn, failed, "failed")
                 ended = failed
             else:
                 due = now + backoff_base * 2 ** (attempts - 1)

@@ -15,7 +15,6 @@ from daemon.datatypes import Job
 from daemon.queue.database import Database
 from daemon.queue.engines import Connection
 from daemon.queue.nodes import owed_by
-from daemon.queue.schema import key, path_of
 
 
 @dataclass(frozen=True)
@@ -32,13 +31,13 @@ class Notice:
     error: str | None
 
 
-def owe(conn: Connection, job: Job, kind: str) -> None:
+def owe(db: Database, conn: Connection, job: Job, kind: str) -> None:
     """Given a job that just ended and how (`done`, `failed`), owe its notification, inside the
     caller's transaction."""
     conn.execute(
         "INSERT INTO outbox (job_id, kind, path, language, media_duration, elapsed, error, created_at, node) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (job.id, kind, key(job.path), job.language, job.media_duration, job.elapsed, job.error,
+        (job.id, kind, db.key(job.path), job.language, job.media_duration, job.elapsed, job.error,
          time.time(), job.node),
     )
 
@@ -57,7 +56,7 @@ class Outbox:
             "SELECT id, job_id, kind, path, language, media_duration, elapsed, error FROM outbox "
             f"WHERE id > ? AND {owed_by(self._db)} ORDER BY id", (after, self._node),
         )
-        return [Notice(row["id"], row["job_id"], row["kind"], path_of(row["path"]), row["language"],
+        return [Notice(row["id"], row["job_id"], row["kind"], self._db.path_of(row["path"]), row["language"],
                        row["media_duration"], row["elapsed"], row["error"]) for row in rows]
 
     def settled(self, ids: Iterable[int]) -> None:

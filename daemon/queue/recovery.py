@@ -24,7 +24,7 @@ from daemon.datatypes import Job, JobState
 from daemon.queue import outbox
 from daemon.queue.database import Database
 from daemon.queue.engines import Connection
-from daemon.queue.schema import JOB_COLUMNS, MAX_ATTEMPTS, job_of
+from daemon.queue.schema import JOB_COLUMNS, MAX_ATTEMPTS
 from daemon.text import printable
 
 RecoveryCause = Literal["waiting", "in_model"]
@@ -56,7 +56,7 @@ def recover_running(db: Database, node: str) -> list[Recovered]:
     with db.write() as conn:
         rows = conn.execute(f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'running'{mine} ORDER BY id",
                             () if db.dialect == "sqlite" else (node,))
-        return _put_back(db, conn, [job_of(row) for row in rows.fetchall()])
+        return _put_back(db, conn, [db.job_of(row) for row in rows.fetchall()])
 
 
 def reap_lapsed(db: Database, node: str) -> list[Recovered]:
@@ -66,7 +66,7 @@ def reap_lapsed(db: Database, node: str) -> list[Recovered]:
         rows = conn.execute(
             f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'running' AND node != ? "
             f"AND lease_until < {db.now_sql} ORDER BY id", (node,))
-        return _put_back(db, conn, [job_of(row) for row in rows.fetchall()])
+        return _put_back(db, conn, [db.job_of(row) for row in rows.fetchall()])
 
 
 def _put_back(db: Database, conn: Connection, running: list[Job]) -> list[Recovered]:
@@ -122,7 +122,7 @@ def charge_crash(
                         finished_at=time.time())
         job = db.set(conn, job_id, **back)
         if job.state is JobState.FAILED:
-            outbox.owe(conn, job, "failed")
+            outbox.owe(db, conn, job, "failed")
         return job
 
 

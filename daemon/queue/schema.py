@@ -1,7 +1,8 @@
 """The tables in the job file, their migrations, and how rows and paths are stored.
 
 Paths are stored as `os.fsencode` bytes (BLOB), so names with newlines, quotes
-or bytes that are not valid UTF-8 round-trip exactly.
+or bytes that are not valid UTF-8 round-trip exactly; in the queue's form, which a host's
+`node.path_map` (a `PathMap`) turns into its own and back.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.datatypes import Job, JobState
+from daemon.pathmap import PathMap
 
 MAX_ATTEMPTS = 3  # tries of a failing job before it stays failed (the config's max_attempts)
 BACKOFF_BASE_S = 30.0  # the first retry's wait; each further one waits longer
@@ -163,22 +165,25 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 )
 
 
-def key(path: os.PathLike[str] | str) -> bytes:
-    """Given a path, return the exact bytes stored for it."""
-    return os.fsencode(path)
+SAME = PathMap()  # no path_map: a path is stored as it is
 
 
-def path_of(blob: bytes) -> Path:
-    """Given stored path bytes, return the Path they came from."""
-    return Path(os.fsdecode(blob))
+def key(path: os.PathLike[str] | str, paths: PathMap = SAME) -> bytes:
+    """Given a path on this host, return the exact bytes stored for it."""
+    return os.fsencode(paths.stored(path) if paths.pairs else path)
 
 
-def job_of(row: Any) -> Job:  # noqa: ANN401 - a row by column name, of either engine
-    """Given a row selected with JOB_COLUMNS, return it as a Job."""
+def path_of(blob: bytes, paths: PathMap = SAME) -> Path:
+    """Given stored path bytes, return the Path on this host they stand for."""
+    return paths.here(os.fsdecode(blob)) if paths.pairs else Path(os.fsdecode(blob))
+
+
+def job_of(row: Any, paths: PathMap = SAME) -> Job:  # noqa: ANN401 - a row by column name, of either engine
+    """Given a row selected with JOB_COLUMNS, return it as a Job, its paths on this host."""
     return Job(
         id=row["id"],
-        path=path_of(row["path"]),
-        folder=path_of(row["folder"]),
+        path=path_of(row["path"], paths),
+        folder=path_of(row["folder"], paths),
         state=JobState(row["state"]),
         size=row["size"],
         mtime=row["mtime"],
@@ -187,7 +192,7 @@ def job_of(row: Any) -> Job:  # noqa: ANN401 - a row by column name, of either e
         error=row["error"],
         language=row["language"],
         language_probability=row["language_probability"],
-        outputs=tuple(Path(p) for p in json.loads(row["outputs"])),
+        outputs=paths_of_json(row["outputs"], paths),
         media_duration=row["media_duration"],
         elapsed=row["elapsed"],
         speech_seconds=row["speech_seconds"],
@@ -204,10 +209,15 @@ def job_of(row: Any) -> Job:  # noqa: ANN401 - a row by column name, of either e
     )
 
 
-def outputs_json(outputs: Iterable[Path]) -> str:
-    """Given output paths, return them as a JSON list.
+def outputs_json(outputs: Iterable[Path], paths: PathMap = SAME) -> str:
+    """Given paths on this host, return them as a JSON list in the stored form.
 
     json escapes the lone surrogates that `os.fsdecode` makes of non-UTF-8
     bytes (`\\udce9`) and reads them back, so such paths survive too.
     """
-    return json.dumps([os.fsdecode(p) for p in outputs])
+    return json.dumps([paths.stored(p) if paths.pairs else os.fsdecode(p) for p in outputs])
+
+
+def paths_of_json(text: str, paths: PathMap = SAME) -> tuple[Path, ...]:
+    """Given a JSON list of stored paths (`outputs_json`), return them on this host."""
+    return tuple(paths.here(p) if paths.pairs else Path(p) for p in json.loads(text))

@@ -6,8 +6,6 @@ one still owed when the daemon stops is told at its next start.
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,7 +38,7 @@ class ServerUpdates:
     def owe(self, job_id: int, servers: Sequence[str], paths: Sequence[Path]) -> list[ServerUpdate]:
         """Given a job, the labels of the servers to tell and its sidecars, return the rows owed."""
         now = time.time()
-        text = json.dumps([os.fsdecode(p) for p in paths])
+        text = self._db.paths_json(paths)
         with self._db.write() as conn:
             ids = [
                 conn.execute(
@@ -71,5 +69,5 @@ class ServerUpdates:
         rows = self._db.query(
             f"SELECT id, job_id, server, paths, state, error FROM server_updates {where}", args)
         return [ServerUpdate(r["id"], r["job_id"], r["server"],
-                             tuple(Path(p) for p in json.loads(r["paths"])), r["state"], r["error"])
+                             self._db.paths_of_json(r["paths"]), r["state"], r["error"])
                 for r in rows]

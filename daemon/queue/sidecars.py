@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from daemon.queue.database import Database
-from daemon.queue.schema import key, outputs_json, path_of
 
 
 class SidecarStore:
@@ -28,54 +27,60 @@ class SidecarStore:
             conn.execute(
                 "INSERT INTO sidecars (path, sha256, job_id) VALUES (?, ?, ?) "
                 "ON CONFLICT (path) DO UPDATE SET sha256 = excluded.sha256, job_id = excluded.job_id",
-                (key(path), sha256, job_id),
+                (self._db.key(path), sha256, job_id),
             )
 
     def hash(self, path: Path) -> str | None:
         """Given a sidecar path, return the sha256 subwatch recorded for it, or None if it is not ours."""
-        row = self._db.query("SELECT sha256 FROM sidecars WHERE path = ?", (key(path),)).fetchone()
+        sql = "SELECT sha256 FROM sidecars WHERE path = ?"
+        row = self._db.query(sql, (self._db.key(path),)).fetchone()
         return None if row is None else row["sha256"]
 
     def move(self, old: Path, new: Path) -> bool:
         """Given a recorded sidecar's old and new path, move the record (replacing one at `new`)
         and the job's list of outputs; return False if `old` was not recorded."""
+        was, now = self._db.key(old), self._db.key(new)
         with self._db.write() as conn:
-            row = conn.execute("SELECT job_id FROM sidecars WHERE path = ?", (key(old),)).fetchone()
+            row = conn.execute("SELECT job_id FROM sidecars WHERE path = ?", (was,)).fetchone()
             if row is None:
                 return False
-            if key(old) == key(new):
+            if was == now:
                 return True
-            conn.execute("DELETE FROM sidecars WHERE path = ?", (key(new),))
-            conn.execute("UPDATE sidecars SET path = ? WHERE path = ?", (key(new), key(old)))
+            conn.execute("DELETE FROM sidecars WHERE path = ?", (now,))
+            conn.execute("UPDATE sidecars SET path = ? WHERE path = ?", (now, was))
             job = self._db.row_by_id(conn, row["job_id"])
             if job is not None and old in job.outputs:
-                outputs = [new if p == old else p for p in job.outputs]
-                conn.execute("UPDATE jobs SET outputs = ? WHERE id = ?", (outputs_json(outputs), job.id))
+                outputs = self._db.paths_json([new if p == old else p for p in job.outputs])
+                conn.execute("UPDATE jobs SET outputs = ? WHERE id = ?", (outputs, job.id))
             return True
 
     def forget(self, path: Path) -> bool:
         """Given a sidecar path, delete subwatch's record of it; return False if there was none."""
         with self._db.write() as conn:
-            return conn.execute("DELETE FROM sidecars WHERE path = ?", (key(path),)).rowcount > 0
+            sql = "DELETE FROM sidecars WHERE path = ?"
+            return conn.execute(sql, (self._db.key(path),)).rowcount > 0
 
     def of_job(self, job_id: int) -> list[Path]:
         """Given a job id, return the sidecar paths recorded for it, sorted."""
         rows = self._db.query(
             "SELECT path FROM sidecars WHERE job_id = ? ORDER BY path", (job_id,)
         )
-        return [path_of(row["path"]) for row in rows]
+        return [self._db.path_of(row["path"]) for row in rows]
 
     def record_folder(self, path: Path) -> None:
         """Record that subwatch made the folder `path` for sidecars."""
         with self._db.write() as conn:
-            conn.execute("INSERT INTO sidecar_folders (path) VALUES (?) ON CONFLICT DO NOTHING", (key(path),))
+            conn.execute("INSERT INTO sidecar_folders (path) VALUES (?) ON CONFLICT DO NOTHING",
+                         (self._db.key(path),))
 
     def is_folder(self, path: Path) -> bool:
         """Given a folder, return True if subwatch recorded making it for sidecars."""
-        row = self._db.query("SELECT 1 FROM sidecar_folders WHERE path = ?", (key(path),)).fetchone()
+        sql = "SELECT 1 FROM sidecar_folders WHERE path = ?"
+        row = self._db.query(sql, (self._db.key(path),)).fetchone()
         return row is not None
 
     def forget_folder(self, path: Path) -> bool:
         """Given a folder, delete subwatch's record of making it; return False if there was none."""
         with self._db.write() as conn:
-            return conn.execute("DELETE FROM sidecar_folders WHERE path = ?", (key(path),)).rowcount > 0
+            sql = "DELETE FROM sidecar_folders WHERE path = ?"
+            return conn.execute(sql, (self._db.key(path),)).rowcount > 0

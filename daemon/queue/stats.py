@@ -13,7 +13,7 @@ from pathlib import Path
 
 from daemon.datatypes import Job
 from daemon.queue.database import Database
-from daemon.queue.schema import JOB_COLUMNS, job_of, path_of
+from daemon.queue.schema import JOB_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -57,8 +57,8 @@ class QueueStats:
             + _count("state = 'skipped'") + " AS skipped, "
             + "COALESCE(SUM(CASE WHEN state = 'done' THEN speech_seconds END), 0.0) AS speech "
             "FROM jobs GROUP BY folder")
-        counts = [FolderCounts(path_of(r["folder"]), r["done"], r["failed"], r["pending"], r["skipped"],
-                               r["speech"]) for r in rows]
+        counts = [FolderCounts(self._db.path_of(r["folder"]), r["done"], r["failed"], r["pending"],
+                               r["skipped"], r["speech"]) for r in rows]
         return sorted(counts, key=lambda c: str(c.folder))
 
     def totals(self) -> tuple[float, float]:
@@ -85,14 +85,14 @@ class QueueStats:
         rows = self._db.query(
             f"SELECT {JOB_COLUMNS}, finished_at FROM jobs WHERE state = ? "
             "ORDER BY COALESCE(finished_at, updated_at) DESC, id DESC LIMIT ?", (state, limit))
-        return [Finished(job_of(r), r["finished_at"] or r["updated_at"]) for r in rows]
+        return [Finished(self._db.job_of(r), r["finished_at"] or r["updated_at"]) for r in rows]
 
     def next_pending(self, limit: int) -> list[Job]:
         """Return the pending jobs in the order they are claimed (suspects first), at most `limit`."""
         rows = self._db.query(
             f"SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'pending' "
             "ORDER BY suspect DESC, next_attempt_at > ?, id LIMIT ?", (time.time(), limit))
-        return [job_of(r) for r in rows]
+        return [self._db.job_of(r) for r in rows]
 
     def media_seconds_per_day(self, days: int, now: float | None = None) -> list[tuple[str, float]]:
         """Return (YYYY-MM-DD in local time, seconds of media done that day) for the last `days` days,
