@@ -317,14 +317,22 @@ def cmd_status(args: argparse.Namespace) -> int:
         node = f"  · node {printable(job.node)}" if config.database is not None and job.node else ""
         print(line + (f"  — {printable(detail)}" if detail else "") + _speech(job) + node)
     for node in nodes_json(queue) if config.database is not None else []:
-        held = f"; holds {len(node['running'])} file(s)" if node["running"] else ""
-        alive = "gone" if node["gone"] else f"last heartbeat {node['silent_seconds']:.0f} s ago"
-        print(f"node {node['name']}: {alive}{held}")
+        print(_node_line(node))
     for decoder in queue.decoders.all() if queue else []:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(decoder.last_death_at or 0))
         print(f"decoder {decoder.name}: {decoder.restarts} restart(s); "
               f"last died {when} ({decoder.last_death})")
     return EXIT_OK
+
+
+def _node_line(node: dict) -> str:
+    """Given a node as nodes_json shows it, return its line of `subwatch status`."""
+    alive = "gone" if node["gone"] else f"last heartbeat {node['silent_seconds']:.0f} s ago"
+    workers = f"; workers {', '.join(node['workers'])}" if node["workers"] and not node["gone"] else ""
+    now = [printable(os.path.basename(p)) for p in node["transcribing"]]
+    doing = f"; transcribing {', '.join(now)}" if now else ""
+    held = f"; holds {len(node['running'])} file(s)" if node["running"] else ""
+    return f"node {printable(node['name'])}: {alive}{workers}{doing}{held}"
 
 
 def _speech(job: Job) -> str:

@@ -73,15 +73,21 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 def nodes_json(queue: Any) -> list[dict[str, Any]]:
     """Each daemon that uses the queue, as `subwatch status --json --nodes` and GET /api/nodes show it:
-    its last heartbeat, whether it is gone (stopped, or silent past its lease) and what it holds."""
+    its last heartbeat, whether it is gone (stopped, or silent past its lease), the devices its
+    transcribers run on, the files it holds (claimed: decoding, waiting or in the model) and those
+    in its model now."""
     if queue is None:
         return []
     holding: dict[str | None, list[str]] = {}
+    transcribing: dict[str | None, list[str]] = {}
     for job in queue.jobs([JobState.RUNNING]):
         holding.setdefault(job.node, []).append(os.fsdecode(job.path))
+        if job.in_model_since is not None:
+            transcribing.setdefault(job.node, []).append(os.fsdecode(job.path))
     return [{"name": n.name, "gone": n.gone, "started_at": n.started_at, "heartbeat_at": n.heartbeat_at,
              "silent_seconds": round(n.silent_for, 1), "lease_seconds": n.lease_seconds,
-             "stopped_at": n.stopped_at, "running": holding.get(n.name, [])} for n in queue.nodes.all()]
+             "stopped_at": n.stopped_at, "workers": list(n.workers), "running": holding.get(n.name, []),
+             "transcribing": transcribing.get(n.name, [])} for n in queue.nodes.all()]
 
 
 def decoders_json(queue: Any) -> list[dict[str, Any]]:

@@ -26,10 +26,13 @@ BEATS_PER_LEASE = 6  # renewed this often per lease: a few missed beats (a slow 
 class LeaseKeeper:
     """A thread that renews this node's leases and reaps other nodes' lapsed ones until stopped."""
 
-    def __init__(self, jobs: JobQueue, reaped: Callable[[], None]) -> None:
+    def __init__(self, jobs: JobQueue, reaped: Callable[[], None],
+                 workers: Callable[[], list[str]] = list) -> None:
         self._jobs = jobs
         self._reaped = reaped  # called after other nodes' jobs were put back
+        self._workers = workers  # the devices this node's transcribers run on, for the status
         self._stop = threading.Event()
+        self._soon = threading.Event()  # beat now, not at the next interval (stop, or workers changed)
         self._thread: threading.Thread | None = None
         self._failing = False  # said once when the database fails, once when it works again
 
@@ -44,12 +47,17 @@ class LeaseKeeper:
 
     def stop(self) -> None:
         self._stop.set()
+        self._soon.set()
         if self._thread is not None:
             self._thread.join(10.0)
 
+    def beat_soon(self) -> None:
+        """Beat now instead of at the next interval: the workers changed, and the status should say."""
+        self._soon.set()
+
     def beat(self) -> list[Recovered]:
         """Renew this node's leases and put back other nodes' lapsed jobs (each logged); return those."""
-        self._jobs.renew()
+        self._jobs.renew(self._workers())
         reaped = self._jobs.reap_lapsed()
         for back in reaped:
             job_log(log, "requeued", back.job.path, lapsed_note(back), back.job.id, level=logging.WARNING)
@@ -59,7 +67,11 @@ class LeaseKeeper:
 
     def _run(self) -> None:
         interval = self._jobs.lease_seconds / BEATS_PER_LEASE
-        while not self._stop.wait(interval):
+        while True:
+            self._soon.wait(interval)
+            self._soon.clear()
+            if self._stop.is_set():
+                return
             try:
                 self.beat()
             except QueueError as exc:

@@ -63,7 +63,7 @@ class Service:
         self.config = config
         self.jobs = open_queue(config)
         self._wake = threading.Event()  # new work for the loader
-        self.leases = LeaseKeeper(self.jobs, self._reaped)
+        self.leases = LeaseKeeper(self.jobs, self._reaped, self._worker_devices)
         self.serving = Serving(self.jobs.serve)  # which folders' jobs this node claims
         self.ledger = subtitles.SidecarLedger(self.jobs)
         self._stopping = threading.Event()
@@ -107,6 +107,7 @@ class Service:
             self.http.start()  # after the intake: the hooks hand it files
         self._start_thread("loader", self._loader_loop)
         self._start_workers()
+        self.leases.beat_soon()  # the status shows this node's workers from now on
         self.systemd.ready()
         watchdog = WatchdogLoop(self.systemd, self._healthy)
         watchdog.start()
@@ -184,6 +185,10 @@ class Service:
         signal.signal(signal.SIGINT, lambda *_: self.stop())
         signal.signal(signal.SIGHUP, lambda *_: self._reload_requested.set())
 
+    def _worker_devices(self) -> list[str]:
+        """The devices this node's transcribers run on (the heartbeat records them for the status)."""
+        return [device for device, worker in list(self.workers.items()) if worker.usable]
+
     def _reaped(self) -> None:
         """Another node's lapsed jobs came back: wake the loader, and send what that node owed."""
         self._wake.set()
@@ -258,6 +263,7 @@ class Service:
         self.serving.update(new)
         self.models.set_memory_limit(new.gpu_memory_limit)
         self._start_workers()  # for devices the new config adds
+        self.leases.beat_soon()
         self.intake.update(new)
         self.notifier.update(new.notify)
         log.info("reloaded %s: watching %d folder(s)", new.source, len(new.folders))

@@ -130,6 +130,18 @@ def test_sixty_files_are_each_done_once_by_both_nodes_under_their_own_paths(clus
         jobs = status(configs["a"])
         return len(jobs) == len(sentences) and all(j["state"] == "done" for j in jobs)
 
+    # Seen from either host, the cluster shows each node's devices and the files in its model now.
+    working: dict[str, set[str]] = {"a": set(), "b": set()}
+
+    def both_seen_working() -> bool:
+        for node in _nodes(configs["b"]):
+            assert node["workers"] == ["cpu"] and not node["gone"], node
+            working[node["name"]] |= {Path(p).name for p in node["transcribing"]}
+        return all(working.values()) or done()
+
+    _wait(both_seen_working, 400, "both nodes seen transcribing")
+    assert working["a"] and working["b"] and working["a"].isdisjoint(working["b"]), working
+    assert working["a"] | working["b"] <= set(sentences)
     _wait(done, 400, "every file done")
     seen_by = {node: sorted((Path(j["path"]), j["id"], j["node"]) for j in status(configs[node]))
                for node in ("a", "b")}
@@ -160,6 +172,20 @@ def test_sixty_files_are_each_done_once_by_both_nodes_under_their_own_paths(clus
     for name in sentences:  # each node names the file as it sees it
         assert str((inbox if by_name[name] == "a" else mount) / name) in bodies[name.removesuffix(".wav")]
     assert a.stop() == 0 and b.stop() == 0
+
+
+def _nodes(config: Path) -> list[dict]:
+    """The nodes as `subwatch status --json --nodes` shows them (read in this process)."""
+    from daemon.config import load_config
+    from daemon.jobsjson import nodes_json
+    from daemon.queue import JobQueue
+
+    loaded = load_config(config)
+    jobs = JobQueue(loaded.queue_at, node=loaded.node.name, paths=loaded.queue_paths)
+    try:
+        return nodes_json(jobs)
+    finally:
+        jobs.close()
 
 
 def _stored_paths(config: Path) -> set[str]:

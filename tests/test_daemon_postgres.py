@@ -48,8 +48,8 @@ def test_a_daemon_on_postgresql_transcribes_and_records_there(
         assert message["title"] == "Subtitles ready: Inaugural Address (1961)"
         assert "Language: English (en)" in message["message"]
         [node] = json.loads(subwatch("status", "--json", "--nodes", "--config", str(config)).stdout)
-        assert (node["name"], node["gone"], node["running"], node["stopped_at"]) == (
-            "nas-gpu", False, [], None)
+        assert (node["name"], node["gone"], node["running"], node["stopped_at"], node["workers"]) == (
+            "nas-gpu", False, [], None, ["cpu"])
         assert 0 <= node["silent_seconds"] <= 60 and node["lease_seconds"] == 60
         assert daemon.stop() == 0
         log = daemon.log()

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 from daemon.config import Config, load_config
-from daemon.datatypes import JobResult
+from daemon.datatypes import JobResult, JobState
 from daemon.decoders import DecoderPool, Settings
 from daemon.http import DaemonView, HttpContext, build_app
 from daemon.http.page import day_chart, hours_text
@@ -298,3 +298,20 @@ def test_a_done_job_without_speech_shows_its_note_on_the_page_and_in_the_api(set
     assert quiet["outputs"] == []
     assert jobs["a.mkv"]["note"] is None and jobs["b.mkv"]["note"] is None  # done with sidecars; failed
     assert jobs["b.mkv"]["error"].startswith("not a media file")  # a failure's error is unchanged
+
+
+def test_the_page_shows_each_node_its_workers_and_what_is_in_its_model(setup: Setup) -> None:
+    running = next(j for j in setup.jobs.jobs([JobState.RUNNING]))
+    setup.jobs.enter_model([running.id])
+    setup.jobs.renew(["cpu"])  # this node's heartbeat, with its workers
+    setup.jobs.nodes.beat("gpu-box", 60.0, ["cuda:0", "cuda:1"])  # another host on the same queue
+    page = setup.client.get(f"/?apikey={KEY}")
+    nodes = re.search(r'<ul class="plain" id="nodes">(.*?)</ul>', page.text, re.S)
+    assert nodes is not None
+    items = re.findall(r"<li.*?</li>", nodes.group(1))
+    lines = [" ".join(re.sub(r"<[^>]+>", "", li).split()) for li in items]
+    this = setup.jobs.node
+    assert sorted(lines) == sorted([
+        f"node {this} (this one): last heartbeat 0 s ago, workers cpu, transcribing c.mkv, holds 1 file(s)",
+        "node gpu-box: last heartbeat 0 s ago, workers cuda:0, cuda:1",
+    ])

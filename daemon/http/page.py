@@ -195,7 +195,9 @@ def build_view(context: HttpContext, daemon: DaemonView) -> dict[str, Any]:
                         "size": _bytes(m.size), "busy": m.users > 0} for m in daemon.models.loaded()],
             "gpu": [{"device": d, "used": _bytes(n)} for d, n in gpu_memory().items()],
             "nodes": [{"name": n["name"], "gone": n["gone"], "silent": f"{n['silent_seconds']:.0f} s",
-                       "running": len(n["running"]), "this": n["name"] == jobs.node}
+                       "running": len(n["running"]), "this": n["name"] == jobs.node,
+                       "workers": ", ".join(n["workers"]),
+                       "transcribing": [printable(os.path.basename(p)) for p in n["transcribing"]]}
                       for n in nodes_json(jobs)],
             "decoders": [{"name": d.name, "pid": d.pid, "restarts": d.restarts,
                           "last_death": d.last_death.cause if d.last_death else None}

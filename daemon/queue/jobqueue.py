@@ -8,7 +8,7 @@ tables (finish: job, transcript and notice) is still one transaction.
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from daemon.datatypes import Job, JobResult, JobState, Transcript, TranscriptKey
@@ -134,9 +134,10 @@ class JobQueue:
         """Claim only jobs of these watched folders from now on (None, the default: of any)."""
         self._runs.serve(folders)
 
-    def renew(self) -> int:
-        """Beat this node's heartbeat and extend the leases it holds; return how many it renewed."""
-        self.nodes.beat(self.node, self.lease_seconds)
+    def renew(self, workers: Sequence[str] | None = None) -> int:
+        """Beat this node's heartbeat (recording the devices its transcribers run on, if given) and
+        extend the leases it holds; return how many it renewed."""
+        self.nodes.beat(self.node, self.lease_seconds, workers)
         return self._runs.renew()
 
     def reap_lapsed(self) -> list[Recovered]:

@@ -6,6 +6,8 @@ than its lease is gone: its running jobs are put back by the other nodes (`recov
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from daemon.queue.database import Database
@@ -21,6 +23,7 @@ class NodeRecord:
     lease_seconds: float
     stopped_at: float | None  # a clean stop; None while it runs or after it died
     silent_for: float  # seconds since its last beat, by the database's clock
+    workers: tuple[str, ...] = ()  # the devices its transcribers run on, as configured
 
     @property
     def gone(self) -> bool:
@@ -41,16 +44,20 @@ class NodeRecords:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    def beat(self, name: str, lease_seconds: float, *, starting: bool = False) -> None:
-        """Record that the node `name` is alive now (`starting`: its run began now)."""
+    def beat(self, name: str, lease_seconds: float, workers: Sequence[str] | None = None, *,
+             starting: bool = False) -> None:
+        """Record that the node `name` is alive now (`starting`: its run began now), and the devices
+        its transcribers run on (None: as last recorded)."""
         now = self._db.now_sql
         started = f"started_at = {now}, stopped_at = NULL, " if starting else ""
+        devices = None if workers is None else json.dumps(list(workers))
         with self._db.write(durable=False) as conn:
             conn.execute(
-                "INSERT INTO nodes (name, started_at, heartbeat_at, lease_seconds) "
-                f"VALUES (?, {now}, {now}, ?) "
+                "INSERT INTO nodes (name, started_at, heartbeat_at, lease_seconds, workers) "
+                f"VALUES (?, {now}, {now}, ?, ?) "
                 f"ON CONFLICT (name) DO UPDATE SET {started}heartbeat_at = {now}, "
-                "lease_seconds = excluded.lease_seconds", (name, lease_seconds))
+                "lease_seconds = excluded.lease_seconds, "
+                "workers = COALESCE(excluded.workers, nodes.workers)", (name, lease_seconds, devices))
 
     def stopped(self, name: str) -> None:
         """Record that the node `name` stopped cleanly (its jobs were released)."""
@@ -60,7 +67,7 @@ class NodeRecords:
     def all(self) -> list[NodeRecord]:
         """Return every node the queue has heard of, by name."""
         rows = self._db.query(
-            "SELECT name, started_at, heartbeat_at, lease_seconds, stopped_at, "
+            "SELECT name, started_at, heartbeat_at, lease_seconds, stopped_at, workers, "
             f"{self._db.now_sql} - heartbeat_at AS silent FROM nodes ORDER BY name")
         return [NodeRecord(r["name"], r["started_at"], r["heartbeat_at"], r["lease_seconds"], r["stopped_at"],
-                           max(r["silent"], 0.0)) for r in rows]
+                           max(r["silent"], 0.0), tuple(json.loads(r["workers"] or "[]"))) for r in rows]

@@ -162,6 +162,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             stopped_at {real}
         )""",
     ),
+    (
+        # The devices this node's transcribers run on (a JSON list), for the cluster's status.
+        "ALTER TABLE nodes ADD COLUMN workers TEXT",
+    ),
 )
 
 
