@@ -1,8 +1,18 @@
-"""The shared queue on a real PostgreSQL server: claim latency with a deep backlog, the connections
-one node holds, and how long a dead node's file waits before another node takes it (issue #21).
+"""The shared queue on a real PostgreSQL server: throughput with 1, 2 and 3 daemons sharing a
+backlog, claim latency with a deep backlog, the connections one node holds, and how long a dead
+node's file waits before another node takes it (issue #21).
 
-    python bench/cluster.py                  # 10,000 queued jobs, 300 claims, 8 claiming threads
-    python bench/cluster.py --jobs 2000 --claims 100
+    python bench/cluster.py                  # 300 files for 1/2/3 nodes; 10,000 queued jobs, 300 claims
+    python bench/cluster.py --files 60 --nodes 1 2 --jobs 2000 --claims 100   # a quicker look
+
+Throughput: `--files` spoken sentences (espeak-ng, 2 to 3 s each, made once in --cache) wait in a
+folder; N real `subwatch run` daemons (tiny.en on the CPU, one thread each: OMP_NUM_THREADS=1) start
+on one fresh database and share them. Timed by the database: from the first claim to the last file
+done; each node's share counted from the job rows. A fresh copy of the files per run. "cores busy":
+the CPU seconds of the daemons and their children (decoder, ffmpeg) over the run's wall time, start
+and stop included: what one node already uses bounds what more nodes can add on this machine. With
+--pin yes (or both), node n and its children run on core n alone: one core per node, as on hosts of
+their own, which shows what the shared queue itself costs.
 
 Starts its own server (Debian's postgresql, as tests/postgres.py does), fills a fresh database
 with `--jobs` pending jobs, and times claims (each claim, then its finish, as a worker does) from
@@ -12,14 +22,16 @@ plan PostgreSQL picks for the claim, and the connections a node held at its busi
 The takeover: node "dead" claims a file and stops renewing (as a killed daemon does); node "alive"
 runs the daemon's own LeaseKeeper and claims the file as soon as it is put back. Timed from the dead
 node's last renewal to the other's claim, `--takeovers` times with `--lease` seconds.
-
-Not measured here yet: throughput with 1, 2 and 3 daemons sharing the queue (the rest of #21).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import resource
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -93,6 +105,98 @@ def takeover(url: str, lease: float) -> float:
     return waited
 
 
+COLOURS = ("red", "green", "yellow", "black", "white", "blue", "brown", "grey", "orange", "pink")
+ANIMALS = ("horse", "rabbit", "tiger", "monkey", "camel", "donkey")
+PLACES = ("river", "garden", "station", "market", "bridge")
+
+
+def spoken_files(cache: Path, files: int) -> list[Path]:
+    """Return `files` different spoken sentences as WAV files in `cache`, made once."""
+    said = [f"The {c} {a} is sleeping near the {p} today." for c in COLOURS for a in ANIMALS for p in PLACES]
+    if files > len(said):
+        raise SystemExit(f"--files: at most {len(said)}")
+    cache.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, text in enumerate(said[:files]):
+        path = cache / f"Sentence {i:03d}.wav"
+        if not path.exists():
+            subprocess.run(["espeak-ng", "-v", "en", "-s", "160", "-w", str(path), text], check=True)
+        paths.append(path)
+    return paths
+
+
+def throughput(server: PostgresServer, sources: list[Path], nodes: int, scratch: Path, pin: bool) -> dict:
+    """Run `nodes` daemons on a fresh database over a fresh copy of `sources`; return the timings.
+    With `pin`, node n and all its processes run on core n only (one core per node)."""
+    from tests.real_weights import tiny_en_folder
+
+    run = scratch / f"nodes-{nodes}{'-pinned' if pin else ''}"
+    inbox = run / "inbox"
+    inbox.mkdir(parents=True)
+    for source in sources:
+        shutil.copy(source, inbox / source.name)
+    url = server.fresh_url()
+    daemons = []
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)  # the daemons, their decoders and ffmpegs
+    began = time.monotonic()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    for n in range(nodes):
+        config = run / f"node{n}.yaml"
+        config.write_text(
+            f"state_dir: {run / f'state{n}'}\ndatabase: \"{url}\"\nnode: {{name: node{n}}}\n"
+            f"defaults: {{model: {tiny_en_folder()}, device: cpu, beam_size: 1, language: en, "
+            f"settle_seconds: 1}}\nfolders: [{{path: {inbox}}}]\n")
+        log = open(run / f"node{n}.log", "wb")  # noqa: SIM115 - closed with the daemon
+        core = n % (os.cpu_count() or 1)
+        pinned = (lambda core=core: os.sched_setaffinity(0, {core})) if pin else None
+        daemons.append((subprocess.Popen([sys.executable, "-m", "daemon", "run", "--config", str(config)],
+                                         cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                         preexec_fn=pinned), log))
+    q = JobQueue(url, node="bench-reader")
+    try:
+        while True:
+            time.sleep(2.0)
+            counts = q.counts()
+            if sum(counts.values()) == len(sources) and not any(
+                    counts[state] for state in counts if state.value in ("pending", "running")):
+                break
+            if any(p.poll() is not None for p, _ in daemons):
+                raise SystemExit(f"a daemon stopped; see {run}/node*.log")
+        jobs = q.jobs()
+        started, ended = q._db.query("SELECT MIN(started_at), MAX(finished_at) FROM jobs").fetchone()  # noqa: SLF001
+    finally:
+        q.close()
+        for process, log in daemons:
+            process.terminate()
+            process.wait(60)
+            log.close()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    failed = sum(j.state.value != "done" for j in jobs)
+    return {"nodes": nodes, "pinned": pin, "files": len(jobs), "failed": failed,
+            "seconds": ended - started, "audio": sum(j.media_duration or 0.0 for j in jobs),
+            "shares": sorted(sum(j.node == f"node{n}" for j in jobs) for n in range(nodes)),
+            "cores": cpu / (time.monotonic() - began)}
+
+
+def throughput_table(results: list[dict]) -> str:
+    """Given each run's timings, return the markdown table."""
+    ones = {r["pinned"]: r for r in results if r["nodes"] == 1}
+    lines = ["| nodes | cores each | files | failed | first claim to last done | files/min | x one node | "
+             "audio x realtime | files per node | cores busy |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---|---:|"]
+    for r in results:
+        rate = r["files"] / r["seconds"] * 60
+        one = ones.get(r["pinned"])
+        ratio = f"{rate / (one['files'] / one['seconds'] * 60):.2f}" if one else "-"
+        each = "1 (pinned)" if r["pinned"] else "any"
+        shares = ", ".join(map(str, r["shares"]))
+        lines.append(f"| {r['nodes']} | {each} | {r['files']} | {r['failed']} | {r['seconds']:.0f} s | "
+                     f"{rate:.1f} | {ratio} | {r['audio'] / r['seconds']:.1f} | {shares} | "
+                     f"{r['cores']:.2f} |")
+    return "\n".join(lines)
+
+
 def row(name: str, took: list[float]) -> str:
     ms = sorted(t * 1000 for t in took)
     p95 = ms[int(len(ms) * 0.95) - 1]
@@ -106,11 +210,24 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--lease", type=float, default=10.0, help="seconds (the config's minimum: 10)")
     parser.add_argument("--takeovers", type=int, default=3)
+    parser.add_argument("--files", type=int, default=300, help="the backlog the nodes share (0: skip)")
+    parser.add_argument("--nodes", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--cache", type=Path, default=Path("/tmp/subwatch-cluster-bench"))
+    parser.add_argument("--pin", choices=("no", "yes", "both"), default="both",
+                        help="run each node on a core of its own (yes), anywhere (no), or both in turn")
     args = parser.parse_args()
     rows = []
+    results = []
     with tempfile.TemporaryDirectory() as scratch:
         server = PostgresServer(Path(scratch) / "postgres")
         try:
+            if args.files:
+                sources = spoken_files(args.cache, args.files)
+                for pin in {"no": [False], "yes": [True], "both": [False, True]}[args.pin]:
+                    for nodes in args.nodes:
+                        results.append(throughput(server, sources, nodes, Path(scratch), pin))
+                        print(f"{nodes} node(s){' pinned' if pin else ''}: {results[-1]['seconds']:.0f} s",
+                              file=sys.stderr)
             url = server.fresh_url()
             q = JobQueue(url, node="bench")
             fill(q, args.jobs)
@@ -148,6 +265,9 @@ def main() -> int:
         rows.append(row(f"SQLite, {args.jobs - args.claims:,} queued, {args.threads} threads",
                         timed_claims(sqlite, args.claims, args.threads)))
         sqlite.close()
+    if results:
+        print(f"throughput: {args.files} files, tiny.en on the CPU, one thread per node "
+              f"({os.cpu_count()} cores here)\n" + throughput_table(results) + "\n")
     print("| queue | claims | median ms | p95 ms | max ms |\n|---|---:|---:|---:|---:|")
     print("\n".join(rows))
     print(f"\nconnections one node held at its busiest ({args.threads} threads claiming): {busiest[0]}")

@@ -29,7 +29,7 @@ class LeaseKeeper:
     def __init__(self, jobs: JobQueue, reaped: Callable[[], None],
                  workers: Callable[[], list[str]] = list) -> None:
         self._jobs = jobs
-        self._reaped = reaped  # called after other nodes' jobs were put back
+        self._reaped = reaped  # called after a gone node's jobs were put back or its owed sends taken
         self._workers = workers  # the devices this node's transcribers run on, for the status
         self._stop = threading.Event()
         self._soon = threading.Event()  # beat now, not at the next interval (stop, or workers changed)
@@ -56,12 +56,16 @@ class LeaseKeeper:
         self._soon.set()
 
     def beat(self) -> list[Recovered]:
-        """Renew this node's leases and put back other nodes' lapsed jobs (each logged); return those."""
+        """Renew this node's leases, put back other nodes' lapsed jobs (each logged) and take over what
+        a gone node owed (notifications, media server updates); return the jobs put back."""
         self._jobs.renew(self._workers())
         reaped = self._jobs.reap_lapsed()
         for back in reaped:
             job_log(log, "requeued", back.job.path, lapsed_note(back), back.job.id, level=logging.WARNING)
-        if reaped:
+        adopted = self._jobs.adopt_owed()
+        if adopted:
+            log.info("took over %d notification(s) and media server update(s) a gone node owed", adopted)
+        if reaped or adopted:
             self._reaped()
         return reaped
 

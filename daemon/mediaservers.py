@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,8 @@ class MediaServers:
         self._jobs = jobs
         self._notifier = notifier
         self._attempts = attempts
+        self._handed: set[int] = set()  # owed rows handed to the delivery thread, not yet settled
+        self._handed_lock = threading.Lock()
 
     def sidecars_changed(self, job_id: int, paths: Sequence[Path]) -> None:
         """Given a job whose sidecars were just written or moved, owe each server the news and hand
@@ -149,22 +152,30 @@ class MediaServers:
         servers = self._servers()
         if not servers or not paths:
             return
-        try:
-            owed = self._jobs.server_updates.owe(job_id, [s.label for s in servers], paths)
-        except Exception:
-            log.warning("could not record the media servers to tell of job %d; telling them anyway",
-                        job_id, exc_info=True)
-            owed = [ServerUpdate(0, job_id, s.label, tuple(paths), "owed", None) for s in servers]
+        # Recorded and marked handed under one lock: tell_owed (after a takeover) must not hand the
+        # same rows over between the two.
+        with self._handed_lock:
+            try:
+                owed = self._jobs.server_updates.owe(job_id, [s.label for s in servers], paths)
+            except Exception:
+                log.warning("could not record the media servers to tell of job %d; telling them anyway",
+                            job_id, exc_info=True)
+                owed = [ServerUpdate(0, job_id, s.label, tuple(paths), "owed", None) for s in servers]
+            self._handed |= {update.id for update in owed if update.id}
         for update in owed:
             self._hand_over(update)
 
     def tell_owed(self) -> None:
-        """At start: hand over what a stopped daemon owed the servers."""
-        try:
-            owed = self._jobs.server_updates.owed()
-        except Exception:
-            log.warning("could not read the media server updates owed", exc_info=True)
-            return
+        """Hand over what this node owes the servers and has not handed yet: at start, what a stopped
+        daemon left; later, what it took over from a gone node."""
+        with self._handed_lock:  # read and marked at once: see sidecars_changed
+            try:
+                owed = self._jobs.server_updates.owed()
+            except Exception:
+                log.warning("could not read the media server updates owed", exc_info=True)
+                return
+            owed = [update for update in owed if update.id not in self._handed]
+            self._handed |= {update.id for update in owed}
         for update in owed:
             self._hand_over(update)
 
@@ -181,6 +192,8 @@ class MediaServers:
                 log.info("told %s of %s", update.server, names)
             if update.id:
                 self._jobs.server_updates.settle(update.id, told, error)
+                with self._handed_lock:
+                    self._handed.discard(update.id)
 
         self._notifier.call(Call(update.server, attempt, settled, attempts=self._attempts))
 

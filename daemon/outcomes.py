@@ -181,7 +181,9 @@ class Outcomes:
             # A done job's `error` is its note (no speech found): see JobQueue.finish.
             error=notice.error if notice.kind == "failed" else None,
             note=notice.error if notice.kind == "done" else None,
-            urls=self._targets(rules) if rules else (), key=notice.id,
+            # A folder this node does not watch (it left the config, or the notice was taken over from
+            # a gone node that watched it): the global targets still hear of it.
+            urls=self._targets(rules) if rules else self._config().notify.urls, key=notice.id,
         )
 
     def _targets(self, rules: FolderRules) -> tuple[str, ...]:

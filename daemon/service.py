@@ -190,9 +190,11 @@ class Service:
         return [device for device, worker in list(self.workers.items()) if worker.usable]
 
     def _reaped(self) -> None:
-        """Another node's lapsed jobs came back: wake the loader, and send what that node owed."""
+        """A gone node's jobs came back or its sends were taken over: wake the loader, and send what
+        that node owed."""
         self._wake.set()
         self.outcomes.notify_owed()
+        self.media_servers.tell_owed()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -243,7 +245,9 @@ class Service:
     def _decoder_died(self, decoder: Decoder, death: Death) -> None:
         """Keep a decoder child's death where `subwatch status` and the status page read it."""
         state = decoder.state()
-        self.jobs.decoders.record(state.name, state.pid, state.restarts, death.cause, death.at)
+        # On a shared queue every node has its own `cpu` or `cuda:0`: the record names the node too.
+        name = state.name if self.config.database is None else f"{state.name} on {self.jobs.node}"
+        self.jobs.decoders.record(name, state.pid, state.restarts, death.cause, death.at)
 
     def _start_workers(self) -> None:
         self.pool.start_workers()

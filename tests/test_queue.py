@@ -950,7 +950,7 @@ def test_a_database_at_the_first_schema_is_migrated_with_its_jobs(db: Path, medi
     finally:
         q.close()
     raw = sqlite3.connect(db)
-    assert raw.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 7
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 8
     raw.close()
     JobQueue(db).close()  # opening a migrated database again changes nothing
 
@@ -961,7 +961,7 @@ def test_a_database_at_the_first_schema_is_migrated_with_its_jobs(db: Path, medi
 def test_the_database_uses_wal_and_a_schema_version(sq: JobQueue, db: Path) -> None:
     raw = sqlite3.connect(db)
     assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert raw.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 7
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 8
     raw.close()
 
 

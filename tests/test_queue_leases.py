@@ -12,6 +12,7 @@ import pytest
 
 from daemon.datatypes import JobResult, JobState
 from daemon.queue import JobQueue, LeaseLost
+from tests.test_notify import Receiver, notifiers, receiver, started  # noqa: F401 - fixtures
 from tests.test_queue import enqueue_many
 
 
@@ -134,3 +135,59 @@ def test_nodes_are_seen_with_their_heartbeat_and_gone_once_silent_past_their_lea
     assert seen["a"].gone and seen["a"].silent_for > 0.5 and not seen["b"].gone
     b.nodes.stopped("b")
     assert {n.name: n.gone for n in a.nodes.all()} == {"a": True, "b": True}
+
+
+def test_what_a_gone_node_owed_is_adopted_by_exactly_one_other_node(
+    nodes: Callable[..., JobQueue], media: Path
+) -> None:
+    a, b, c = nodes("a", 0.5), nodes("b"), nodes("c")
+    for node in (a, b, c):
+        node.recover_running()
+    [job_id] = _queued(a, media, 1)
+    a.claim()
+    srt = media / "00.en.srt"
+    a.finish(job_id, JobResult("en", None, 1.0, 0.5, (srt,)))  # a owes the notification...
+    a.server_updates.owe(job_id, ["jellyfin http://jf:8096"], [srt])  # ...and the media server's news
+    assert (b.adopt_owed(), c.adopt_owed()) == (0, 0)  # a is alive: they are a's to send
+    assert [n.job_id for n in a.notices()] == [job_id] and b.notices() == c.notices() == []
+    _lapse(0.5)  # a goes silent (killed right after the job ended)
+    b.renew()
+    c.renew()
+    taken = {"b": b.adopt_owed(), "c": c.adopt_owed()}
+    assert sorted(taken.values()) == [0, 2], taken  # one of them took both rows, the other none
+    heir, other = (b, c) if taken["b"] else (c, b)
+    assert [n.job_id for n in heir.notices()] == [job_id] and other.notices() == []
+    assert [u.job_id for u in heir.server_updates.owed()] == [job_id] and other.server_updates.owed() == []
+    assert heir.adopt_owed() == 0 and other.adopt_owed() == 0  # taken once
+
+
+def test_a_notice_of_a_folder_this_node_does_not_watch_goes_to_its_global_urls(
+    tmp_path: Path, media: Path, receiver: Receiver, notifiers: list  # noqa: F811 - fixtures
+) -> None:
+    """A notice adopted from a gone node may be of a folder only that node watched: it still goes out,
+    to this node's own notify.urls, and leaves the outbox."""
+    from daemon.config import load_config
+    from daemon.outcomes import Outcomes
+    from daemon.subtitles import SidecarLedger
+    from tests.harness import write_config
+
+    (tmp_path / "mine").mkdir()
+    config = load_config(write_config(tmp_path / "subwatch.yaml", f"""
+        state_dir: {tmp_path / "state"}
+        notify: {{urls: ["{receiver.url}"]}}
+        folders: [{{path: {tmp_path / "mine"}}}]
+    """))
+    q = JobQueue(config.queue_at, node="heir")
+    [job_id] = _queued(q, media, 1)  # in `media`, which this config does not watch
+    q.claim()
+    q.finish(job_id, JobResult("en", None, 61.0, 2.0))
+    notifier = started(notifiers, config.notify, settled=q.notices_settled)
+    Outcomes(q, SidecarLedger(q), notifier, lambda: config, lambda: None).notify_owed()
+    [post] = receiver.take(1)
+    assert post["title"] == "Subtitles ready: 000" and str(media / "000.mkv") in post["message"]
+    deadline = time.monotonic() + 5
+    while q.notices() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert q.notices() == []
+    notifier.stop(timeout=1.0)
+    q.close()

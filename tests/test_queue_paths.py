@@ -111,3 +111,42 @@ def test_a_host_claims_by_its_own_folders_and_every_record_reads_back_in_each_ho
     assert nas.move_sidecar(nas_media / "Heat (1995).en.srt", nas_media / "Heat.en.srt")
     assert desktop.get(job.id).path == desktop_media / "Heat.mkv"
     assert desktop.get(job.id).outputs == (desktop_media / "Heat.en.srt",)
+
+
+def test_a_copy_is_not_taken_for_a_move_because_this_host_cannot_see_the_others_share(
+    postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    url = postgres_server.fresh_url()
+    nas_media, desktop_only = tmp_path / "nas" / "media", tmp_path / "desktop" / "downloads"
+    nas_media.mkdir(parents=True)
+    desktop_only.mkdir(parents=True)
+    nas = JobQueue(url, node="nas", paths=PathMap(((STORED, str(nas_media)),)))
+    # The desktop does not mount the NAS's media at all: its map points where nothing is.
+    desktop = JobQueue(url, node="desktop", paths=PathMap(((STORED, str(tmp_path / "not-mounted")),)))
+    (nas_media / "Heat (1995).mkv").write_bytes(b"a film")
+    job = nas.enqueue(nas_media / "Heat (1995).mkv", nas_media).job
+    nas.claim()
+    nas.finish(job.id, JobResult(language="en", language_probability=0.9, media_duration=60.0, elapsed=3.0))
+    (desktop_only / "Heat.mkv").write_bytes(b"a film")  # the same film in the desktop's own folder
+    outcome = desktop.enqueue(desktop_only / "Heat.mkv", desktop_only)
+    assert outcome.action == "copied" and outcome.job.id != job.id  # its own job, from the transcript
+    assert nas.get(job.id).path == nas_media / "Heat (1995).mkv"  # the NAS's job stays where it is
+    nas.close()
+    desktop.close()
+
+
+def test_a_path_map_that_would_read_a_watched_folder_back_elsewhere_is_refused(tmp_path: Path) -> None:
+    from daemon.config import ConfigError, load_config
+    from tests.harness import write_config
+
+    config = write_config(tmp_path / "subwatch.yaml", f"""
+        state_dir: {tmp_path / "state"}
+        database: postgresql://subwatch@nas.lan/subwatch
+        node: {{path_map: {{"{tmp_path}/media": "/mnt/media"}}}}
+        folders: [{{path: {tmp_path}/media/music}}]
+    """)
+    with pytest.raises(ConfigError) as refused:
+        load_config(config)
+    said = str(refused.value)
+    assert "at 'node.path_map'" in said and f"{tmp_path}/media/music" in said
+    assert "/mnt/media/music" in said  # what it would read back as

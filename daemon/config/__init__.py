@@ -144,15 +144,29 @@ def _freeze(parsed: _ConfigModel, source: Path) -> Config:
         media_servers=tuple(_media_server(m) for m in parsed.media_servers),
         unwatched=unwatched,
         database=_database(parsed.database, source),
-        node=_node(parsed.node),
+        node=_node(parsed.node, folders, source),
     )
 
 
-def _node(model: _NodeModel) -> NodeRules:
+def _node(model: _NodeModel, folders: tuple[FolderRules, ...], source: Path) -> NodeRules:
     written = {key: value for key, value in _written(model).items() if value is not None}
     if "path_map" in written:
         written["path_map"] = PathMap(tuple(written["path_map"].items()))
+        _check_round_trip(written["path_map"], folders, source)
     return NodeRules(**written)
+
+
+def _check_round_trip(paths: PathMap, folders: tuple[FolderRules, ...], source: Path) -> None:
+    """Raise ConfigError for a watched folder that node.path_map would store in a form that reads back
+    as another path here: its jobs would be found nowhere (a local folder under a stored prefix)."""
+    for rules in folders:
+        stored = paths.stored(rules.path)
+        back = paths.here(stored)
+        if back != rules.path:
+            raise ConfigError(source, [
+                f"at 'node.path_map': the folder {rules.path} would be stored as {stored}, which this "
+                f"host reads back as {back}; map a narrower stored prefix, or give this folder's "
+                "place here a stored prefix of its own"])
 
 
 def _database(url: str | None, source: Path) -> Secret | None:

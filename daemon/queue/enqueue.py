@@ -125,8 +125,9 @@ class Enqueuer:
             )
         ]
         for twin in twins:
-            # A running job's worker holds the old path; leave it be and let a later scan move it.
-            if twin.state is not JobState.RUNNING and not twin.path.exists():
+            # A running job's worker holds the old path; leave it be and let a later scan move it. A
+            # twin whose folder this host does not see (another host's share) may well be there.
+            if twin.state is not JobState.RUNNING and twin.folder.is_dir() and not twin.path.exists():
                 moved = self._db.set(
                     conn, twin.id, path=self._db.key(path), folder=self._db.key(folder), size=size,
                     mtime=mtime,

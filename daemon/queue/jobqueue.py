@@ -128,7 +128,9 @@ class JobQueue:
         """Return the jobs this node's last run left running, each pending again, and why (nothing
         charged); and record the node as started."""
         self.nodes.beat(self.node, self.lease_seconds, starting=True)
-        return recover_running(self._db, self.node)
+        recovered = recover_running(self._db, self.node)
+        self.adopt_owed()  # what this node's last run, or another gone node, left owed
+        return recovered
 
     def serve(self, folders: Iterable[Path] | None) -> None:
         """Claim only jobs of these watched folders from now on (None, the default: of any)."""
@@ -139,6 +141,11 @@ class JobQueue:
         extend the leases it holds; return how many it renewed."""
         self.nodes.beat(self.node, self.lease_seconds, workers)
         return self._runs.renew()
+
+    def adopt_owed(self) -> int:
+        """Take over what no live node owes (a gone node's notifications and media server updates);
+        return how many rows this node took. Each row is taken by one node only."""
+        return self.nodes.adopt(self.node)
 
     def reap_lapsed(self) -> list[Recovered]:
         """Return other nodes' running jobs whose lease lapsed, each pending again, and why."""

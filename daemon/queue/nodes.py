@@ -1,7 +1,8 @@
 """The `nodes` table: each daemon that uses the queue, its heartbeat by the database's clock.
 
 A daemon beats every few seconds (`JobQueue.renew`, with its leases); one whose last beat is older
-than its lease is gone: its running jobs are put back by the other nodes (`recovery.reap_lapsed`).
+than its lease is gone: its running jobs are put back by the other nodes (`recovery.reap_lapsed`),
+and the notifications and media server updates it owed are adopted by one of them (`adopt`).
 """
 
 from __future__ import annotations
@@ -31,11 +32,11 @@ class NodeRecord:
         return self.stopped_at is not None or self.silent_for > self.lease_seconds
 
 
-def owed_by(db: Database) -> str:
-    """Return the SQL condition (one `?`: this node's name) for rows owed by this node: its own, those
-    of no node (written before nodes were recorded), and those of a node that is gone."""
-    return ("(node IS NULL OR node = ? OR node IN (SELECT name FROM nodes WHERE stopped_at IS NOT NULL "
-            f"OR heartbeat_at + lease_seconds < {db.now_sql}))")
+def orphaned(db: Database) -> str:
+    """Return the SQL condition for rows no live node owes: of no node (written before nodes were
+    recorded), or of a node that stopped or went silent for longer than its lease."""
+    return ("(node IS NULL OR node NOT IN (SELECT name FROM nodes WHERE stopped_at IS NULL "
+            f"AND heartbeat_at + lease_seconds >= {db.now_sql}))")
 
 
 class NodeRecords:
@@ -58,6 +59,16 @@ class NodeRecords:
                 f"ON CONFLICT (name) DO UPDATE SET {started}heartbeat_at = {now}, "
                 "lease_seconds = excluded.lease_seconds, "
                 "workers = COALESCE(excluded.workers, nodes.workers)", (name, lease_seconds, devices))
+
+    def adopt(self, name: str) -> int:
+        """Make the node `name` owe what no live node owes (a gone node's notifications and media
+        server updates); return how many rows it took. One write transaction, so of several nodes
+        that adopt at once exactly one takes each row, and each is sent once."""
+        with self._db.write() as conn:
+            taken = conn.execute(f"UPDATE outbox SET node = ? WHERE {orphaned(self._db)}", (name,)).rowcount
+            taken += conn.execute(f"UPDATE server_updates SET node = ? WHERE state = 'owed' AND "
+                                  f"{orphaned(self._db)}", (name,)).rowcount
+            return taken
 
     def stopped(self, name: str) -> None:
         """Record that the node `name` stopped cleanly (its jobs were released)."""

@@ -14,7 +14,6 @@ from typing import Literal
 from daemon.datatypes import Job
 from daemon.queue.database import Database
 from daemon.queue.engines import Connection
-from daemon.queue.nodes import owed_by
 
 
 @dataclass(frozen=True)
@@ -50,11 +49,11 @@ class Outbox:
         self._node = node
 
     def notices(self, after: int = 0) -> list[Notice]:
-        """Return the notifications this node owes (its own jobs', and a gone node's) whose id is
-        above `after`, oldest first."""
+        """Return the notifications this node owes (its own jobs', and those it adopted from a gone
+        node) whose id is above `after`, oldest first."""
         rows = self._db.query(
             "SELECT id, job_id, kind, path, language, media_duration, elapsed, error FROM outbox "
-            f"WHERE id > ? AND {owed_by(self._db)} ORDER BY id", (after, self._node),
+            "WHERE id > ? AND node = ? ORDER BY id", (after, self._node),
         )
         return [Notice(row["id"], row["job_id"], row["kind"], self._db.path_of(row["path"]), row["language"],
                        row["media_duration"], row["elapsed"], row["error"]) for row in rows]

@@ -165,6 +165,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
         # The devices this node's transcribers run on (a JSON list), for the cluster's status.
         "ALTER TABLE nodes ADD COLUMN workers TEXT",
+        # A node's beat looks for a gone node's owed updates (nodes.adopt): only the owed rows.
+        "CREATE INDEX IF NOT EXISTS server_updates_owed ON server_updates (node) WHERE state = 'owed'",
     ),
 )
 

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Literal
 
 from daemon.queue.database import Database
-from daemon.queue.nodes import owed_by
 
 
 @dataclass(frozen=True)
@@ -62,8 +61,8 @@ class ServerUpdates:
         return self._select("WHERE job_id = ? ORDER BY id", (job_id,))
 
     def owed(self) -> list[ServerUpdate]:
-        """Return the rows still owed by this node (its own, and a gone node's), oldest first."""
-        return self._select(f"WHERE state = 'owed' AND {owed_by(self._db)} ORDER BY id", (self._node,))
+        """Return the rows still owed by this node (its own, and those it adopted), oldest first."""
+        return self._select("WHERE state = 'owed' AND node = ? ORDER BY id", (self._node,))
 
     def _select(self, where: str, args: tuple[object, ...]) -> list[ServerUpdate]:
         rows = self._db.query(
