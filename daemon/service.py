@@ -258,7 +258,7 @@ class Service:
         """Re-read the config; keep the old one if the new one is broken. Return True if applied."""
         self.systemd.reloading()
         try:
-            new = self._as_bound(load_config(self.config.source))
+            new = as_bound(self.http, load_config(self.config.source))
         except ConfigError as exc:
             log.error("reload rejected, keeping the running config: %s", exc)
             self.systemd.ready()
@@ -273,30 +273,6 @@ class Service:
         log.info("reloaded %s: watching %d folder(s)", new.source, len(new.folders))
         self.systemd.ready()
         return True
-
-    def _as_bound(self, new: Config) -> Config:
-        """Given a config just read, return it with its `http` section as the running listener serves
-        it: the socket bound at start stays (a new listen address applies at the next start), and the
-        key, path_map and limits come from the new file. Raise ConfigError if that would leave a
-        socket other machines reach without a key."""
-        if self.http is None:
-            if new.http is not None:
-                log.warning("an http section was added; restart subwatch to start listening")
-            return new
-        bound = self.http.rules
-        rules = replace(new.http or HttpRules(), host=bound.host, port=bound.port)
-        if rules.api_key is None and not rules.loopback:
-            raise ConfigError(new.source, [
-                f"at 'http.api_key': required while subwatch listens on {bound.listen}, which other "
-                "machines reach; keep the key, or change http.listen and restart"])
-        if new.http is None or new.http.listen != bound.listen:
-            log.warning("http.listen changed or was removed; subwatch keeps listening on %s until it is "
-                        "restarted (the rest of the http section applies now)", bound.listen)
-        return replace(new, http=rules)
-
-    # ------------------------------------------------------------ loader thread
-
-    # ------------------------------------------------------------ transcriber workers
 
     # ------------------------------------------------------------ systemd
 
@@ -330,6 +306,27 @@ def release_freed_memory() -> None:
     except (OSError, AttributeError):
         return
     trim(0)
+
+
+def as_bound(http: HttpServer | None, new: Config) -> Config:
+    """Given the running listener (None if none) and a config just read, return the config with its
+    `http` section as that listener serves it: the socket bound at start stays (a new listen address
+    applies at the next start), and the key, path_map and limits come from the new file. Raise
+    ConfigError if that would leave a socket other machines reach without a key."""
+    if http is None:
+        if new.http is not None:
+            log.warning("an http section was added; restart subwatch to start listening")
+        return new
+    bound = http.rules
+    rules = replace(new.http or HttpRules(), host=bound.host, port=bound.port)
+    if rules.api_key is None and not rules.loopback:
+        raise ConfigError(new.source, [
+            f"at 'http.api_key': required while subwatch listens on {bound.listen}, which other "
+            "machines reach; keep the key, or change http.listen and restart"])
+    if new.http is None or new.http.listen != bound.listen:
+        log.warning("http.listen changed or was removed; subwatch keeps listening on %s until it is "
+                    "restarted (the rest of the http section applies now)", bound.listen)
+    return replace(new, http=rules)
 
 
 def open_queue(config: Config) -> JobQueue:
