@@ -196,4 +196,3 @@ def one_line_error(exc: BaseException) -> str:
     """Given an exception, return its message on one line of at most 300 characters."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) < 300 else text[:297] + "…"
-

@@ -58,6 +58,7 @@ class JobRuns:
         """Claim only jobs of these watched folders from now on (None: of any). A node has rules only
         for its own folders: another node's job would be skipped as "not in a watched folder"."""
         self._folders = None if folders is None else tuple(sorted({self._db.key(f) for f in folders}))
+
     def holds(self, job: Job) -> bool:
         """Given a job as read now, return True unless this node claimed it and has lost the lease."""
         with self._held_lock:

@@ -149,11 +149,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX IF NOT EXISTS jobs_claimable ON jobs (suspect DESC, id) WHERE state = 'pending'",
         "CREATE INDEX IF NOT EXISTS jobs_leases ON jobs (lease_until) WHERE state = 'running'",
         # The node that owes a notification or a media server update sends it, so each is sent once
-        # however many nodes share the queue; a gone node's are taken over (`nodes.gone_sql`).
+        # however many nodes share the queue; a gone node's are adopted by one other (`nodes.adopt`).
         "ALTER TABLE outbox ADD COLUMN node TEXT",
         "ALTER TABLE server_updates ADD COLUMN node TEXT",
         # Each daemon that uses the queue, as `status` shows it: its last heartbeat by the database's
-        # clock, and what its workers do (JSON).
+        # clock (its workers came in the next migration).
         """CREATE TABLE IF NOT EXISTS nodes (
             name TEXT PRIMARY KEY,
             started_at {real} NOT NULL,
@@ -176,12 +176,12 @@ SAME = PathMap()  # no path_map: a path is stored as it is
 
 def key(path: os.PathLike[str] | str, paths: PathMap = SAME) -> bytes:
     """Given a path on this host, return the exact bytes stored for it."""
-    return os.fsencode(paths.stored(path) if paths.pairs else path)
+    return os.fsencode(paths.stored(path))
 
 
 def path_of(blob: bytes, paths: PathMap = SAME) -> Path:
     """Given stored path bytes, return the Path on this host they stand for."""
-    return paths.here(os.fsdecode(blob)) if paths.pairs else Path(os.fsdecode(blob))
+    return paths.here(os.fsdecode(blob))
 
 
 def job_of(row: Any, paths: PathMap = SAME) -> Job:  # noqa: ANN401 - a row by column name, of either engine
@@ -221,9 +221,9 @@ def outputs_json(outputs: Iterable[Path], paths: PathMap = SAME) -> str:
     json escapes the lone surrogates that `os.fsdecode` makes of non-UTF-8
     bytes (`\\udce9`) and reads them back, so such paths survive too.
     """
-    return json.dumps([paths.stored(p) if paths.pairs else os.fsdecode(p) for p in outputs])
+    return json.dumps([paths.stored(p) for p in outputs])
 
 
 def paths_of_json(text: str, paths: PathMap = SAME) -> tuple[Path, ...]:
     """Given a JSON list of stored paths (`outputs_json`), return them on this host."""
-    return tuple(paths.here(p) if paths.pairs else Path(p) for p in json.loads(text))
+    return tuple(paths.here(p) for p in json.loads(text))
