@@ -131,14 +131,24 @@ def status(config: Path) -> list[dict[str, Any]]:
     """
     from daemon.cli import _job_json
     from daemon.config import load_config
-    from daemon.queue import JobQueue
 
     loaded = load_config(config)
     if loaded.database is None and not loaded.db_path.exists():
         return []
+    with queue_of(config) as jobs:
+        return [_job_json(job) for job in jobs.jobs()]
+
+
+@contextmanager
+def queue_of(config: Path) -> Iterator[Any]:
+    """Yield the JobQueue of `config` as its node sees it (its name, its path map), closed after."""
+    from daemon.config import load_config
+    from daemon.queue import JobQueue
+
+    loaded = load_config(config)
     jobs = JobQueue(loaded.queue_at, node=loaded.node.name, paths=loaded.queue_paths)
     try:
-        return [_job_json(job) for job in jobs.jobs()]
+        yield jobs
     finally:
         jobs.close()
 

@@ -21,10 +21,11 @@ from pathlib import Path
 import pytest
 
 from tests import media_factory, speech
-from tests.harness import REPO, Daemon, NotificationSink, status, write_config
+from tests.harness import REPO, Daemon, NotificationSink, queue_of, status, write_config
 from tests.postgres import PostgresServer
 from tests.said import text_of, word_error_rate
 
+PASSWORD = "pw-4-test-never-shown"
 LEASE = 10  # the shortest lease the config allows: the takeover comes 10 to 12 s after the last beat
 
 
@@ -76,18 +77,27 @@ def _assert_each_done_once(config: Path, inbox: Path, clips: dict[str, speech.Cl
         srt = inbox / name.replace(".flac", ".en.srt")
         assert word_error_rate(clip.text, srt) <= 0.35, (name, text_of(srt))
         assert text_of(srt.with_suffix(".vtt")) == text_of(srt)
+    _assert_two_sidecars_and_one_notification_each(inbox, list(clips), sink)
+    return jobs
+
+
+def _assert_two_sidecars_and_one_notification_each(inbox: Path, names: list[str],
+                                                   sink: NotificationSink) -> None:
+    """Each file named has one .en.srt and one .en.vtt beside it (and nothing else does), and one
+    notification; no second one comes within a second of the last."""
+    stems = [Path(name).stem for name in names]
     assert sorted(p.name for p in inbox.iterdir() if p.suffix in (".srt", ".vtt")) == sorted(
-        name.replace(".flac", f".en{ext}") for name in clips for ext in (".srt", ".vtt"))
-    _wait(lambda: len(sink.messages()) >= len(clips), 30, "a notification for each file")
+        f"{stem}.en{ext}" for stem in stems for ext in (".srt", ".vtt"))
+    _wait(lambda: len(sink.messages()) >= len(names), 30, "a notification for each file")
     time.sleep(1.0)  # a second one, if any were sent, would have come by now
     titles = Counter(m["title"] for m in sink.messages())
-    assert titles == Counter({f"Subtitles ready: {name.removesuffix('.flac')}": 1 for name in clips})
-    return jobs
+    assert titles == Counter({f"Subtitles ready: {stem}": 1 for stem in stems})
 
 
 @pytest.fixture
 def cluster(postgres_server: PostgresServer, tiny_en_checkpoint: Path, tmp_path: Path):  # noqa: ANN201
-    url = postgres_server.fresh_url()
+    # With a password (the test server lets any in): no refusal or journal line may show it.
+    url = postgres_server.fresh_url().replace("subwatch@", f"subwatch:{PASSWORD}@")
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     mount = tmp_path / "mnt" / "media"  # node b's view of the same folder
@@ -164,12 +174,7 @@ def test_sixty_files_are_each_done_once_by_both_nodes_under_their_own_paths(clus
         assert text.split()[2] in text_of(srt), (name, text_of(srt))  # its animal: its own words
         assert text_of(srt.with_suffix(".vtt")) == text_of(srt)
     assert sum(errors) / len(errors) <= 0.15
-    assert sorted(p.name for p in inbox.iterdir() if p.suffix in (".srt", ".vtt")) == sorted(
-        name.replace(".wav", f".en{ext}") for name in sentences for ext in (".srt", ".vtt"))
-    _wait(lambda: len(sink.messages()) >= len(sentences), 30, "a notification for each file")
-    time.sleep(1.0)  # a second one, if any were sent, would have come by now
-    titles = Counter(m["title"] for m in sink.messages())
-    assert titles == Counter({f"Subtitles ready: {name.removesuffix('.wav')}": 1 for name in sentences})
+    _assert_two_sidecars_and_one_notification_each(inbox, list(sentences), sink)
     bodies = {m["title"].removeprefix("Subtitles ready: "): m["message"] for m in sink.messages()}
     by_name = {p.name: n for p, _, n in seen_by["a"]}
     for name in sentences:  # each node names the file as it sees it
@@ -179,16 +184,10 @@ def test_sixty_files_are_each_done_once_by_both_nodes_under_their_own_paths(clus
 
 def _nodes(config: Path) -> list[dict]:
     """The nodes as `subwatch status --json --nodes` shows them (read in this process)."""
-    from daemon.config import load_config
     from daemon.jobsjson import nodes_json
-    from daemon.queue import JobQueue
 
-    loaded = load_config(config)
-    jobs = JobQueue(loaded.queue_at, node=loaded.node.name, paths=loaded.queue_paths)
-    try:
+    with queue_of(config) as jobs:
         return nodes_json(jobs)
-    finally:
-        jobs.close()
 
 
 def _stored_paths(config: Path) -> set[str]:
@@ -265,9 +264,16 @@ def test_two_daemons_under_one_node_name_are_refused(cluster, spawn) -> None:  #
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     assert second.returncode != 0
     assert "another subwatch daemon (subwatch a on " in second.stderr
-    assert "already runs as node 'a' on the job database postgresql://subwatch@127.0.0.1" in second.stderr
+    assert ("already runs as node 'a' on the job database postgresql://subwatch:****@127.0.0.1"
+            in second.stderr)
     assert "give each daemon its own node.name" in second.stderr
-    assert a.process.poll() is None and a.stop() == 0
-    b = spawn(configs["b"])  # another name on the same database is welcome
+    assert PASSWORD not in second.stderr + second.stdout
+    assert a.process.poll() is None  # the first goes on
+    b = spawn(configs["b"])  # another name on the same database is welcome, beside it
     b.wait_log("watching 1 folder(s)", timeout=120)
-    assert b.stop() == 0
+    assert a.stop() == 0
+    restarted = spawn(configs["a-twin"])  # the name's lock went with the first daemon
+    restarted.wait_log("watching 1 folder(s)", timeout=120)
+    assert restarted.stop() == 0 and b.stop() == 0
+    for daemon in (a, b, restarted):
+        assert PASSWORD not in daemon.log()
