@@ -1,8 +1,10 @@
 """The CPU engine (daemon.engine.ct2) against the reference: real Whisper base weights throughout.
 
 At float32 CTranslate2 must give the torch engine's (and so whisper.decode's) tokens
-exactly, which proves the weight conversion and the decoding options map one to one;
-at int8, the daemon's default on a CPU, the words must still be the speech's.
+exactly, which proves the weight conversion and the decoding options map one to one.
+The daemon's default on a CPU loads the model as two halves, an int8 encoder beside the
+float32 decoder: each half must compute what the whole model computes at its precision,
+and the words must still be the speech's.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from whisper.decoding import DecodingOptions
 from whisper.tokenizer import get_tokenizer
 
 from daemon.datatypes import Audio
-from daemon.engine import ChunkRequest, EngineOptions, transcribe_chunks
+from daemon.engine import ChunkRequest, EngineOptions, log_mel, transcribe_chunks
 from daemon.engine.ct2 import Ct2Whisper, write_ct2
 from daemon.engine.ct2.convert import DIMS_FILE
 from daemon.transcribe import TranscribeOptions, load_model, transcribe_many
@@ -43,6 +45,13 @@ def exact(ct2_folder: Path) -> Ct2Whisper:
 @pytest.fixture(scope="module")
 def int8(ct2_folder: Path) -> Ct2Whisper:
     return Ct2Whisper(ct2_folder, threads=torch.get_num_threads())
+
+
+@pytest.fixture(scope="module")
+def halves(base_ct2: Ct2Whisper) -> Ct2Whisper:
+    """engine: ctranslate2-int8-encoder, the CPU default (conftest): the encoder half in int8, the
+    decoder half in float32."""
+    return base_ct2
 
 
 @pytest.fixture(scope="module")
@@ -84,11 +93,35 @@ def test_float32_gives_the_torch_engines_tokens_languages_and_scores(
         assert np.max(np.abs(starts)) <= 0.5
 
 
-def test_int8_keeps_the_words_of_every_language(int8: Ct2Whisper, clips: list[speech.Clip]) -> None:
+def test_each_half_computes_what_the_whole_model_computes_at_its_precision(
+    halves: Ct2Whisper, int8: Ct2Whisper, exact: Ct2Whisper, ct2_folder: Path, clips: list[speech.Clip]
+) -> None:
+    loaded = [speech.load(clip) for clip in clips[::3]]
+    mel = log_mel(loaded, 80, "cpu")
+
+    encoded = halves.encode(mel)
+    # the same encoder output, decoded by the float32 decoder half and by the whole float32 model
+    work = [
+        ChunkRequest(DecodingOptions(language=None, beam_size=5, fp16=False), features=f, duration=len(s) / RATE)
+        for f, s in zip(encoded, loaded, strict=True)
+    ]
+    ours, whole = transcribe_chunks(halves, work, NO_GUARDS), transcribe_chunks(exact, work, NO_GUARDS)
+
+    assert torch.equal(encoded, int8.encode(mel))  # the int8 encoder half is the whole int8 model's encoder
+    assert not torch.equal(encoded, exact.encode(mel))  # and it is int8, not float32
+    assert [r.tokens for r in ours] == [r.tokens for r in whole]
+    assert [r.language_probs for r in ours] == [r.language_probs for r in whole]
+    assert halves.ct2.compute_type == "float32" and halves.encoder_ct2.compute_type.startswith("int8")
+    whole_size = (ct2_folder / "model.bin").stat().st_size
+    for half in (halves.folder, halves.encoder_folder):
+        assert (half / "model.bin").stat().st_size < whole_size  # each holds one stack, not both
+
+
+def test_the_cpu_default_keeps_the_words_of_every_language(halves: Ct2Whisper, clips: list[speech.Clip]) -> None:
     options = TranscribeOptions(model="base", language=None, beam_size=5)
     audios = [Audio(speech.load(clip), RATE) for clip in clips]
 
-    transcripts = transcribe_many([(audio, options) for audio in audios], int8)  # type: ignore[arg-type]
+    transcripts = transcribe_many([(audio, options) for audio in audios], halves)  # type: ignore[arg-type]
 
     for clip, transcript in zip(clips, transcripts, strict=True):
         said = " ".join(s.text for s in transcript.segments)
@@ -98,13 +131,43 @@ def test_int8_keeps_the_words_of_every_language(int8: Ct2Whisper, clips: list[sp
         assert transcript.uncovered_seconds < 1.0
 
 
+def test_a_window_encoded_short_keeps_its_words_and_their_times(
+    halves: Ct2Whisper, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a coverage or recheck window: 11 s of speech, encoded as 16 s (rounds.RETRY_ENCODER_PAD_S), not 30
+    clip = speech.jfk()
+    samples = speech.load(clip)
+    shapes: list[tuple[int, ...]] = []
+    encode = halves.encode
+    monkeypatch.setattr(halves, "encode", lambda mel: shapes.append(tuple(mel.shape)) or encode(mel))
+    options = DecodingOptions(language="en", beam_size=5, fp16=False)
+    whole, short = transcribe_chunks(
+        halves,
+        [
+            ChunkRequest(options, samples=samples, duration=len(samples) / RATE, word_timestamps=True),
+            ChunkRequest(options, samples=samples, duration=len(samples) / RATE, word_timestamps=True,
+                         encoder_seconds=16),
+        ],
+        NO_GUARDS,
+    )
+
+    assert shapes == [(1, 80, 3000), (1, 80, 1600)]
+    assert speech.word_error_rate([clip.text], [short.text], "en") <= 0.05, short.text
+    whole_words = [w for s in whole.segments for w in s.words]
+    short_words = [w for s in short.segments for w in s.words]
+    assert [w.text for w in short_words] == [w.text for w in whole_words]
+    starts = np.array([w.start for w in short_words]) - np.array([w.start for w in whole_words])
+    assert np.max(np.abs(starts)) <= 0.3, starts
+    assert short_words[-1].end <= len(samples) / RATE + 0.02
+
+
 def test_a_window_failing_the_guards_is_decoded_again_hotter(
-    int8: Ct2Whisper, clips: list[speech.Clip]
+    halves: Ct2Whisper, clips: list[speech.Clip]
 ) -> None:
     # a log probability above 0 is impossible: every temperature is tried, the last result kept
     hot = EngineOptions(temperatures=(0.0, 0.4, 0.8), logprob_threshold=0.0, no_speech_threshold=None)
 
-    results = transcribe_chunks(int8, requests(clips[:2], beam_size=5), hot)
+    results = transcribe_chunks(halves, requests(clips[:2], beam_size=5), hot)
 
     assert [r.temperature for r in results] == [0.8, 0.8]
     assert all(r.text and not r.silent for r in results)
@@ -146,16 +209,23 @@ def test_the_folder_names_whispers_tokens_as_ctranslate2_looks_them_up(
 
 def test_auto_loads_ctranslate2_on_the_cpu_converting_once(base_model_dir: Path, tmp_path: Path) -> None:
     model = load_model(str(base_model_dir), tmp_path, "cpu")
+    exact = load_model(str(base_model_dir), tmp_path, "cpu", "ctranslate2")
     int8 = load_model(str(base_model_dir), tmp_path, "cpu", "ctranslate2-int8")
-    [folder] = [p for p in (tmp_path / "converted").iterdir() if p.is_dir()]
-    written = (folder / "model.bin").stat().st_mtime_ns
+    folders = [p for p in (tmp_path / "converted").iterdir() if p.is_dir()]
+    written = {p: (p / "model.bin").stat().st_mtime_ns for p in folders}
 
     again = load_model(str(base_model_dir), tmp_path, "cpu", "auto")
     torch_model = load_model(str(base_model_dir), tmp_path, "cpu", "torch")
 
     assert isinstance(model, Ct2Whisper) and isinstance(again, Ct2Whisper)
-    # one folder serves both precisions
-    assert model.ct2.compute_type == "float32" and int8.ct2.compute_type.startswith("int8")
-    assert (folder / DIMS_FILE).is_file() and (folder / "model.bin").stat().st_mtime_ns == written
+    # auto on the CPU: the int8 encoder half beside the float32 decoder half
+    assert model.ct2.compute_type == "float32" and model.encoder_ct2.compute_type.startswith("int8")
+    assert "-ctranslate2-decoder-" in model.folder.name and "-ctranslate2-encoder-" in model.encoder_folder.name
+    # one whole folder serves float32 and int8
+    assert exact.folder == int8.folder == exact.encoder_folder and exact.ct2 is exact.encoder_ct2
+    assert exact.ct2.compute_type == "float32" and int8.ct2.compute_type.startswith("int8")
+    assert sorted(folders) == sorted({model.folder, model.encoder_folder, exact.folder})
+    assert (again.folder, again.encoder_folder) == (model.folder, model.encoder_folder)
+    assert all((p / DIMS_FILE).is_file() and (p / "model.bin").stat().st_mtime_ns == t for p, t in written.items())
     assert not isinstance(torch_model, Ct2Whisper) and torch_model.dims == model.dims
     assert [p.name for p in (tmp_path / "converted").iterdir() if p.name.startswith(".")] == []

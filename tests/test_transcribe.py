@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from daemon.transcribe import (
     transcribe_many,
 )
 from daemon.transcribe.coverage import CoverageOptions
+from daemon.transcribe.rounds import RETRY_ENCODER_PAD_S
 from daemon.transcribe.vad import find_speech
 from tests import speech
 from tests.media_factory import lavfi_samples, make_media
@@ -237,6 +239,10 @@ def test_many_files_in_one_batch_give_what_each_gives_alone(model, monkeypatch) 
 
     first = calls[0]  # the first round: every file's windows in one shared batch
     assert len(first) == 3 and {r.options.language for r in first} == {"en", "de"}
+    # the first round's windows are encoded whole; a retry's speech and RETRY_ENCODER_PAD_S of silence
+    assert all(r.encoder_seconds is None for r in first)
+    retries = [r for call in calls[1:] for r in call]
+    assert all(r.encoder_seconds == math.ceil(r.duration + RETRY_ENCODER_PAD_S) for r in retries)
     assert all(r.options.prompt == "Zürich, Grüezi" for r in first if r.options.language == "de")
     assert fractions[-1] == 1.0
     alone = [transcribe(audio, options, model) for audio, options in items]

@@ -77,7 +77,7 @@ class Config:
     notify: NotifyRules
     folders: tuple[FolderRules, ...]
     gpu_memory_limit: MemoryLimit | None = None  # None: the whole card
-    engine: str = DEFAULT_ENGINE  # auto, torch, ctranslate2, ctranslate2-int8 (daemon.transcribe.engines)
+    engine: str = DEFAULT_ENGINE  # auto, torch, ctranslate2[-int8-encoder|-int8] (daemon.transcribe.engines)
     http: HttpRules | None = None  # None: no listener
     media_servers: tuple[MediaServer, ...] = ()
     # The `defaults` as the rules of a file outside every folder, when http.accept_unwatched lets

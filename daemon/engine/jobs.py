@@ -75,6 +75,9 @@ class ChunkRequest:
     features: the encoder's output for the window (e.g. kept from language detection).
     duration: seconds of real audio in the window; word timings are cut there.
     word_timestamps: align words and return them in the chunk's segments.
+    encoder_seconds: where given (a whole number of seconds, more than `duration`), the
+        CTranslate2 engine encodes only that much of the padded window, at that fraction
+        of the encoder's cost; the torch engine, whose encoder takes 30 s only, ignores it.
     """
 
     options: DecodingOptions
@@ -83,6 +86,7 @@ class ChunkRequest:
     features: Any = None
     duration: float = 30.0
     word_timestamps: bool = False
+    encoder_seconds: float | None = None
 
 
 @dataclass(frozen=True)

@@ -205,7 +205,10 @@ def _decode_round(
 
     One engine call per set of quality guards (usually one), so all files' windows share batches.
     """
-    requests = [chunk_request(model, files[f], chunk, features.get((f, chunk))) for f, chunk, _ in work]
+    requests = [
+        chunk_request(model, files[f], chunk, features.get((f, chunk)), retry=stretch is not None)
+        for f, chunk, stretch in work
+    ]
     first = tracker.add([request.duration for request in requests])
     memory_limit = memory_limit_of(model)
     groups: dict[EngineOptions, list[int]] = {}

@@ -7,6 +7,7 @@ the speech that no word covers yet, in windows not tried before.
 from __future__ import annotations
 
 import logging
+import math
 from typing import TYPE_CHECKING, Any
 
 from daemon.engine import ChunkRequest, EngineOptions
@@ -20,6 +21,13 @@ if TYPE_CHECKING:
     from whisper.model import Whisper
 
 log = logging.getLogger("subwatch.transcribe")  # one logger for the stage: its name is in journal lines
+
+# A retry window (a recheck's line, a coverage round's stretch) holds a few seconds of speech, and
+# a 30 s encoder pass costs the same however little it holds: the CTranslate2 engine encodes a
+# retry's speech and this much silence after it, in whole seconds. Measured on the long file
+# (bench/RESULTS.md, issue #22): 5 s keeps its words; first-round windows stay 30 s, as encoding
+# short clips short cost Portuguese 2.6 points of WER.
+RETRY_ENCODER_PAD_S = 5.0
 
 
 def coverage_round(
@@ -50,8 +58,11 @@ def coverage_round(
     return work
 
 
-def chunk_request(model: Whisper, file: File, chunk: SpeechChunk, features: Any) -> ChunkRequest:
-    """Return the engine request for one chunk: its audio (or encoding) and the folder's wording."""
+def chunk_request(
+    model: Whisper, file: File, chunk: SpeechChunk, features: Any, retry: bool = False
+) -> ChunkRequest:
+    """Return the engine request for one chunk: its audio (or encoding) and the folder's wording;
+    a retry's encoder reads its speech and RETRY_ENCODER_PAD_S of silence, not 30 s."""
     from whisper.decoding import DecodingOptions
 
     options = file.options
@@ -68,6 +79,7 @@ def chunk_request(model: Whisper, file: File, chunk: SpeechChunk, features: Any)
         features=features,
         duration=min(chunk.duration, 30.0),
         word_timestamps=options.word_timestamps,
+        encoder_seconds=math.ceil(chunk.duration + RETRY_ENCODER_PAD_S) if retry else None,
     )
 
 

@@ -42,8 +42,7 @@ def load_model(spec: str, models_dir: Path, device: str, engine: str = DEFAULT_E
     try:
         chosen = engine_for(engine, device)
         if chosen.startswith("ctranslate2"):
-            int8 = chosen == "ctranslate2-int8"
-            return load_ct2(source, models_dir, device, int8)  # type: ignore[return-value]
+            return load_ct2(source, models_dir, device, chosen)  # type: ignore[return-value]
         return models.load(source, models_dir, device)
     except ModelNotFound:
         raise

@@ -9,6 +9,11 @@ names Hugging Face gives Whisper's tokens, so CTranslate2 finds the special toke
 Weights are stored as float16; CTranslate2 quantizes them to int8 when loading on
 the CPU. The folder is written beside itself and renamed into place, so a folder
 that exists is complete.
+
+A folder may also hold one half of the model (`part`): the encoder whole with one decoder
+layer, or the decoder whole with one encoder layer (CTranslate2 loads no stack without a
+layer). The CPU engine loads the halves at two precisions, int8 for the encoder and float32
+for the decoder (see daemon.transcribe.engines), and each instance holds only its half.
 """
 
 from __future__ import annotations
@@ -17,22 +22,30 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from whisper.model import Whisper
 
 DIMS_FILE = "subwatch-dims.json"  # the openai-whisper ModelDimensions, read back by Ct2Whisper
 
+Part = Literal["whole", "encoder", "decoder"]
 
-def write_ct2(model: Whisper, folder: Path) -> Path:
-    """Given a loaded openai-whisper model, write it as a CTranslate2 Whisper folder at `folder`."""
+
+def write_ct2(model: Whisper, folder: Path, part: Part = "whole") -> Path:
+    """Given a loaded openai-whisper model, write it (or one half of it) as a CTranslate2 Whisper
+    folder at `folder`."""
     from ctranslate2.specs import whisper_spec
 
     d = model.dims
-    spec = whisper_spec.WhisperSpec(d.n_audio_layer, d.n_audio_head, d.n_text_layer, d.n_text_head)
+    layers = {
+        "encoder": d.n_audio_layer if part != "decoder" else 1,
+        "decoder": d.n_text_layer if part != "encoder" else 1,
+    }
+    spec = whisper_spec.WhisperSpec(layers["encoder"], d.n_audio_head, layers["decoder"], d.n_text_head)
     for name, value in _tensors(model).items():
-        _assign(spec, name, value)
+        if _kept(name, layers):
+            _assign(spec, name, value)
     tokens, config = _vocabulary_and_config(model)
     spec.register_vocabulary(tokens)
     for key, value in config.items():
@@ -77,6 +90,15 @@ def _tensors(model: Whisper) -> dict[str, Any]:
         _linear(t, f"{ours}/attention/linear_2", s, f"{theirs}.cross_attn.out")
         _norm(t, f"{ours}/attention/layer_norm", s, f"{theirs}.cross_attn_ln")
     return {name: value.contiguous().numpy() for name, value in t.items()}
+
+
+def _kept(name: str, layers: dict[str, int]) -> bool:
+    """Whether variable `name` ("decoder/layer_3/ffn/...") is in a folder holding `layers` of each stack."""
+    stack, _, rest = name.partition("/")
+    layer = rest.split("/", 1)[0]
+    if not (layer.startswith("layer_") and layer[6:].isdigit()):
+        return True
+    return int(layer[6:]) < layers[stack]
 
 
 def _block(t: dict[str, Any], ours: str, s: dict[str, Any], theirs: str, zeros: Any) -> None:

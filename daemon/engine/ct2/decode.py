@@ -4,7 +4,8 @@ Windows go through in batches: each batch is encoded once, its languages detecte
 where not given, then decoded with `generate` (beam search batched across the
 windows, whisper's logit rules applied inside CTranslate2), and windows failing
 whisper's quality guards are decoded again at the next temperature, reusing their
-encoder output. Segments are cut at timestamp pairs as for the torch engine, and
+encoder output. A window asking for it (ChunkRequest.encoder_seconds) is encoded at that
+length rather than 30 s. Segments are cut at timestamp pairs as for the torch engine, and
 words are timed by CTranslate2's `align` (the cross-attention of whisper's
 alignment heads and DTW, in C++), then by the same code that ends whisper's
 find_alignment.
@@ -43,14 +44,27 @@ def transcribe_chunks(
     """
     jobs = make_jobs(model, requests, options.temperatures)  # type: ignore[arg-type]
     results: list[ChunkDecoding | None] = [None] * len(requests)
-    size = options.batch_size or CPU_BATCH
-    for start in range(0, len(jobs), size):
-        batch = jobs[start : start + size]
+    for batch in _batches(jobs, options.batch_size or CPU_BATCH):
         for job, result in _decode_batch(model, batch, options):
             results[job.index] = result
             if on_done is not None:
                 on_done(job.index)
     return results  # type: ignore[return-value]
+
+
+def _frames(request: ChunkRequest) -> int:
+    """The mel frames the encoder reads for a request: the whole window, or its encoder_seconds."""
+    if request.encoder_seconds is None or request.features is not None:
+        return N_FRAMES
+    return min(N_FRAMES, round(request.encoder_seconds * 100))
+
+
+def _batches(jobs: list[Job], size: int) -> list[list[Job]]:
+    """The jobs in batches of at most `size`, each batch's windows encoded at one length, in order."""
+    lengths: dict[int, list[Job]] = {}
+    for job in jobs:
+        lengths.setdefault(_frames(job.request), []).append(job)
+    return [group[i : i + size] for group in lengths.values() for i in range(0, len(group), size)]
 
 
 def _decode_batch(
@@ -99,7 +113,8 @@ def _encode(model: Ct2Whisper, requests: Sequence[ChunkRequest], batch_size: int
         mels = list(given)
         for n, mel in zip(missing, computed, strict=True):
             mels[n] = mel
-        encoded = model.encode(torch.stack([torch.as_tensor(m) for m in mels]))
+        frames = _frames(requests[part[0]])  # one length per batch (_batches)
+        encoded = model.encode(torch.stack([torch.as_tensor(m)[..., :frames] for m in mels]))
         for offset, i in enumerate(part):
             features[i] = encoded[offset]
     return torch.stack(features)
@@ -132,7 +147,7 @@ def _generate(model: Ct2Whisper, jobs: list[Job], features: torch.Tensor) -> lis
         "return_no_speech_prob": True,
         "suppress_blank": o.suppress_blank,
         "suppress_tokens": list(config.suppress),
-        "max_initial_timestamp_index": model.dims.n_audio_ctx
+        "max_initial_timestamp_index": features.shape[1]  # encoder positions: 1500 for 30 s
         if config.max_initial is None
         else config.max_initial,
         "length_penalty": length_penalty,

@@ -22,8 +22,9 @@ ENCODER_BATCH = 4
 
 
 class Ct2Whisper:
-    """A Whisper model loaded by CTranslate2 (int8 weights on the CPU), standing where a whisper.model.Whisper
-    stands in the transcription stage.
+    """A Whisper model loaded by CTranslate2, standing where a whisper.model.Whisper stands in the
+    transcription stage. `ct2` decodes (generate, align, language detection); `encoder_ct2` encodes:
+    the same instance, or the encoder half at another precision.
 
     `dims`, `is_multilingual` and `num_languages` are openai-whisper's, so whisper's
     own DecodingTask reads the decoding options (tokenizer, prompt, suppressed tokens)
@@ -35,9 +36,15 @@ class Ct2Whisper:
     subwatch_engine = CTRANSLATE2  # what engine.kinds.is_ct2 asks
 
     def __init__(
-        self, folder: Path, device: str = "cpu", threads: int = 0, compute_type: str = "int8"
+        self,
+        folder: Path,
+        device: str = "cpu",
+        threads: int = 0,
+        compute_type: str = "int8",
+        encoder: tuple[Path, str] | None = None,
     ) -> None:
-        import ctranslate2
+        """Load `folder` at `compute_type`; `encoder`, if given, is another folder and compute type that
+        encodes instead (convert.write_ct2's halves: an int8 encoder beside a float32 decoder)."""
         import torch
         from whisper.model import ModelDimensions
 
@@ -46,25 +53,24 @@ class Ct2Whisper:
         self.is_multilingual = self.dims.n_vocab >= 51865
         self.num_languages = self.dims.n_vocab - 51765 - int(self.is_multilingual)
         self.device = torch.device(device)
-        kind, _, index = device.partition(":")
-        self.ct2 = ctranslate2.models.Whisper(
-            str(folder),
-            device=kind,
-            device_index=int(index or 0),
-            compute_type=compute_type,
-            intra_threads=threads,
+        self.ct2 = _load(folder, device, compute_type, threads)
+        self.encoder_folder = folder if encoder is None else encoder[0]
+        self.encoder_ct2 = self.ct2 if encoder is None else _load(encoder[0], device, encoder[1], threads)
+        halves = [(folder, compute_type)] + ([encoder] if encoder is not None else [])
+        self.weight_bytes = sum(
+            (f / "model.bin").stat().st_size // (2 if kind == "int8" else 1) for f, kind in halves
         )
-        self.weight_bytes = (folder / "model.bin").stat().st_size // (2 if compute_type == "int8" else 1)
 
     def encode(self, mel: torch.Tensor) -> torch.Tensor:
-        """Given (n, n_mels, 3000) log-mels, return the encoder's (n, 1500, n_state) output on the CPU."""
+        """Given (n, n_mels, frames) log-mels (3000 for 30 s), return the encoder's (n, frames / 2, n_state)
+        output on the CPU."""
         import numpy as np
         import torch
 
         mel = mel.detach().cpu().float()
         size = ENCODER_BATCH if self.device.type == "cpu" else len(mel)
         parts = [
-            np.array(self.ct2.encode(_storage(mel[i : i + size].numpy()), to_cpu=True))
+            np.array(self.encoder_ct2.encode(_storage(mel[i : i + size].numpy()), to_cpu=True))
             for i in range(0, len(mel), size)
         ]
         return torch.from_numpy(np.concatenate(parts))
@@ -73,6 +79,15 @@ class Ct2Whisper:
         """Given encoder outputs, return each window's probability for every language the model knows."""
         ranked = self.ct2.detect_language(_storage(features.numpy()))
         return [{token[2:-2]: float(p) for token, p in window} for window in ranked]
+
+
+def _load(folder: Path, device: str, compute_type: str, threads: int) -> Any:
+    import ctranslate2
+
+    kind, _, index = device.partition(":")
+    return ctranslate2.models.Whisper(
+        str(folder), device=kind, device_index=int(index or 0), compute_type=compute_type, intra_threads=threads
+    )
 
 
 def _storage(array: np.ndarray) -> Any:
