@@ -79,9 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     one.add_argument("--prompt", help="initial prompt: names, jargon, spelling")
     one.add_argument("--beam-size", type=int, help="beams searched per window; 1 = greedy (default: 5)")
     one.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    one.add_argument("--engine", choices=ENGINES, help="what decodes: auto (default: ctranslate2-int8-encoder on "
-                     "the CPU, torch on a GPU), torch, ctranslate2 (float32 on a CPU), "
-                     "ctranslate2-int8-encoder, or ctranslate2-int8 (faster on a CPU, not word for word)")
+    one.add_argument("--engine", choices=ENGINES, help="what decodes: auto (default: ctranslate2 on the CPU, "
+                     "torch on a GPU), torch, ctranslate2, ctranslate2-int8-encoder (a little faster "
+                     "on a CPU, more memory), or ctranslate2-int8 (faster on a CPU, not word for word)")
     one.add_argument("--formats", help="comma-separated: srt,vtt,txt,json")
     one.add_argument("--models-dir", type=Path, help="where Whisper checkpoints are kept "
                      "(default: ~/.cache/whisper, or models_dir from --config)")

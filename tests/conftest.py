@@ -62,16 +62,13 @@ def base_model(base_checkpoint: Path):  # noqa: ANN201 - whisper.model.Whisper, 
 
 @pytest.fixture(scope="session")
 def base_ct2(base_model, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN001, ANN201 - Ct2Whisper
-    """The real base model as the CPU engine `subwatch transcribe` and the daemon load it (engine: auto):
-    CTranslate2 with the int8 encoder half beside the float32 decoder half."""
+    """The real base model converted to CTranslate2 float32: the CPU engine `subwatch transcribe` uses."""
     import torch
 
     from daemon.engine.ct2 import Ct2Whisper, write_ct2
 
-    root = tmp_path_factory.mktemp("ct2")
-    encoder = write_ct2(base_model, root / "encoder", "encoder")
-    decoder = write_ct2(base_model, root / "decoder", "decoder")
-    return Ct2Whisper(decoder, threads=torch.get_num_threads(), compute_type="float32", encoder=(encoder, "int8"))
+    folder = write_ct2(base_model, tmp_path_factory.mktemp("ct2") / "base")
+    return Ct2Whisper(folder, threads=torch.get_num_threads(), compute_type="float32")
 
 
 @pytest.fixture(scope="session")

@@ -2,14 +2,15 @@
 
 At float32 CTranslate2 must give the torch engine's (and so whisper.decode's) tokens
 exactly, which proves the weight conversion and the decoding options map one to one.
-The daemon's default on a CPU loads the model as two halves, an int8 encoder beside the
-float32 decoder: each half must compute what the whole model computes at its precision,
-and the words must still be the speech's.
+`engine: ctranslate2-int8-encoder` loads the model as two halves, an int8 encoder beside the
+float32 decoder: each half must compute what the whole model computes at its precision, and
+the words must still be the speech's.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +49,12 @@ def int8(ct2_folder: Path) -> Ct2Whisper:
 
 
 @pytest.fixture(scope="module")
-def halves(base_ct2: Ct2Whisper) -> Ct2Whisper:
-    """engine: ctranslate2-int8-encoder, the CPU default (conftest): the encoder half in int8, the
-    decoder half in float32."""
-    return base_ct2
+def halves(base_model: Any, tmp_path_factory: pytest.TempPathFactory) -> Ct2Whisper:
+    """engine: ctranslate2-int8-encoder: the encoder half in int8, the decoder half in float32."""
+    root = tmp_path_factory.mktemp("halves")
+    encoder = write_ct2(base_model, root / "encoder", "encoder")
+    decoder = write_ct2(base_model, root / "decoder", "decoder")
+    return Ct2Whisper(decoder, threads=torch.get_num_threads(), compute_type="float32", encoder=(encoder, "int8"))
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +120,7 @@ def test_each_half_computes_what_the_whole_model_computes_at_its_precision(
         assert (half / "model.bin").stat().st_size < whole_size  # each holds one stack, not both
 
 
-def test_the_cpu_default_keeps_the_words_of_every_language(halves: Ct2Whisper, clips: list[speech.Clip]) -> None:
+def test_the_int8_encoder_keeps_the_words_of_every_language(halves: Ct2Whisper, clips: list[speech.Clip]) -> None:
     options = TranscribeOptions(model="base", language=None, beam_size=5)
     audios = [Audio(speech.load(clip), RATE) for clip in clips]
 
@@ -132,17 +135,17 @@ def test_the_cpu_default_keeps_the_words_of_every_language(halves: Ct2Whisper, c
 
 
 def test_a_window_encoded_short_keeps_its_words_and_their_times(
-    halves: Ct2Whisper, monkeypatch: pytest.MonkeyPatch
+    exact: Ct2Whisper, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # a coverage or recheck window: 11 s of speech, encoded as 16 s (rounds.RETRY_ENCODER_PAD_S), not 30
     clip = speech.jfk()
     samples = speech.load(clip)
     shapes: list[tuple[int, ...]] = []
-    encode = halves.encode
-    monkeypatch.setattr(halves, "encode", lambda mel: shapes.append(tuple(mel.shape)) or encode(mel))
+    encode = exact.encode
+    monkeypatch.setattr(exact, "encode", lambda mel: shapes.append(tuple(mel.shape)) or encode(mel))
     options = DecodingOptions(language="en", beam_size=5, fp16=False)
     whole, short = transcribe_chunks(
-        halves,
+        exact,
         [
             ChunkRequest(options, samples=samples, duration=len(samples) / RATE, word_timestamps=True),
             ChunkRequest(options, samples=samples, duration=len(samples) / RATE, word_timestamps=True,
@@ -155,10 +158,15 @@ def test_a_window_encoded_short_keeps_its_words_and_their_times(
     assert speech.word_error_rate([clip.text], [short.text], "en") <= 0.05, short.text
     whole_words = [w for s in whole.segments for w in s.words]
     short_words = [w for s in short.segments for w in s.words]
-    assert [w.text for w in short_words] == [w.text for w in whole_words]
+    # the same words; punctuation may differ (" so," encoded as 16 s, " so" as 30 s)
+    assert [_bare(w.text) for w in short_words] == [_bare(w.text) for w in whole_words]
     starts = np.array([w.start for w in short_words]) - np.array([w.start for w in whole_words])
     assert np.max(np.abs(starts)) <= 0.3, starts
     assert short_words[-1].end <= len(samples) / RATE + 0.02
+
+
+def _bare(word: str) -> str:
+    return re.sub(r"[^\w']", "", word.lower())
 
 
 def test_a_window_failing_the_guards_is_decoded_again_hotter(
@@ -209,8 +217,8 @@ def test_the_folder_names_whispers_tokens_as_ctranslate2_looks_them_up(
 
 def test_auto_loads_ctranslate2_on_the_cpu_converting_once(base_model_dir: Path, tmp_path: Path) -> None:
     model = load_model(str(base_model_dir), tmp_path, "cpu")
-    exact = load_model(str(base_model_dir), tmp_path, "cpu", "ctranslate2")
     int8 = load_model(str(base_model_dir), tmp_path, "cpu", "ctranslate2-int8")
+    split = load_model(str(base_model_dir), tmp_path, "cpu", "ctranslate2-int8-encoder")
     folders = [p for p in (tmp_path / "converted").iterdir() if p.is_dir()]
     written = {p: (p / "model.bin").stat().st_mtime_ns for p in folders}
 
@@ -218,14 +226,13 @@ def test_auto_loads_ctranslate2_on_the_cpu_converting_once(base_model_dir: Path,
     torch_model = load_model(str(base_model_dir), tmp_path, "cpu", "torch")
 
     assert isinstance(model, Ct2Whisper) and isinstance(again, Ct2Whisper)
-    # auto on the CPU: the int8 encoder half beside the float32 decoder half
-    assert model.ct2.compute_type == "float32" and model.encoder_ct2.compute_type.startswith("int8")
-    assert "-ctranslate2-decoder-" in model.folder.name and "-ctranslate2-encoder-" in model.encoder_folder.name
-    # one whole folder serves float32 and int8
-    assert exact.folder == int8.folder == exact.encoder_folder and exact.ct2 is exact.encoder_ct2
-    assert exact.ct2.compute_type == "float32" and int8.ct2.compute_type.startswith("int8")
-    assert sorted(folders) == sorted({model.folder, model.encoder_folder, exact.folder})
-    assert (again.folder, again.encoder_folder) == (model.folder, model.encoder_folder)
+    # auto on the CPU: float32; one whole folder serves float32 and int8
+    assert model.ct2.compute_type == "float32" and int8.ct2.compute_type.startswith("int8")
+    assert model.folder == int8.folder == model.encoder_folder == again.folder and model.ct2 is model.encoder_ct2
+    # the int8 encoder half beside the float32 decoder half, each converted once beside the whole folder
+    assert split.ct2.compute_type == "float32" and split.encoder_ct2.compute_type.startswith("int8")
+    assert "-ctranslate2-decoder-" in split.folder.name and "-ctranslate2-encoder-" in split.encoder_folder.name
+    assert sorted(folders) == sorted({model.folder, split.folder, split.encoder_folder})
     assert all((p / DIMS_FILE).is_file() and (p / "model.bin").stat().st_mtime_ns == t for p, t in written.items())
     assert not isinstance(torch_model, Ct2Whisper) and torch_model.dims == model.dims
     assert [p.name for p in (tmp_path / "converted").iterdir() if p.name.startswith(".")] == []

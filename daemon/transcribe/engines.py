@@ -9,12 +9,13 @@
   `models_dir/converted/` and decoded by daemon.engine.ct2, float32 on a CPU (the same
   tokens as torch, several times faster there) and float16 on a GPU;
 - ctranslate2-int8-encoder: on a CPU, the encoder in int8 and the decoder in float32, each
-  loaded from its half of the model (two folders converted once): about a fifth less CPU
-  than float32 and the same words within a point in every language, where int8 in the
-  decoder too put text over crowd murmur (bench/RESULTS.md, issue #22); float16 on a GPU;
+  loaded from its half of the model (two folders converted once): the same words within a
+  point in every language (int8 in the decoder too put text over crowd murmur), about 15 %
+  faster than float32, but some 300 MB more at its peak with base (bench/RESULTS.md, issue
+  #22); float16 on a GPU;
 - ctranslate2-int8: int8 weights throughout, faster again on a CPU but not word for word
   (measured with real base: better in some languages, a point or three worse in others);
-- auto: ctranslate2-int8-encoder on the CPU, torch on a GPU, as measured (bench/RESULTS.md).
+- auto: ctranslate2 on the CPU, torch on a GPU, as measured (bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ log = logging.getLogger("subwatch.transcribe")
 def engine_for(engine: str, device: str) -> str:
     """Given the configured engine and a resolved device, return the engine that decodes there."""
     if engine == "auto":
-        return "torch" if device.startswith("cuda") else SPLIT
+        return "torch" if device.startswith("cuda") else "ctranslate2"
     return engine
 
 
