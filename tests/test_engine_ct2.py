@@ -54,7 +54,8 @@ def halves(base_model: Any, tmp_path_factory: pytest.TempPathFactory) -> Ct2Whis
     root = tmp_path_factory.mktemp("halves")
     encoder = write_ct2(base_model, root / "encoder", "encoder")
     decoder = write_ct2(base_model, root / "decoder", "decoder")
-    return Ct2Whisper(decoder, threads=torch.get_num_threads(), compute_type="float32", encoder=(encoder, "int8"))
+    threads = torch.get_num_threads()
+    return Ct2Whisper(decoder, threads=threads, compute_type="float32", encoder=(encoder, "int8"))
 
 
 @pytest.fixture(scope="module")
@@ -99,13 +100,15 @@ def test_float32_gives_the_torch_engines_tokens_languages_and_scores(
 def test_each_half_computes_what_the_whole_model_computes_at_its_precision(
     halves: Ct2Whisper, int8: Ct2Whisper, exact: Ct2Whisper, ct2_folder: Path, clips: list[speech.Clip]
 ) -> None:
-    loaded = [speech.load(clip) for clip in clips[::3]]
+    loaded = [speech.load(clip) for clip in clips[::5]]  # English and Spanish
     mel = log_mel(loaded, 80, "cpu")
 
     encoded = halves.encode(mel)
     # the same encoder output, decoded by the float32 decoder half and by the whole float32 model
     work = [
-        ChunkRequest(DecodingOptions(language=None, beam_size=5, fp16=False), features=f, duration=len(s) / RATE)
+        ChunkRequest(
+            DecodingOptions(language=None, beam_size=5, fp16=False), features=f, duration=len(s) / RATE
+        )
         for f, s in zip(encoded, loaded, strict=True)
     ]
     ours, whole = transcribe_chunks(halves, work, NO_GUARDS), transcribe_chunks(exact, work, NO_GUARDS)
@@ -120,13 +123,17 @@ def test_each_half_computes_what_the_whole_model_computes_at_its_precision(
         assert (half / "model.bin").stat().st_size < whole_size  # each holds one stack, not both
 
 
-def test_the_int8_encoder_keeps_the_words_of_every_language(halves: Ct2Whisper, clips: list[speech.Clip]) -> None:
+def test_the_int8_encoder_keeps_the_words_of_every_language(
+    halves: Ct2Whisper, clips: list[speech.Clip]
+) -> None:
     options = TranscribeOptions(model="base", language=None, beam_size=5)
-    audios = [Audio(speech.load(clip), RATE) for clip in clips]
+    mine = clips[::2]  # one clip of each language: the opt-in engine's words, at half the suite's cost
+    audios = [Audio(speech.load(clip), RATE) for clip in mine]
 
     transcripts = transcribe_many([(audio, options) for audio in audios], halves)  # type: ignore[arg-type]
 
-    for clip, transcript in zip(clips, transcripts, strict=True):
+    assert {clip.language for clip in mine} == set(speech.LANGUAGES)
+    for clip, transcript in zip(mine, transcripts, strict=True):
         said = " ".join(s.text for s in transcript.segments)
         assert transcript.language == clip.language
         # the same bound as the torch engine's test of these clips (tests/test_transcribe.py)
@@ -228,11 +235,14 @@ def test_auto_loads_ctranslate2_on_the_cpu_converting_once(base_model_dir: Path,
     assert isinstance(model, Ct2Whisper) and isinstance(again, Ct2Whisper)
     # auto on the CPU: float32; one whole folder serves float32 and int8
     assert model.ct2.compute_type == "float32" and int8.ct2.compute_type.startswith("int8")
-    assert model.folder == int8.folder == model.encoder_folder == again.folder and model.ct2 is model.encoder_ct2
+    assert model.folder == int8.folder == model.encoder_folder == again.folder
+    assert model.ct2 is model.encoder_ct2
     # the int8 encoder half beside the float32 decoder half, each converted once beside the whole folder
     assert split.ct2.compute_type == "float32" and split.encoder_ct2.compute_type.startswith("int8")
-    assert "-ctranslate2-decoder-" in split.folder.name and "-ctranslate2-encoder-" in split.encoder_folder.name
+    assert "-ctranslate2-decoder-" in split.folder.name
+    assert "-ctranslate2-encoder-" in split.encoder_folder.name
     assert sorted(folders) == sorted({model.folder, split.folder, split.encoder_folder})
-    assert all((p / DIMS_FILE).is_file() and (p / "model.bin").stat().st_mtime_ns == t for p, t in written.items())
+    for p, t in written.items():
+        assert (p / DIMS_FILE).is_file() and (p / "model.bin").stat().st_mtime_ns == t
     assert not isinstance(torch_model, Ct2Whisper) and torch_model.dims == model.dims
     assert [p.name for p in (tmp_path / "converted").iterdir() if p.name.startswith(".")] == []

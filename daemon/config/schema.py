@@ -241,7 +241,9 @@ class _ConfigModel(_Strict):
     unload_after_seconds: float = Field(default=300.0, ge=0)
     rescan_minutes: float = Field(default=60.0, ge=0)
     gpu_memory_limit: Any = None
-    engine: Literal["auto", "torch", "ctranslate2", "ctranslate2-int8-encoder", "ctranslate2-int8"] = DEFAULT_ENGINE
+    engine: Literal["auto", "torch", "ctranslate2", "ctranslate2-int8-encoder", "ctranslate2-int8"] = (
+        DEFAULT_ENGINE
+    )
     defaults: _RulesModel = Field(default_factory=_RulesModel)
     notify: _NotifyModel = Field(default_factory=_NotifyModel)
     folders: list[_FolderModel] = Field(min_length=1)

@@ -86,7 +86,11 @@ def _load(folder: Path, device: str, compute_type: str, threads: int) -> Any:
 
     kind, _, index = device.partition(":")
     return ctranslate2.models.Whisper(
-        str(folder), device=kind, device_index=int(index or 0), compute_type=compute_type, intra_threads=threads
+        str(folder),
+        device=kind,
+        device_index=int(index or 0),
+        compute_type=compute_type,
+        intra_threads=threads,
     )
 
 
