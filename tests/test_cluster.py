@@ -171,7 +171,7 @@ def test_sixty_files_are_each_done_once_by_both_nodes_under_their_own_paths(clus
     for name, text in sentences.items():  # espeak's voice through tiny.en: a word or two may slip
         srt = inbox / name.replace(".wav", ".en.srt")
         errors.append(word_error_rate(text, srt))
-        assert text.split()[2] in text_of(srt), (name, text_of(srt))  # its animal: its own words
+        assert errors[-1] <= 0.6 and text.split()[2] in text_of(srt), (name, text_of(srt))  # its animal
         assert text_of(srt.with_suffix(".vtt")) == text_of(srt)
     assert sum(errors) / len(errors) <= 0.15
     _assert_two_sidecars_and_one_notification_each(inbox, list(sentences), sink)
