@@ -56,17 +56,22 @@ def load_ct2(source: models.ModelSource, models_dir: Path, device: str, engine: 
 
     threads = torch.get_num_threads()
     if engine == SPLIT and device == "cpu":
-        encoder = (ct2_folder(source, models_dir, "encoder"), "int8")
-        return Ct2Whisper(ct2_folder(source, models_dir, "decoder"), device, threads, "float32", encoder)
+        encoder, decoder = ct2_folders(source, models_dir, ("encoder", "decoder"))
+        return Ct2Whisper(decoder, device, threads, "float32", (encoder, "int8"))
     compute = "int8" if engine == "ctranslate2-int8" else "float32" if device == "cpu" else "float16"
     return Ct2Whisper(ct2_folder(source, models_dir), device, threads=threads, compute_type=compute)
 
 
-def ct2_folder(source: models.ModelSource, models_dir: Path, part: Part = "whole") -> Path:
-    """Return the CTranslate2 folder made from the source's weights (or its `part`), writing it if it
-    is not there.
+def ct2_folder(source: models.ModelSource, models_dir: Path) -> Path:
+    """Return the CTranslate2 folder made from the source's weights, writing it if it is not there."""
+    return ct2_folders(source, models_dir, ("whole",))[0]
 
-    It is named after the OpenAI-format checkpoint the source is read from (its
+
+def ct2_folders(source: models.ModelSource, models_dir: Path, parts: tuple[Part, ...]) -> list[Path]:
+    """Return the CTranslate2 folders made from the source's weights, one per part (the whole model or
+    one half), writing those that are not there from one load of the model.
+
+    They are named after the OpenAI-format checkpoint the source is read from (its
     path, size and time), so a replaced checkpoint is converted again.
     """
     from daemon.engine.ct2 import write_ct2
@@ -75,12 +80,15 @@ def ct2_folder(source: models.ModelSource, models_dir: Path, part: Part = "whole
     checkpoint = _checkpoint_file(source, models_dir)
     stat = checkpoint.stat()
     key = hashlib.sha256(f"{checkpoint.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()).hexdigest()
-    half = "" if part == "whole" else f"{part}-"
-    folder = models_dir / "converted" / f"{checkpoint.stem}-ctranslate2-{half}{key[:16]}"
-    if not (folder / DIMS_FILE).is_file():
-        log.info("converting model %s for CTranslate2 into %s (once)", source.spec, folder)
-        write_ct2(models.load(source, models_dir, "cpu"), folder, part)
-    return folder
+    halves = ["" if part == "whole" else f"{part}-" for part in parts]
+    folders = [models_dir / "converted" / f"{checkpoint.stem}-ctranslate2-{h}{key[:16]}" for h in halves]
+    missing = [(f, p) for f, p in zip(folders, parts, strict=True) if not (f / DIMS_FILE).is_file()]
+    if missing:
+        model = models.load(source, models_dir, "cpu")  # once for every part still to write
+        for folder, part in missing:
+            log.info("converting model %s for CTranslate2 into %s (once)", source.spec, folder)
+            write_ct2(model, folder, part)
+    return folders
 
 
 def _checkpoint_file(source: models.ModelSource, models_dir: Path) -> Path:
