@@ -220,14 +220,18 @@ def browser() -> Iterator[Any]:
 
 def click_and_load(driver: Any, selector: str) -> None:
     """Click the button at `selector` (a form's) and wait until the page it leads to has loaded."""
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
-    old = driver.find_element(By.TAG_NAME, "html")
+    # The old page is marked by a script global, which a new document does not have. Selenium's
+    # staleness_of asks about the old <html> element instead, and Chromium's driver sometimes answers
+    # "Node with given id does not belong to the document" rather than "stale" (SeleniumHQ/selenium#15401).
+    driver.execute_script("window.subwatchOldPage = true")
     driver.find_element(By.CSS_SELECTOR, selector).click()
-    WebDriverWait(driver, 30).until(expected_conditions.staleness_of(old))
-    WebDriverWait(driver, 30).until(lambda d: d.execute_script("return document.readyState") == "complete")
+    WebDriverWait(driver, 30, ignored_exceptions=(WebDriverException,)).until(
+        lambda d: d.execute_script("return window.subwatchOldPage === undefined"
+                                   " && document.readyState === 'complete'"))
 
 
 def screenshot(driver: Any, width: int, path: Path) -> None:
