@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import harness
 from tests.harness import Daemon
 from tests.postgres import PostgresServer
 from tests.postgres import bin_dir as postgres_bin_dir
@@ -48,8 +49,14 @@ def base_checkpoint(base_model_dir: Path, tmp_path_factory: pytest.TempPathFacto
 
 @pytest.fixture(scope="session")
 def tiny_en_checkpoint(tiny_en_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Real Whisper tiny.en as an OpenAI-format .pt, converted once."""
-    return converted(tiny_en_dir, tmp_path_factory.mktemp("models"))
+    """Real Whisper tiny.en as an OpenAI-format .pt, converted once; and into the CTranslate2 folder a
+    daemon on the CPU decodes with, which harness.Daemon hands each daemon it starts."""
+    from daemon.transcribe import engines, models
+
+    models_dir = tmp_path_factory.mktemp("models")
+    checkpoint = converted(tiny_en_dir, models_dir)
+    harness.CONVERTED.append(engines.ct2_folder(models.resolve(str(checkpoint), models_dir), models_dir))
+    return checkpoint
 
 
 @pytest.fixture(scope="session")
@@ -66,9 +73,11 @@ def base_ct2(base_model, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN
     import torch
 
     from daemon.engine.ct2 import Ct2Whisper, write_ct2
+    from daemon.transcribe.engines import cpu_workers
 
     folder = write_ct2(base_model, tmp_path_factory.mktemp("ct2") / "base")
-    return Ct2Whisper(folder, threads=torch.get_num_threads(), compute_type="float32")
+    threads = torch.get_num_threads()
+    return Ct2Whisper(folder, threads=threads, compute_type="float32", workers=cpu_workers(threads))
 
 
 @pytest.fixture(scope="session")

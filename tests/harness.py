@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -67,10 +68,31 @@ def write_config(path: Path, text: str) -> Path:
     return path
 
 
+# CTranslate2 folders this test process has converted once (tests/conftest.py adds tiny.en's):
+# each daemon's models_dir gets hard links to them, rather than converting the same weights again
+# (3 s a daemon). The daemon finds them by the name it gives them, its checkpoint's path, size and
+# time; tests of conversion itself convert their own checkpoints.
+CONVERTED: list[Path] = []
+
+
+def seed_converted(config: Path) -> None:
+    """Hard-link the folders in CONVERTED into `config`'s models_dir/converted, where absent."""
+    if not CONVERTED:
+        return
+    from daemon.config import load_config
+
+    target = load_config(config).models_dir / "converted"
+    for folder in CONVERTED:
+        if not (target / folder.name).exists():
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(folder, target / folder.name, copy_function=os.link)
+
+
 class Daemon:
     """A real `python -m daemon run --config FILE` process with its stderr collected."""
 
     def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+        seed_converted(config)
         self.config = config
         self.log_path = config.with_suffix(".log")
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()

@@ -117,19 +117,20 @@ ANIMALS = ("horse", "rabbit", "tiger", "monkey")
 PLACES = ("river", "garden", "station")
 
 
-def _sixty_sentences() -> dict[str, str]:
-    """Sixty different sentences, by the name of the file that says them."""
-    said = [f"The {c} {a} is sleeping near the {p} today." for c in COLOURS for a in ANIMALS for p in PLACES]
-    return {f"Clip {i:02d}.wav": text for i, text in enumerate(said)}
+def _sentences(count: int) -> dict[str, str]:
+    """`count` different sentences (60 at most), by the name of the file that says them."""
+    said = [f"The {c} {a} is sleeping near the {p} today." for p in PLACES for a in ANIMALS for c in COLOURS]
+    return {f"Clip {i:02d}.wav": text for i, text in enumerate(said[:count])}
 
 
-def test_sixty_files_are_each_done_once_by_both_nodes_under_their_own_paths(cluster, spawn, tmp_path) -> None:  # noqa: ANN001
+def test_thirty_files_are_each_done_once_by_both_nodes_under_their_paths(cluster, spawn, tmp_path) -> None:  # noqa: ANN001
+    # bench/cluster.py runs the long campaign (300 files); thirty keep the suite short
     configs, inbox, sink = cluster
     mount = tmp_path / "mnt" / "media"
     a, b = spawn(configs["a"]), spawn(configs["b"])
     for node in (a, b):
         node.wait_log("watching 1 folder(s)", timeout=120)
-    sentences = _sixty_sentences()
+    sentences = _sentences(30)
     staging = tmp_path / "staging"
     for name, text in sentences.items():
         media_factory.speak(text, staging / name)

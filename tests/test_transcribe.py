@@ -35,8 +35,10 @@ RATE = 16000
 
 
 @pytest.fixture(scope="module")
-def model(base_model):  # noqa: ANN001, ANN201 - the real multilingual base, loaded once per session
-    return base_model
+def model(base_ct2):  # noqa: ANN001, ANN201 - the real multilingual base, loaded once per session
+    """The stage's model: base on the engine `auto` picks on a CPU (CTranslate2 float32, which gives
+    the torch engine's tokens, tests/test_engine_ct2.py), several times faster than torch here."""
+    return base_ct2
 
 
 def decoded(path: Path) -> Audio:
@@ -214,7 +216,9 @@ def test_times_from_a_packed_window_land_in_its_own_stretches(model, testdata: P
     assert times and all(in_a_span(t) for t in times)
 
 
-def test_many_files_in_one_batch_give_what_each_gives_alone(model, monkeypatch) -> None:
+def test_many_files_in_one_batch_give_what_each_gives_alone(base_model, monkeypatch) -> None:
+    # the torch engine, which batches windows of several files into one decode on a GPU
+    model = base_model
     files = [
         (speech.jfk(), TranscribeOptions("base", "en")),
         (speech.fleurs("de")[0], TranscribeOptions("base", "de", prompt="Zürich, Grüezi")),
