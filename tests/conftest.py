@@ -73,11 +73,9 @@ def base_ct2(base_model, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN
     import torch
 
     from daemon.engine.ct2 import Ct2Whisper, write_ct2
-    from daemon.transcribe.engines import cpu_workers
 
     folder = write_ct2(base_model, tmp_path_factory.mktemp("ct2") / "base")
-    threads = torch.get_num_threads()
-    return Ct2Whisper(folder, threads=threads, compute_type="float32", workers=cpu_workers(threads))
+    return Ct2Whisper(folder, threads=torch.get_num_threads(), compute_type="float32")
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -25,9 +24,7 @@ from daemon.datatypes import Audio
 from daemon.engine import ChunkRequest, EngineOptions, log_mel, transcribe_chunks
 from daemon.engine.ct2 import Ct2Whisper, write_ct2
 from daemon.engine.ct2.convert import DIMS_FILE
-from daemon.engine.ct2.decode import _batches
 from daemon.transcribe import TranscribeOptions, load_model, transcribe_many
-from daemon.transcribe.engines import cpu_workers
 from tests import speech
 
 RATE = 16000
@@ -43,9 +40,7 @@ def ct2_folder(base_model: Any, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 @pytest.fixture(scope="module")
 def exact(ct2_folder: Path) -> Ct2Whisper:
-    """float32 as `engine: auto` loads it on a CPU: two batches at once where there are two threads."""
-    threads = torch.get_num_threads()
-    return Ct2Whisper(ct2_folder, threads=threads, compute_type="float32", workers=cpu_workers(threads))
+    return Ct2Whisper(ct2_folder, threads=torch.get_num_threads(), compute_type="float32")
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +55,7 @@ def halves(base_model: Any, tmp_path_factory: pytest.TempPathFactory) -> Ct2Whis
     encoder = write_ct2(base_model, root / "encoder", "encoder")
     decoder = write_ct2(base_model, root / "decoder", "decoder")
     threads = torch.get_num_threads()
-    return Ct2Whisper(decoder, threads=threads, compute_type="float32", encoder=(encoder, "int8"),
-                      workers=cpu_workers(threads))
+    return Ct2Whisper(decoder, threads=threads, compute_type="float32", encoder=(encoder, "int8"))
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +163,7 @@ def test_a_window_encoded_short_keeps_its_words_and_their_times(
         NO_GUARDS,
     )
 
-    assert sorted(shapes) == [(1, 80, 1600), (1, 80, 3000)]  # two batches, one per worker
+    assert shapes == [(1, 80, 3000), (1, 80, 1600)]
     assert speech.word_error_rate([clip.text], [short.text], "en") <= 0.05, short.text
     whole_words = [w for s in whole.segments for w in s.words]
     short_words = [w for s in short.segments for w in s.words]
@@ -231,7 +225,6 @@ def test_the_folder_names_whispers_tokens_as_ctranslate2_looks_them_up(
 
 
 def test_auto_loads_ctranslate2_on_the_cpu_converting_once(base_model_dir: Path, tmp_path: Path) -> None:
-    threads = torch.get_num_threads()
     model = load_model(str(base_model_dir), tmp_path, "cpu")
     int8 = load_model(str(base_model_dir), tmp_path, "cpu", "ctranslate2-int8")
     split = load_model(str(base_model_dir), tmp_path, "cpu", "ctranslate2-int8-encoder")
@@ -246,11 +239,6 @@ def test_auto_loads_ctranslate2_on_the_cpu_converting_once(base_model_dir: Path,
     assert model.ct2.compute_type == "float32" and int8.ct2.compute_type.startswith("int8")
     assert model.folder == int8.folder == model.encoder_folder == again.folder
     assert model.ct2 is model.encoder_ct2
-    # two batches at once, one thread each, on a machine with two threads or more; loading them
-    # (CTranslate2 sets OpenMP's threads to its own) leaves torch the threads it had
-    workers = 2 if threads >= 2 else 1
-    assert model.workers == model.ct2.num_workers == split.encoder_ct2.num_workers == workers
-    assert torch.get_num_threads() == threads
     # the int8 encoder half beside the float32 decoder half, each converted once beside the whole folder
     assert split.ct2.compute_type == "float32" and split.encoder_ct2.compute_type.startswith("int8")
     assert "-ctranslate2-decoder-" in split.folder.name
@@ -260,29 +248,3 @@ def test_auto_loads_ctranslate2_on_the_cpu_converting_once(base_model_dir: Path,
         assert (p / DIMS_FILE).is_file() and (p / "model.bin").stat().st_mtime_ns == t
     assert not isinstance(torch_model, Ct2Whisper) and torch_model.dims == model.dims
     assert [p.name for p in (tmp_path / "converted").iterdir() if p.name.startswith(".")] == []
-
-
-def test_windows_are_cut_into_even_batches_a_multiple_of_the_workers() -> None:
-    def jobs(seconds: list[float | None]) -> list[Any]:
-        return [SimpleNamespace(index=i, request=ChunkRequest(DecodingOptions(), samples=np.zeros(1),
-                                                              duration=1.0, encoder_seconds=s))
-                for i, s in enumerate(seconds)]
-
-    def sizes(work: list[Any], size: int, workers: int) -> list[list[int]]:
-        return [[job.index for job in batch] for batch in _batches(work, size, workers)]
-
-    # 17 full windows on two workers: four even batches, not 8, 8 and a lone 1 that leaves a worker idle
-    assert [len(b) for b in sizes(jobs([None] * 17), 8, 2)] == [4, 4, 4, 5]
-    assert [len(b) for b in sizes(jobs([None] * 17), 8, 1)] == [5, 6, 6]
-    assert sizes(jobs([None] * 3), 8, 2) == [[0], [1, 2]]
-    assert sizes(jobs([None]), 8, 2) == [[0]]
-    # windows encoded at different lengths never share a batch; each length keeps its order
-    mixed = sizes(jobs([None, 10.0, None, 12.0, 10.0]), 8, 2)
-    assert mixed == [[0], [2], [1], [4], [3]]
-
-
-def test_a_batch_failing_on_one_worker_fails_the_call(exact: Ct2Whisper, clips: list[speech.Clip]) -> None:
-    work = requests(clips[:3])
-    broken = [*work, ChunkRequest(DecodingOptions(language="en", fp16=False), duration=1.0)]  # no audio
-    with pytest.raises(ValueError, match="needs samples, mel or features"):
-        transcribe_chunks(exact, broken, NO_GUARDS)

@@ -55,19 +55,11 @@ def load_ct2(source: models.ModelSource, models_dir: Path, device: str, engine: 
     from daemon.engine.ct2 import Ct2Whisper
 
     threads = torch.get_num_threads()
-    workers = cpu_workers(threads) if device == "cpu" else 1
     if engine == SPLIT and device == "cpu":
         encoder, decoder = ct2_folders(source, models_dir, ("encoder", "decoder"))
-        return Ct2Whisper(decoder, device, threads, "float32", (encoder, "int8"), workers=workers)
+        return Ct2Whisper(decoder, device, threads, "float32", (encoder, "int8"))
     compute = "int8" if engine == "ctranslate2-int8" else "float32" if device == "cpu" else "float16"
-    return Ct2Whisper(ct2_folder(source, models_dir), device, threads, compute, workers=workers)
-
-
-def cpu_workers(threads: int) -> int:
-    """Batches decoded at once on a CPU with `threads` threads: two, each on half the threads. On two
-    cores, two batches on one thread each took 31 % less time than one batch on both (beam 5, base,
-    bench/profile_long.py --layout); more than two was not measured."""
-    return 2 if threads >= 2 else 1
+    return Ct2Whisper(ct2_folder(source, models_dir), device, threads=threads, compute_type=compute)
 
 
 def ct2_folder(source: models.ModelSource, models_dir: Path) -> Path:

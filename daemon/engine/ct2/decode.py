@@ -13,8 +13,7 @@ find_alignment.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -45,32 +44,12 @@ def transcribe_chunks(
     """
     jobs = make_jobs(model, requests, options.temperatures)  # type: ignore[arg-type]
     results: list[ChunkDecoding | None] = [None] * len(requests)
-    batches = _batches(jobs, options.batch_size or CPU_BATCH, model.workers)
-    for job, result in _decoded(model, batches, options):
-        results[job.index] = result
-        if on_done is not None:
-            on_done(job.index)
+    for batch in _batches(jobs, options.batch_size or CPU_BATCH):
+        for job, result in _decode_batch(model, batch, options):
+            results[job.index] = result
+            if on_done is not None:
+                on_done(job.index)
     return results  # type: ignore[return-value]
-
-
-def _decoded(
-    model: Ct2Whisper, batches: list[list[Job]], options: EngineOptions
-) -> Iterator[tuple[Job, ChunkDecoding]]:
-    """Each batch decoded, `model.workers` batches at a time, results yielded in this thread as they
-    settle. CTranslate2 releases the GIL and runs each call on a replica of its own, so two batches
-    on one thread each beat one batch on two threads (bench/RESULTS.md, issue #22)."""
-    if model.workers == 1 or len(batches) == 1:
-        for batch in batches:
-            yield from _decode_batch(model, batch, options)
-        return
-    with ThreadPoolExecutor(model.workers, thread_name_prefix="ct2-batch") as pool:
-        futures = [pool.submit(_decode_batch, model, batch, options) for batch in batches]
-        try:
-            for future in as_completed(futures):
-                yield from future.result()
-        finally:
-            for future in futures:  # a failed batch ends the call: the rest are not started
-                future.cancel()
 
 
 def _frames(request: ChunkRequest) -> int:
@@ -80,23 +59,12 @@ def _frames(request: ChunkRequest) -> int:
     return min(N_FRAMES, round(request.encoder_seconds * 100))
 
 
-def _batches(jobs: list[Job], size: int, workers: int = 1) -> list[list[Job]]:
-    """The jobs in batches of at most `size`, each batch's windows encoded at one length, in order.
-
-    Each length's windows are cut into nearly equal batches, as many as `size` needs rounded up
-    to a multiple of `workers`, so no worker idles through the last batch (17 windows on two
-    workers: 4, 4, 5, 4 rather than 8, 8, 1).
-    """
+def _batches(jobs: list[Job], size: int) -> list[list[Job]]:
+    """The jobs in batches of at most `size`, each batch's windows encoded at one length, in order."""
     lengths: dict[int, list[Job]] = {}
     for job in jobs:
         lengths.setdefault(_frames(job.request), []).append(job)
-    batches: list[list[Job]] = []
-    for group in lengths.values():
-        count = -(-len(group) // size)
-        count = min(len(group), -(-count // workers) * workers)
-        bounds = [len(group) * k // count for k in range(count + 1)]
-        batches += [group[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
-    return batches
+    return [group[i : i + size] for group in lengths.values() for i in range(0, len(group), size)]
 
 
 def _decode_batch(

@@ -42,14 +42,9 @@ class Ct2Whisper:
         threads: int = 0,
         compute_type: str = "int8",
         encoder: tuple[Path, str] | None = None,
-        workers: int = 1,
     ) -> None:
         """Load `folder` at `compute_type`; `encoder`, if given, is another folder and compute type that
-        encodes instead (convert.write_ct2's halves: an int8 encoder beside a float32 decoder).
-
-        `workers` batches run at once, sharing the weights and `threads` between them
-        (CTranslate2's inter_threads); decode.transcribe_chunks hands them that many batches at a time.
-        """
+        encodes instead (convert.write_ct2's halves: an int8 encoder beside a float32 decoder)."""
         import torch
         from whisper.model import ModelDimensions
 
@@ -58,16 +53,9 @@ class Ct2Whisper:
         self.is_multilingual = self.dims.n_vocab >= 51865
         self.num_languages = self.dims.n_vocab - 51765 - int(self.is_multilingual)
         self.device = torch.device(device)
-        self.workers = max(1, workers)
-        # CTranslate2 sets OpenMP's thread count on the loading thread to its intra_threads, and torch
-        # (log-mels, silero, the next model's thread count) shares that OpenMP: give torch its own back.
-        torch_threads = torch.get_num_threads()
-        self.ct2 = _load(folder, device, compute_type, threads, self.workers)
+        self.ct2 = _load(folder, device, compute_type, threads)
         self.encoder_folder = folder if encoder is None else encoder[0]
-        self.encoder_ct2 = (
-            self.ct2 if encoder is None else _load(encoder[0], device, encoder[1], threads, self.workers)
-        )
-        torch.set_num_threads(torch_threads)
+        self.encoder_ct2 = self.ct2 if encoder is None else _load(encoder[0], device, encoder[1], threads)
         halves = [(folder, compute_type)] + ([encoder] if encoder is not None else [])
         self.weight_bytes = sum(
             (f / "model.bin").stat().st_size // (2 if kind == "int8" else 1) for f, kind in halves
@@ -93,7 +81,7 @@ class Ct2Whisper:
         return [{token[2:-2]: float(p) for token, p in window} for window in ranked]
 
 
-def _load(folder: Path, device: str, compute_type: str, threads: int, workers: int) -> Any:
+def _load(folder: Path, device: str, compute_type: str, threads: int) -> Any:
     import ctranslate2
 
     kind, _, index = device.partition(":")
@@ -102,8 +90,7 @@ def _load(folder: Path, device: str, compute_type: str, threads: int, workers: i
         device=kind,
         device_index=int(index or 0),
         compute_type=compute_type,
-        inter_threads=workers,
-        intra_threads=max(1, threads // workers) if threads else 0,
+        intra_threads=threads,
     )
 
 
