@@ -24,8 +24,10 @@ def subwatch_row(
 ) -> tuple[ShortFiles, LongFile]:
     import torch
 
+    from daemon.malloc import one_arena
     from daemon.transcribe import load_model, transcribe_many
 
+    one_arena()  # as `subwatch transcribe` and a decoder child do
     torch.set_num_threads(threads)
     # as the daemon loads it: the CTranslate2 conversion is made once, in the workdir's models/
     model = load_model(work["pt"], Path(work["pt"]).parents[1], "cpu", engine)

@@ -40,9 +40,14 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--retry-pad", type=float, default=None, help="rounds.RETRY_ENCODER_PAD_S to use")
     parser.add_argument("--layout", action="store_true", help="time decode batch sizes and thread layouts")
+    parser.add_argument("--many-arenas", action="store_true", help="leave glibc's malloc arenas as they are")
     args = parser.parse_args()
     import torch
 
+    from daemon.malloc import one_arena
+
+    if not args.many_arenas:
+        one_arena()  # as `subwatch transcribe` and a decoder child do
     torch.set_num_threads(args.threads)
     if args.layout:
         layout(args.workdir)

@@ -196,7 +196,9 @@ def _prepare_host(config: Config) -> None:
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
     from daemon.logs import setup_logging
+    from daemon.malloc import one_arena
 
+    one_arena()  # before the decoder's threads allocate: this process decodes
     config = load_config(args.config) if args.config else None
     setup_logging(config.log_level if config else "warning")
     models_dir = args.models_dir or (config.models_dir if config else _whisper_cache())

@@ -38,7 +38,9 @@ def main(fd: int) -> None:
     """The child's life (`python -m daemon.decoders.child FD`, FD its end of the daemon's socket pair):
     take its settings, then answer the daemon's requests until Stop or the pipe closes."""
     from daemon.logs import setup_logging
+    from daemon.malloc import one_arena
 
+    one_arena()  # first, before any thread allocates
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C in a terminal is the daemon's to handle
     _die_with_the_daemon()
     conn = Connection(fd)
