@@ -53,11 +53,13 @@ class WaitingCopies:
             self._waiting[path] = (folder, twin_id)
             return True
 
-    def moved(self, old: Path, new: Path) -> None:
-        """Given a rename, let a waiting copy wait under its new name."""
+    def moved(self, old: Path, new: Path) -> bool:
+        """Given a rename, let a waiting copy wait under its new name; return whether one waited."""
         with self._lock:
-            if old in self._waiting:
-                self._waiting[new] = self._waiting.pop(old)
+            if old not in self._waiting:
+                return False
+            self._waiting[new] = self._waiting.pop(old)
+            return True
 
     def due(self, busy: Callable[[int], bool]) -> list[tuple[Path, Path]]:
         """Given whether a job id is still pending or running, return (and stop keeping) the copies

@@ -269,9 +269,10 @@ class Intake:
 
     def _moved(self, old: Path, new: Path) -> None:
         rules = self._config.folder_for(new)
-        if rules is not None and self._prober.lost(old):
+        probing = rules is not None and self._prober.lost(old)
+        if probing:
             self._prober.submit(new, rules.path)  # renamed while it waited for its probe
-        self._copies.moved(old, new)
+        waiting = self._copies.moved(old, new)
         held = self._held.moved(old, new)
         try:
             job = self._jobs.move(old, new, rules.path if rules else None)
@@ -279,7 +280,12 @@ class Intake:
             if held:
                 return  # never recorded, the queue cannot be asked now: it is held under its new name
             raise
-        if job and rules is None:
+        if job is None and rules is not None and not (probing or waiting or held):
+            # No job under the old name, and nothing here waits for it: a worker that found the old
+            # name gone has just dropped its job (the rename outran this notice), or it never had
+            # one. The file is here, so it is taken in under its new name as a new arrival is.
+            self._arrived(new, rules.watch)
+        elif job and rules is None:
             # Moved out of the watched folders: a worker holding it lets go.
             if self._jobs.drop(new, claimed=True) is not None:
                 job_log(log, "dropped", new, "moved out of the watched folders", job.id)

@@ -111,6 +111,22 @@ def test_a_file_renamed_while_its_probe_is_held_is_queued_under_its_new_name(
     assert [job.path for job in queue.jobs()] == [inbox / "Renamed.weird"]
 
 
+def test_a_file_renamed_after_its_job_was_dropped_is_queued_under_its_new_name(
+        tmp_path: Path, start_intake: Start, clip: Path) -> None:
+    # A worker that finds its file gone drops the job; the watcher's notice of the rename that took
+    # the file away can come after that (Sonarr renames right after import). The file must not be
+    # lost: it gets a job under its new name.
+    inbox = tmp_path / "inbox"
+    _, queue = start_intake(inbox)
+    old, new = inbox / "Show.S01E01.WEB.mkv", inbox / "Show - S01E01.mkv"
+    shutil.copy(clip, old)
+    assert wait_until(lambda: queued(queue, old))
+    assert queue.drop(old) is not None  # as the worker does, before the rename's notice
+    old.rename(new)
+    assert wait_until(lambda: queued(queue, new))
+    assert [(job.path, job.state.value) for job in queue.jobs()] == [(new, "pending")]
+
+
 def test_arrivals_with_unknown_extensions_are_queued_only_when_ffprobe_finds_audio(
         tmp_path: Path, start_intake: Start, spy: FfprobeSpy, clip: Path) -> None:
     inbox = tmp_path / "inbox"
