@@ -4,13 +4,15 @@
     python bench/profile_long.py --workdir /tmp/acc --engine ctranslate2-int8-encoder
     python bench/profile_long.py --workdir /tmp/acc --retry-pad 100 # retries encoded as 30 s, as before #22
     python bench/profile_long.py --workdir /tmp/acc --layout        # the decoder's batch and thread layouts
+    python bench/profile_long.py --workdir /tmp/acc --many-arenas   # glibc's malloc arenas left as they are
 
 The workdir is one bench/accuracy.py prepared (its work.json, long-15x3.npy and converted models).
 The first form transcribes the long file once, as the accuracy row does (beam 5, language given),
 and prints the wall and CPU seconds of each round (first round, rechecks, coverage rounds), of each
 CTranslate2 call (encode, generate, align) and the peak resident memory. `--layout` times encode +
 beam-5 generate on 16 windows of the long file at decode batches of 4, 8 and 16, and one call at a
-time on 2 intra threads against two calls at once on 2 inter threads.
+time on 2 intra threads against two calls of 4 or 8 windows at once on 2 inter threads. The process
+keeps to one malloc arena, as `subwatch transcribe` does, unless `--many-arenas`.
 """
 
 from __future__ import annotations

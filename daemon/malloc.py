@@ -1,9 +1,9 @@
 """One malloc arena for the processes that decode (`subwatch transcribe`, a daemon's decoder child).
 
-glibc gives a thread that finds the main arena busy an arena of its own (up to eight per core),
-and an arena keeps what was freed in it for its own threads to reuse. CTranslate2 decodes on a
-worker thread of its own beside Python's, so the two threads' peaks add up instead of sharing
-one pool. Held to one arena, the accuracy bench's peak resident memory fell with the same
+glibc gives each new thread that allocates an arena of its own (up to eight per core), and an
+arena keeps what was freed in it for its own threads to reuse. CTranslate2 decodes on a worker
+thread of its own beside Python's, so the two threads' peaks add up instead of sharing one pool.
+Held to one arena, the accuracy bench's long file peaked at 1,171 MiB instead of 1,463 at the same
 speed (bench/RESULTS.md, issue #22). `MALLOC_ARENA_MAX` in the environment, if set, wins.
 """
 

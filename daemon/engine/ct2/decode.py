@@ -113,7 +113,7 @@ def _encode(model: Ct2Whisper, requests: Sequence[ChunkRequest], batch_size: int
         mels = list(given)
         for n, mel in zip(missing, computed, strict=True):
             mels[n] = mel
-        frames = _frames(requests[part[0]])  # one length per batch (_batches)
+        [frames] = {_frames(requests[i]) for i in part}  # one length per batch (_batches)
         encoded = model.encode(torch.stack([torch.as_tensor(m)[..., :frames] for m in mels]))
         for offset, i in enumerate(part):
             features[i] = encoded[offset]
