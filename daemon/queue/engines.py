@@ -35,6 +35,10 @@ POOL_WAIT_S = 5.0
 WRITE_LOCK = 0x5375_6277  # "Subw": the advisory lock every PostgreSQL write transaction holds
 NODE_LOCK = 0x5375_6244  # "SubD", with the node's name: held by each daemon for its whole run
 STATEMENT_TIMEOUT_MS = 60_000  # no statement of ours takes a second; a wedged one is ended
+# A node frozen inside a write transaction (SIGSTOP, a paused VM, a swap storm) holds WRITE_LOCK, and
+# every other node's writes wait on it: the server ends such a session after this long idle in its
+# transaction, which frees the lock. Ours go from statement to statement without waiting on anything.
+IDLE_IN_TRANSACTION_MS = 15_000
 
 
 class QueueError(Exception):
@@ -257,7 +261,8 @@ class PostgresEngine:
         from psycopg_pool import ConnectionPool
 
         kwargs = {"autocommit": True, "row_factory": _row_factory, "connect_timeout": CONNECT_TIMEOUT_S,
-                  "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
+                  "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS} "
+                             f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_MS}",
                   "application_name": "subwatch"}
         self._psycopg.connect(self._url, **kwargs).close()
         self._pool = ConnectionPool(self._url, min_size=1, max_size=POOL_SIZE, kwargs=kwargs,
